@@ -1,0 +1,514 @@
+//! What a checkpoint is, according to its rules: which rule claims each tensor, at which
+//! layer, and the sizes of every space.
+
+use std::collections::BTreeMap;
+
+use serde_json::Value;
+
+use crate::error::{Error, Result};
+use crate::read::Checkpoint;
+use crate::rules::{Axis, Direction, Rules, Space};
+
+/// How the architecture is chosen.
+#[derive(Debug, Clone, Default)]
+pub enum ArchChoice {
+    /// From `config.json`'s `model_type`, else from tensor names.
+    #[default]
+    Detect,
+    /// A built-in preset by name (`--arch`).
+    Preset(String),
+    /// A user's rule file (`--rules`).
+    Rules(Box<Rules>),
+}
+
+/// The embedding rule (SPEC §3, "Embeddings, tied heads and exactness").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EmbeddingRule {
+    /// Embeddings averaged/duplicated; the norm before a tied head scaled by the group size.
+    /// Function preserving for pre- and post-LN models, tied or not.
+    #[default]
+    Exact,
+    /// The reference implementation's rule: embeddings summed/split. Exact for BERT, not for
+    /// pre-LN models such as GPT-2.
+    Reference,
+}
+
+/// The sizes of a model.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Dims {
+    pub layers: usize,
+    pub hidden: usize,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    pub ffn: usize,
+    /// Whether the output head is tied to the token embedding.
+    pub tied: bool,
+    /// Sizes of the fixed spaces (vocab, positions, ...).
+    pub fixed: BTreeMap<String, usize>,
+}
+
+impl Dims {
+    /// The size of a model space.
+    pub fn space(&self, space: Space) -> usize {
+        match space {
+            Space::Hidden => self.hidden,
+            Space::Attn => self.heads * self.head_dim,
+            Space::Kv => self.kv_heads * self.head_dim,
+            Space::Ffn => self.ffn,
+        }
+    }
+
+    /// The size of an axis of a tensor in a model with these dims.
+    pub fn axis(&self, axis: &Axis) -> Option<usize> {
+        match axis {
+            Axis::Fixed(name) => name.parse().ok().or_else(|| self.fixed.get(name).copied()),
+            Axis::Model { parts, .. } => Some(parts.iter().map(|&p| self.space(p)).sum()),
+        }
+    }
+}
+
+/// A tensor claimed by a rule.
+#[derive(Debug, Clone)]
+pub struct Claim {
+    pub name: String,
+    /// Index into `rules.tensors`.
+    pub rule: usize,
+    pub layer: Option<usize>,
+}
+
+/// A checkpoint seen through its rules.
+#[derive(Debug, Clone)]
+pub struct Anatomy {
+    pub rules: Rules,
+    /// The base-model prefix found in the names (`transformer.`, `bert.`, or empty).
+    pub prefix: String,
+    /// Claimed tensors, sorted by name.
+    pub claims: Vec<Claim>,
+    /// Tensors no rule claims (an error for conversions; listed by `inspect`).
+    pub unclaimed: Vec<String>,
+    pub dims: Dims,
+}
+
+/// Keys vcycle writes into the `__metadata__` of a bare `.safetensors` output, so that a file
+/// without config.json still knows its head counts.
+pub const META_ARCH: &str = "vcycle.arch";
+pub const META_HEADS: &str = "vcycle.heads";
+pub const META_KV_HEADS: &str = "vcycle.kv_heads";
+pub const META_HEAD_DIM: &str = "vcycle.head_dim";
+pub const META_TIED: &str = "vcycle.tied";
+
+impl Anatomy {
+    /// Chooses the rules, claims every tensor and resolves the sizes. Unclaimed tensors are
+    /// recorded, not rejected: call [`Anatomy::require_complete`] before converting.
+    pub fn analyze(checkpoint: &Checkpoint, choice: &ArchChoice) -> Result<Anatomy> {
+        let rules = choose_rules(checkpoint, choice)?;
+        let (prefix, claims, unclaimed) = claim(checkpoint, &rules)?;
+        let mut anatomy = Anatomy {
+            rules,
+            prefix,
+            claims,
+            unclaimed,
+            dims: Dims {
+                layers: 0,
+                hidden: 0,
+                heads: 0,
+                kv_heads: 0,
+                head_dim: 0,
+                ffn: 0,
+                tied: false,
+                fixed: BTreeMap::new(),
+            },
+        };
+        anatomy.dims = resolve_dims(checkpoint, &anatomy)?;
+        anatomy.check_required(checkpoint)?;
+        Ok(anatomy)
+    }
+
+    /// Fails on the first tensor no rule claims.
+    pub fn require_complete(&self, checkpoint: &Checkpoint) -> Result<()> {
+        match self.unclaimed.first() {
+            Some(name) => Err(Error::UnclaimedTensor {
+                path: checkpoint
+                    .file_of(name)
+                    .unwrap_or(checkpoint.path())
+                    .to_path_buf(),
+                tensor: name.clone(),
+                arch: self.rules.name.clone(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    fn check_required(&self, checkpoint: &Checkpoint) -> Result<()> {
+        let layers = self.dims.layers;
+        for (index, rule) in self.rules.tensors.iter().enumerate() {
+            let present: Vec<Option<usize>> = self
+                .claims
+                .iter()
+                .filter(|c| c.rule == index)
+                .map(|c| c.layer)
+                .collect();
+            if rule.optional && present.is_empty() {
+                continue;
+            }
+            let expected: Vec<Option<usize>> = if rule.layered {
+                (0..layers).map(Some).collect()
+            } else {
+                vec![None]
+            };
+            for layer in expected {
+                if !present.contains(&layer) {
+                    return Err(Error::MissingTensor {
+                        path: checkpoint.path().to_path_buf(),
+                        tensor: rule.name(&self.prefix, layer),
+                        arch: self.rules.name.clone(),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The axes a tensor is transformed along, after the embedding rule and head tying.
+    pub fn effective_axes(&self, rule_index: usize, embedding: EmbeddingRule) -> Vec<Axis> {
+        let rules = &self.rules.tensors;
+        let mut rule = &rules[rule_index];
+        if self.dims.tied
+            && let Some(target) = &rule.tied_to
+            && let Some(tied) = rules.iter().find(|r| &r.template == target)
+        {
+            rule = tied;
+        }
+        let turn_in = match embedding {
+            EmbeddingRule::Reference => rule.embedding,
+            EmbeddingRule::Exact => rule.head_norm && self.dims.tied,
+        };
+        if turn_in {
+            rule.axes
+                .iter()
+                .map(|a| a.with_direction(Direction::In))
+                .collect()
+        } else {
+            rule.axes.clone()
+        }
+    }
+
+    /// The claim of a tensor with a role, at a layer.
+    pub fn by_role(&self, role: &str, layer: Option<usize>) -> Option<&Claim> {
+        let (index, _) = self.rules.by_role(role)?;
+        self.claims
+            .iter()
+            .find(|c| c.rule == index && c.layer == layer)
+    }
+
+    /// Number of parameters (float tensors; a tied head stored twice is counted once).
+    pub fn parameters(&self, checkpoint: &Checkpoint) -> usize {
+        self.claims
+            .iter()
+            .filter(|c| !(self.dims.tied && self.rules.tensors[c.rule].tied_to.is_some()))
+            .filter_map(|c| checkpoint.info(&c.name))
+            .filter(|info| crate::dtype::is_float(info.dtype))
+            .map(|info| info.numel())
+            .sum()
+    }
+}
+
+fn choose_rules(checkpoint: &Checkpoint, choice: &ArchChoice) -> Result<Rules> {
+    match choice {
+        ArchChoice::Preset(name) => Rules::preset(name),
+        ArchChoice::Rules(rules) => Ok((**rules).clone()),
+        ArchChoice::Detect => {
+            let presets = Rules::presets()?;
+            let model_type = checkpoint
+                .config()
+                .and_then(|c| c.get("model_type"))
+                .and_then(Value::as_str)
+                .map(str::to_string)
+                .or_else(|| checkpoint.metadata().get(META_ARCH).cloned());
+            if let Some(model_type) = &model_type
+                && let Some(rules) = presets.iter().find(|r| {
+                    r.model_types.iter().any(|t| t == model_type) || &r.name == model_type
+                })
+            {
+                return Ok(rules.clone());
+            }
+            let names = checkpoint.tensors();
+            for rules in &presets {
+                let found = rules.detect_tensors.iter().any(|t| {
+                    rules
+                        .prefixes
+                        .iter()
+                        .any(|p| names.contains_key(&format!("{p}{t}")))
+                });
+                if found {
+                    return Ok(rules.clone());
+                }
+            }
+            let known: Vec<String> = presets.iter().map(|r| r.name.clone()).collect();
+            Err(Error::UnknownArchitecture {
+                path: checkpoint.path().to_path_buf(),
+                reason: match model_type {
+                    Some(t) => format!(
+                        "model_type `{t}` is not a built-in architecture ({}) and no tensor names match one",
+                        known.join(", ")
+                    ),
+                    None => format!(
+                        "no config.json model_type and no tensor names of a built-in architecture ({})",
+                        known.join(", ")
+                    ),
+                },
+            })
+        }
+    }
+}
+
+type Claimed = (String, Vec<Claim>, Vec<String>);
+
+fn claim(checkpoint: &Checkpoint, rules: &Rules) -> Result<Claimed> {
+    let mut best: Option<Claimed> = None;
+    for prefix in &rules.prefixes {
+        let patterns = rules.patterns(prefix)?;
+        let mut claims = Vec::new();
+        let mut unclaimed = Vec::new();
+        for name in checkpoint.tensors().keys() {
+            let hit = patterns.iter().enumerate().find_map(|(index, re)| {
+                let caps = re.captures(name)?;
+                let layer = caps.get(1).and_then(|m| m.as_str().parse::<usize>().ok());
+                Some(Claim {
+                    name: name.clone(),
+                    rule: index,
+                    layer,
+                })
+            });
+            match hit {
+                Some(c) => claims.push(c),
+                None => unclaimed.push(name.clone()),
+            }
+        }
+        let better = best.as_ref().is_none_or(|(_, b, _)| claims.len() > b.len());
+        if better {
+            best = Some((prefix.clone(), claims, unclaimed));
+        }
+    }
+    best.ok_or_else(|| Error::RuleFile {
+        file: rules.name.clone(),
+        message: "no prefixes".into(),
+    })
+}
+
+fn config_usize(config: Option<&Value>, keys: &[String]) -> Option<(String, Option<usize>)> {
+    let config = config?;
+    keys.iter().find_map(|k| {
+        let v = lookup(config, k)?;
+        Some((k.clone(), v.as_u64().map(|n| n as usize)))
+    })
+}
+
+/// Reads a possibly dotted key (`rope_parameters.rope_theta`).
+pub fn lookup<'a>(config: &'a Value, key: &str) -> Option<&'a Value> {
+    key.split('.').try_fold(config, |v, part| v.get(part))
+}
+
+fn resolve_dims(checkpoint: &Checkpoint, anatomy: &Anatomy) -> Result<Dims> {
+    let rules = &anatomy.rules;
+    let config = checkpoint.config();
+    let config_path = checkpoint.config_path();
+
+    // Layers: the layer indices present must be exactly 0..L.
+    let mut indices: Vec<usize> = anatomy.claims.iter().filter_map(|c| c.layer).collect();
+    indices.sort_unstable();
+    indices.dedup();
+    let layers = indices.len();
+    if let Some(gap) = indices.iter().enumerate().find(|(i, l)| i != *l) {
+        return Err(Error::InvalidCheckpoint {
+            path: checkpoint.path().to_path_buf(),
+            reason: format!("layer {} is missing (layers present: {:?})", gap.0, indices),
+        });
+    }
+
+    // Observed sizes of single-part spaces and fixed spaces, consistent across tensors.
+    let mut observed: BTreeMap<String, (usize, String, usize)> = BTreeMap::new();
+    for c in &anatomy.claims {
+        let rule = &rules.tensors[c.rule];
+        let Some(info) = checkpoint.info(&c.name) else {
+            continue;
+        };
+        if info.shape.len() != rule.axes.len() {
+            return Err(Error::RankMismatch {
+                tensor: c.name.clone(),
+                shape: info.shape.clone(),
+                rule: rule.template.clone(),
+                rank: rule.axes.len(),
+            });
+        }
+        for (axis_index, (axis, &size)) in rule.axes.iter().zip(&info.shape).enumerate() {
+            let key = match axis {
+                Axis::Fixed(name) => {
+                    if let Ok(literal) = name.parse::<usize>() {
+                        if literal != size {
+                            return Err(Error::SpaceSizeMismatch {
+                                tensor: c.name.clone(),
+                                axis: axis_index,
+                                shape: info.shape.clone(),
+                                space: name.clone(),
+                                expected: literal,
+                                found: size,
+                                origin: " (a literal size in the rule)".into(),
+                            });
+                        }
+                        continue;
+                    }
+                    name.clone()
+                }
+                Axis::Model { parts, .. } => {
+                    let first = parts[0];
+                    if parts.iter().any(|p| *p != first) {
+                        continue;
+                    }
+                    if size % parts.len() != 0 {
+                        return Err(Error::BadAxis {
+                            tensor: c.name.clone(),
+                            axis: axis_index,
+                            shape: info.shape.clone(),
+                            reason: format!(
+                                "{size} does not split into {} equal parts",
+                                parts.len()
+                            ),
+                        });
+                    }
+                    first.name().to_string()
+                }
+            };
+            let part_size = match axis {
+                Axis::Model { parts, .. } => size / parts.len(),
+                Axis::Fixed(_) => size,
+            };
+            match observed.get(&key) {
+                Some((expected, first_tensor, _)) if *expected != part_size => {
+                    return Err(Error::SpaceSizeMismatch {
+                        tensor: c.name.clone(),
+                        axis: axis_index,
+                        shape: info.shape.clone(),
+                        space: key,
+                        expected: *expected,
+                        found: part_size,
+                        origin: format!(" (from `{first_tensor}`)"),
+                    });
+                }
+                Some(_) => {}
+                None => {
+                    observed.insert(key, (part_size, c.name.clone(), axis_index));
+                }
+            }
+        }
+    }
+    let seen = |space: Space| observed.get(space.name()).map(|(n, _, _)| *n);
+
+    let config_err = |reason: String| Error::Config {
+        path: config_path.clone(),
+        reason,
+    };
+    let check = |what: &str, keys: &[String], observed: Option<usize>| -> Result<Option<usize>> {
+        match (config_usize(config, keys), observed) {
+            (Some((key, Some(c))), Some(o)) if c != o => Err(config_err(format!(
+                "`{key}` = {c} disagrees with the tensors, whose {what} is {o}"
+            ))),
+            (Some((_, Some(c))), _) => Ok(Some(c)),
+            (_, o) => Ok(o),
+        }
+    };
+
+    let hidden = check("hidden size", &rules.config.hidden, seen(Space::Hidden))?;
+    let ffn = check("FFN size", &rules.config.ffn, seen(Space::Ffn))?;
+    let layer_count = check("layer count", &rules.config.layers, Some(layers))?;
+    let meta = checkpoint.metadata();
+    let meta_usize = |key: &str| meta.get(key).and_then(|v| v.parse::<usize>().ok());
+    let heads = config_usize(config, &rules.config.heads)
+        .and_then(|(_, v)| v)
+        .or_else(|| meta_usize(META_HEADS));
+    let Some(heads) = heads.filter(|&h| h > 0) else {
+        return Err(config_err(
+            "the number of attention heads is unknown: use a model directory with config.json, or a file written by vcycle".into(),
+        ));
+    };
+    let attn = seen(Space::Attn);
+    let head_dim = config_usize(config, &rules.config.head_dim)
+        .and_then(|(_, v)| v)
+        .or_else(|| meta_usize(META_HEAD_DIM))
+        .or_else(|| attn.map(|a| a / heads))
+        .or_else(|| hidden.map(|h| h / heads))
+        .unwrap_or(0);
+    if let Some(attn) = attn
+        && attn != heads * head_dim
+    {
+        return Err(config_err(format!(
+            "{heads} heads of size {head_dim} do not make the attention width {attn} found in the tensors"
+        )));
+    }
+    let kv_heads = config_usize(config, &rules.config.kv_heads)
+        .and_then(|(_, v)| v)
+        .or_else(|| meta_usize(META_KV_HEADS))
+        .or_else(|| seen(Space::Kv).map(|kv| kv / head_dim.max(1)))
+        .unwrap_or(heads);
+    if let Some(kv) = seen(Space::Kv)
+        && kv != kv_heads * head_dim
+    {
+        return Err(config_err(format!(
+            "{kv_heads} key/value heads of size {head_dim} do not make the key/value width {kv} found in the tensors"
+        )));
+    }
+    if kv_heads == 0 || heads % kv_heads != 0 {
+        return Err(config_err(format!(
+            "{heads} query heads are not a multiple of {kv_heads} key/value heads"
+        )));
+    }
+    let hidden = hidden.unwrap_or(0);
+    let ffn = ffn.unwrap_or(0);
+    for (what, size) in [("hidden size", hidden), ("FFN size", ffn)] {
+        if size % heads != 0 {
+            return Err(config_err(format!(
+                "the {what} {size} is not a multiple of the {heads} heads, so it cannot follow the head grouping"
+            )));
+        }
+    }
+
+    let head_present = anatomy
+        .claims
+        .iter()
+        .any(|c| rules.tensors[c.rule].tied_to.is_some());
+    let tied = rules
+        .config
+        .tie
+        .as_ref()
+        .and_then(|key| config.and_then(|c| lookup(c, key)))
+        .and_then(Value::as_bool)
+        .or_else(|| meta.get(META_TIED).map(|v| v == "true"))
+        .unwrap_or(if head_present {
+            false
+        } else {
+            rules.config.tie_default
+        });
+
+    let fixed = observed
+        .iter()
+        .filter(|(k, _)| Space::ALL.iter().all(|s| s.name() != k.as_str()))
+        .map(|(k, (n, _, _))| (k.clone(), *n))
+        .collect();
+
+    Ok(Dims {
+        layers: layer_count.unwrap_or(layers),
+        hidden,
+        heads,
+        kv_heads,
+        head_dim,
+        ffn,
+        tied,
+        fixed,
+    })
+}
+
+impl Space {
+    pub const ALL: [Space; 4] = [Space::Hidden, Space::Attn, Space::Kv, Space::Ffn];
+}

@@ -1,0 +1,126 @@
+//! The one error type of the transform library.
+
+use std::path::PathBuf;
+
+use safetensors::Dtype;
+
+/// Everything that can go wrong while reading, planning, transforming or writing a checkpoint.
+///
+/// Variants carry the file, tensor, axis and shape they are about, so a message can say
+/// exactly what is wrong without the caller adding context.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("{path}: not a valid safetensors file: {source}")]
+    Safetensors {
+        path: PathBuf,
+        #[source]
+        source: safetensors::SafeTensorError,
+    },
+
+    #[error("{path}: invalid JSON: {source}")]
+    Json {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+
+    #[error("{path}: {reason}")]
+    InvalidCheckpoint { path: PathBuf, reason: String },
+
+    #[error("{path}: tensor `{tensor}` appears in more than one file")]
+    DuplicateTensor { path: PathBuf, tensor: String },
+
+    #[error("rule file {file}: {message}")]
+    RuleFile { file: String, message: String },
+
+    #[error("{path}: tensor `{tensor}` is not claimed by any rule of architecture `{arch}`")]
+    UnclaimedTensor {
+        path: PathBuf,
+        tensor: String,
+        arch: String,
+    },
+
+    #[error("{path}: required tensor `{tensor}` of architecture `{arch}` is missing")]
+    MissingTensor {
+        path: PathBuf,
+        tensor: String,
+        arch: String,
+    },
+
+    #[error("tensor `{tensor}` has shape {shape:?}, but rule `{rule}` declares {rank} axes")]
+    RankMismatch {
+        tensor: String,
+        shape: Vec<usize>,
+        rule: String,
+        rank: usize,
+    },
+
+    #[error(
+        "tensor `{tensor}` axis {axis} has size {found} (shape {shape:?}), but space `{space}` has size {expected}{origin}"
+    )]
+    SpaceSizeMismatch {
+        tensor: String,
+        axis: usize,
+        shape: Vec<usize>,
+        space: String,
+        expected: usize,
+        found: usize,
+        origin: String,
+    },
+
+    #[error("tensor `{tensor}` axis {axis} (shape {shape:?}): {reason}")]
+    BadAxis {
+        tensor: String,
+        axis: usize,
+        shape: Vec<usize>,
+        reason: String,
+    },
+
+    #[error(
+        "tensor `{tensor}` has dtype {dtype:?}, which vcycle cannot transform along a model axis"
+    )]
+    UnsupportedDtype { tensor: String, dtype: Dtype },
+
+    #[error("cannot detect the architecture of {path}: {reason}; pass --arch")]
+    UnknownArchitecture { path: PathBuf, reason: String },
+
+    #[error("{path}: {reason}")]
+    Config { path: PathBuf, reason: String },
+
+    #[error("invalid {what} scheme: {reason}")]
+    Scheme { what: &'static str, reason: String },
+
+    #[error(
+        "checkpoints differ at tensor `{tensor}`: {reason} (interpolation needs equal names, shapes and dtypes)"
+    )]
+    Incompatible { tensor: String, reason: String },
+
+    #[error("invalid interpolation weight alpha = {alpha}: it must lie in [0, 1]")]
+    Alpha { alpha: f64 },
+
+    #[error("output {output} {reason}")]
+    Output { output: PathBuf, reason: String },
+
+    #[error("forward pass: {0}")]
+    Forward(#[from] crate::forward::ForwardError),
+
+    #[error("{0}")]
+    Verify(String),
+}
+
+/// Shorthand used throughout the crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Error {
+        let path = path.into();
+        move |source| Error::Io { path, source }
+    }
+}

@@ -1,0 +1,278 @@
+//! Tiny checkpoints built from the rule files themselves: every tensor a rule declares (plus
+//! the optional ones asked for) gets the shape its axes imply and seeded random values. Used
+//! by the committed fixtures (`cargo run --example build_fixtures`) and by the tests.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use rand::SeedableRng;
+use rand::rngs::Xoshiro256PlusPlus;
+use rand_distr::{Distribution, StandardNormal};
+use safetensors::Dtype;
+use serde_json::{Value, json};
+
+use crate::anatomy::Dims;
+use crate::error::{Error, Result};
+use crate::plan::TensorPlan;
+use crate::rules::{Axis, Direction, Rules};
+
+/// What to build.
+#[derive(Debug, Clone)]
+pub struct FixtureSpec {
+    /// A built-in preset name.
+    pub arch: String,
+    pub dims: Dims,
+    /// Templates of optional tensors to include.
+    pub optional: Vec<String>,
+    /// Templates of tensors written as int64 `0..n` (BERT's `embeddings.position_ids`).
+    pub arange: Vec<String>,
+    pub dtype: Dtype,
+    pub seed: u64,
+}
+
+/// A built tensor.
+#[derive(Debug, Clone)]
+pub struct FixtureTensor {
+    pub name: String,
+    pub dtype: Dtype,
+    pub shape: Vec<usize>,
+    pub data: Vec<u8>,
+}
+
+/// The tiny models of the issue and the README: 4 layers, hidden 64, 4 heads of 16, FFN 256,
+/// vocabulary 128, 64 positions.
+pub fn tiny_dims(tied: bool) -> Dims {
+    Dims {
+        layers: 4,
+        hidden: 64,
+        heads: 4,
+        kv_heads: 4,
+        head_dim: 16,
+        ffn: 256,
+        tied,
+        fixed: BTreeMap::from([
+            ("vocab".to_string(), 128),
+            ("positions".to_string(), 64),
+            ("token_types".to_string(), 2),
+        ]),
+    }
+}
+
+/// The BertForMaskedLM fixture.
+pub fn bert_mlm(seed: u64) -> FixtureSpec {
+    FixtureSpec {
+        arch: "bert".into(),
+        dims: tiny_dims(true),
+        optional: [
+            "cls.predictions.transform.dense.weight",
+            "cls.predictions.transform.dense.bias",
+            "cls.predictions.transform.LayerNorm.weight",
+            "cls.predictions.transform.LayerNorm.bias",
+            "cls.predictions.bias",
+            "embeddings.position_ids",
+        ]
+        .map(String::from)
+        .to_vec(),
+        arange: vec!["embeddings.position_ids".into()],
+        dtype: Dtype::F32,
+        seed,
+    }
+}
+
+/// The GPT2LMHeadModel fixture (lm_head tied, so absent).
+pub fn gpt2_lm(seed: u64) -> FixtureSpec {
+    FixtureSpec {
+        arch: "gpt2".into(),
+        dims: tiny_dims(true),
+        optional: Vec::new(),
+        arange: Vec::new(),
+        dtype: Dtype::F32,
+        seed,
+    }
+}
+
+/// FNV-1a, so each tensor's values depend on its name and the seed only.
+fn stable_hash(text: &str) -> u64 {
+    text.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// Builds every tensor of the fixture, sorted by name.
+pub fn build(spec: &FixtureSpec) -> Result<Vec<FixtureTensor>> {
+    let rules = Rules::preset(&spec.arch)?;
+    let prefix = rules.prefixes.first().cloned().unwrap_or_default();
+    let mut out = Vec::new();
+    for rule in &rules.tensors {
+        if rule.optional && !spec.optional.contains(&rule.template) {
+            continue;
+        }
+        let shape = rule
+            .axes
+            .iter()
+            .map(|a| {
+                spec.dims.axis(a).ok_or_else(|| Error::RuleFile {
+                    file: rules.name.clone(),
+                    message: format!("fixture has no size for axis `{a}` of `{}`", rule.template),
+                })
+            })
+            .collect::<Result<Vec<usize>>>()?;
+        let layers: Vec<Option<usize>> = if rule.layered {
+            (0..spec.dims.layers).map(Some).collect()
+        } else {
+            vec![None]
+        };
+        for layer in layers {
+            let name = rule.name(&prefix, layer);
+            let numel: usize = shape.iter().product();
+            if spec.arange.contains(&rule.template) {
+                let data = (0..numel as i64).flat_map(i64::to_le_bytes).collect();
+                out.push(FixtureTensor {
+                    name,
+                    dtype: Dtype::I64,
+                    shape: shape.clone(),
+                    data,
+                });
+                continue;
+            }
+            let mut rng = Xoshiro256PlusPlus::seed_from_u64(spec.seed ^ stable_hash(&name));
+            let role = rule.role.as_deref().unwrap_or("");
+            let is_norm = role.contains("norm") || rule.template.contains("LayerNorm");
+            let fan_in = rule.axes.iter().zip(&shape).find_map(|(a, &n)| {
+                matches!(
+                    a,
+                    Axis::Model {
+                        dir: Direction::In,
+                        ..
+                    }
+                )
+                .then_some(n)
+            });
+            let (offset, scale) = match (shape.len(), is_norm, rule.template.ends_with("weight")) {
+                (_, true, true) => (1.0, 0.3),
+                (_, true, false) => (0.0, 0.3),
+                (1, false, _) => (0.0, 0.2),
+                _ if rule.embedding => (0.0, 0.5),
+                _ => (
+                    0.0,
+                    1.0 / (fan_in.unwrap_or(spec.dims.hidden) as f64).sqrt(),
+                ),
+            };
+            let values: Vec<f64> = (0..numel)
+                .map(|_| {
+                    let z: f64 = StandardNormal.sample(&mut rng);
+                    offset + scale * z
+                })
+                .collect();
+            let data =
+                crate::dtype::encode(spec.dtype, &values).ok_or(Error::UnsupportedDtype {
+                    tensor: name.clone(),
+                    dtype: spec.dtype,
+                })?;
+            out.push(FixtureTensor {
+                name,
+                dtype: spec.dtype,
+                shape: shape.clone(),
+                data,
+            });
+        }
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(out)
+}
+
+/// The HuggingFace config.json of a fixture.
+pub fn config(spec: &FixtureSpec) -> Result<Value> {
+    let d = &spec.dims;
+    let fixed = |k: &str| d.fixed.get(k).copied().unwrap_or(0);
+    let dtype = match spec.dtype {
+        Dtype::F16 => "float16",
+        Dtype::BF16 => "bfloat16",
+        Dtype::F64 => "float64",
+        _ => "float32",
+    };
+    match spec.arch.as_str() {
+        "bert" => Ok(json!({
+            "architectures": ["BertForMaskedLM"],
+            "attention_probs_dropout_prob": 0.1,
+            "dtype": dtype,
+            "hidden_act": "gelu",
+            "hidden_dropout_prob": 0.1,
+            "hidden_size": d.hidden,
+            "initializer_range": 0.02,
+            "intermediate_size": d.ffn,
+            "layer_norm_eps": 1e-12,
+            "max_position_embeddings": fixed("positions"),
+            "model_type": "bert",
+            "num_attention_heads": d.heads,
+            "num_hidden_layers": d.layers,
+            "pad_token_id": 0,
+            "tie_word_embeddings": d.tied,
+            "type_vocab_size": fixed("token_types"),
+            "vocab_size": fixed("vocab"),
+        })),
+        "gpt2" => Ok(json!({
+            "activation_function": "gelu_new",
+            "architectures": ["GPT2LMHeadModel"],
+            "attn_pdrop": 0.1,
+            "bos_token_id": fixed("vocab").saturating_sub(1),
+            "dtype": dtype,
+            "embd_pdrop": 0.1,
+            "eos_token_id": fixed("vocab").saturating_sub(1),
+            "initializer_range": 0.02,
+            "layer_norm_epsilon": 1e-5,
+            "model_type": "gpt2",
+            "n_embd": d.hidden,
+            "n_head": d.heads,
+            "n_inner": d.ffn,
+            "n_layer": d.layers,
+            "n_positions": fixed("positions"),
+            "resid_pdrop": 0.1,
+            "tie_word_embeddings": d.tied,
+            "vocab_size": fixed("vocab"),
+        })),
+        other => Err(Error::RuleFile {
+            file: other.to_string(),
+            message: "no fixture config template for this architecture".into(),
+        }),
+    }
+}
+
+/// Writes a fixture as a HuggingFace model directory (config.json + model.safetensors).
+pub fn write_dir(spec: &FixtureSpec, dir: &Path) -> Result<()> {
+    let tensors = build(spec)?;
+    std::fs::create_dir_all(dir).map_err(Error::io(dir))?;
+    let config = config(spec)?;
+    let plans: Vec<TensorPlan> = tensors.iter().map(tensor_plan).collect();
+    let by_name: BTreeMap<&str, &FixtureTensor> =
+        tensors.iter().map(|t| (t.name.as_str(), t)).collect();
+    let form = crate::write::OutputForm::Directory {
+        config: Some(config),
+        extra_files: Vec::new(),
+        shard_size: None,
+    };
+    let metadata = BTreeMap::from([("format".to_string(), "pt".to_string())]);
+    let tmp = dir.with_extension("building");
+    let _ = std::fs::remove_dir_all(&tmp);
+    crate::write::write_output(&tmp, &form, &plans, &metadata, true, &|t| {
+        Ok(by_name
+            .get(t.name.as_str())
+            .map(|f| f.data.clone())
+            .unwrap_or_default())
+    })?;
+    std::fs::remove_dir_all(dir).map_err(Error::io(dir))?;
+    std::fs::rename(&tmp, dir).map_err(Error::io(dir))
+}
+
+fn tensor_plan(t: &FixtureTensor) -> TensorPlan {
+    TensorPlan {
+        name: t.name.clone(),
+        dtype: t.dtype,
+        shape: t.shape.clone(),
+        sources: vec![t.name.clone()],
+        depth: crate::plan::DepthOp::Single,
+        axes: Vec::new(),
+        interpolate_with: None,
+        rule_axes: Vec::new(),
+    }
+}

@@ -1,0 +1,346 @@
+//! `vcycle`: convert safetensors checkpoints between model sizes.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use vcycle_transform::anatomy::Anatomy;
+use vcycle_transform::{
+    ArchChoice, Checkpoint, EmbeddingRule, Job, Options, Rules, SchemeSpec, Target,
+};
+
+#[derive(Parser)]
+#[command(
+    name = "vcycle",
+    version,
+    about = "Coalesce, de-coalesce and interpolate transformer checkpoints between model sizes"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print the architecture, sizes, dtype and parameter count of a checkpoint.
+    Inspect {
+        /// A .safetensors file or a HuggingFace model directory.
+        model: PathBuf,
+        #[command(flatten)]
+        arch: ArchArgs,
+    },
+    /// Large → small: average `out` axes, sum `in` axes, average layers.
+    Coalesce(ResizeArgs),
+    /// Small → large: duplicate `out` axes, split `in` axes, copy layers.
+    Decoalesce(ResizeArgs),
+    /// (1 − α)·LARGE + α·DECOALESCED, tensor by tensor.
+    Interpolate {
+        large: PathBuf,
+        decoalesced: PathBuf,
+        #[command(flatten)]
+        output: OutputArgs,
+        /// Interpolation weight in [0, 1]: 0 returns LARGE, 1 returns DECOALESCED.
+        #[arg(long)]
+        alpha: f64,
+    },
+    /// De-coalesce SMALL to the size of the saved large model and interpolate with it.
+    Grow {
+        small: PathBuf,
+        /// The large model saved before it was coalesced.
+        #[arg(long)]
+        large: PathBuf,
+        #[arg(long)]
+        alpha: f64,
+        #[command(flatten)]
+        scheme: SchemeArgs,
+        #[command(flatten)]
+        arch: ArchArgs,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+    /// Run two checkpoints on the same seeded random input and compare their outputs.
+    Verify {
+        /// The reference checkpoint.
+        a: PathBuf,
+        /// The checkpoint compared against it.
+        b: PathBuf,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        #[arg(long, default_value_t = 2)]
+        batch: usize,
+        #[arg(long, default_value_t = 16)]
+        seq: usize,
+        /// Exit with code 1 when the relative difference exceeds this.
+        #[arg(long)]
+        max_rel: Option<f64>,
+        #[command(flatten)]
+        arch: ArchArgs,
+    },
+}
+
+#[derive(Args, Clone)]
+struct ArchArgs {
+    /// Built-in architecture (bert, gpt2); detected from config.json or tensor names if absent.
+    #[arg(long, conflicts_with = "rules")]
+    arch: Option<String>,
+    /// A rule file (TOML) describing a custom architecture.
+    #[arg(long)]
+    rules: Option<PathBuf>,
+}
+
+impl ArchArgs {
+    fn choice(&self) -> Result<ArchChoice> {
+        Ok(match (&self.arch, &self.rules) {
+            (Some(name), _) => ArchChoice::Preset(name.clone()),
+            (None, Some(path)) => ArchChoice::Rules(Box::new(Rules::from_file(path)?)),
+            (None, None) => ArchChoice::Detect,
+        })
+    }
+}
+
+#[derive(Args, Clone)]
+struct SchemeArgs {
+    /// Width scheme: strided (default), adjacent, or JSON groups such as [[0,2],[1,3]].
+    #[arg(long, default_value = "strided", value_parser = parse_scheme)]
+    width_scheme: SchemeSpec,
+    /// Depth scheme: strided (default), adjacent, or JSON groups.
+    #[arg(long, default_value = "strided", value_parser = parse_scheme)]
+    depth_scheme: SchemeSpec,
+    /// exact (function preserving; default) or reference (the reference implementation's rule).
+    #[arg(long, value_enum, default_value_t = EmbeddingRuleArg::Exact)]
+    embedding_rule: EmbeddingRuleArg,
+}
+
+#[derive(Args, Clone)]
+struct OutputArgs {
+    /// Output path (a file for a file input, a directory for a directory input).
+    #[arg(short, long, required_unless_present = "dry_run")]
+    output: Option<PathBuf>,
+    /// Print the plan and write nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Also write the plan as JSON to this file.
+    #[arg(long)]
+    plan_json: Option<PathBuf>,
+    /// Replace an existing output.
+    #[arg(long)]
+    force: bool,
+    /// Write shards of at most this size (e.g. 5GB, 500MB) with an index.
+    #[arg(long, value_parser = parse_size)]
+    shard_size: Option<u64>,
+}
+
+#[derive(Args, Clone)]
+struct ResizeArgs {
+    model: PathBuf,
+    /// Number of attention heads of the output (default: unchanged).
+    #[arg(long)]
+    heads: Option<usize>,
+    /// Number of key/value heads of the output (GQA; default: keep the query/kv ratio).
+    #[arg(long)]
+    kv_heads: Option<usize>,
+    /// Number of layers of the output (default: unchanged).
+    #[arg(long)]
+    layers: Option<usize>,
+    #[command(flatten)]
+    scheme: SchemeArgs,
+    #[command(flatten)]
+    arch: ArchArgs,
+    #[command(flatten)]
+    output: OutputArgs,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum EmbeddingRuleArg {
+    Exact,
+    Reference,
+}
+
+fn parse_scheme(s: &str) -> std::result::Result<SchemeSpec, String> {
+    s.parse()
+}
+
+/// `5GB`, `500MB`, `2GiB`, `1000000`.
+fn parse_size(s: &str) -> std::result::Result<u64, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(s.len());
+    let (number, unit) = s.split_at(split);
+    let number: f64 = number
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{s}` is not a size like 5GB or 500MB"))?;
+    let factor: f64 = match unit.to_ascii_uppercase().as_str() {
+        "" | "B" => 1.0,
+        "KB" => 1e3,
+        "MB" => 1e6,
+        "GB" => 1e9,
+        "KIB" => 1024.0,
+        "MIB" => 1024.0 * 1024.0,
+        "GIB" => 1024.0 * 1024.0 * 1024.0,
+        _ => {
+            return Err(format!(
+                "`{unit}` is not a size unit (B, KB, MB, GB, KiB, MiB, GiB)"
+            ));
+        }
+    };
+    let bytes = number * factor;
+    if !(bytes >= 1.0 && bytes.is_finite()) {
+        return Err(format!("shard size `{s}` must be at least one byte"));
+    }
+    Ok(bytes as u64)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Inspect { model, arch } => {
+            let checkpoint = Checkpoint::open(&model)?;
+            let anatomy = Anatomy::analyze(&checkpoint, &arch.choice()?)?;
+            print!(
+                "{}",
+                vcycle_transform::inspect::report(&model, &checkpoint, &anatomy)
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Coalesce(args) => resize(args, true),
+        Command::Decoalesce(args) => resize(args, false),
+        Command::Interpolate {
+            large,
+            decoalesced,
+            output,
+            alpha,
+        } => {
+            let options = Options {
+                shard_size: output.shard_size,
+                ..Options::default()
+            };
+            let job = Job::interpolate(&large, &decoalesced, alpha, &options)?;
+            finish(&job, &output)
+        }
+        Command::Grow {
+            small,
+            large,
+            alpha,
+            scheme,
+            arch,
+            output,
+        } => {
+            let options = options(&arch, &scheme, None, None, None, output.shard_size)?;
+            let job = Job::grow(&small, &large, alpha, &options)?;
+            finish(&job, &output)
+        }
+        Command::Verify {
+            a,
+            b,
+            seed,
+            batch,
+            seq,
+            max_rel,
+            arch,
+        } => {
+            let choice = arch.choice()?;
+            let (ca, aa) = vcycle_transform::open_model(&a, &choice)?;
+            let (cb, ab) = vcycle_transform::open_model(&b, &choice)?;
+            let v = vcycle_transform::verify::verify((&ca, &aa), (&cb, &ab), seed, batch, seq)?;
+            let d = v.difference;
+            println!("input:             {batch} x {seq} random tokens, seed {seed}");
+            println!("mean |a|:          {:.6e}", d.mean_abs_reference);
+            println!("mean |a - b|:      {:.6e}", d.mean_abs);
+            println!("max |a - b|:       {:.6e}", d.max_abs);
+            println!("relative:          {:.6e}", d.relative);
+            match max_rel {
+                Some(limit) if d.relative.is_nan() || d.relative > limit => {
+                    eprintln!(
+                        "relative difference {:.3e} exceeds --max-rel {limit:e}",
+                        d.relative
+                    );
+                    Ok(ExitCode::from(1))
+                }
+                _ => Ok(ExitCode::SUCCESS),
+            }
+        }
+    }
+}
+
+fn options(
+    arch: &ArchArgs,
+    scheme: &SchemeArgs,
+    heads: Option<usize>,
+    kv_heads: Option<usize>,
+    layers: Option<usize>,
+    shard_size: Option<u64>,
+) -> Result<Options> {
+    Ok(Options {
+        arch: arch.choice()?,
+        target: Target {
+            heads,
+            kv_heads,
+            layers,
+            width_scheme: scheme.width_scheme.clone(),
+            depth_scheme: scheme.depth_scheme.clone(),
+            embedding_rule: match scheme.embedding_rule {
+                EmbeddingRuleArg::Exact => EmbeddingRule::Exact,
+                EmbeddingRuleArg::Reference => EmbeddingRule::Reference,
+            },
+        },
+        shard_size,
+    })
+}
+
+fn resize(args: ResizeArgs, coalescing: bool) -> Result<ExitCode> {
+    let options = options(
+        &args.arch,
+        &args.scheme,
+        args.heads,
+        args.kv_heads,
+        args.layers,
+        args.output.shard_size,
+    )?;
+    let job = if coalescing {
+        Job::coalesce(&args.model, &options)?
+    } else {
+        Job::decoalesce(&args.model, &options)?
+    };
+    finish(&job, &args.output)
+}
+
+fn finish(job: &Job, output: &OutputArgs) -> Result<ExitCode> {
+    for warning in job.warnings() {
+        eprintln!("warning: {warning}");
+    }
+    if let Some(path) = &output.plan_json {
+        write_plan_json(job, path)?;
+    }
+    if output.dry_run {
+        print!("{}", job.plan());
+        return Ok(ExitCode::SUCCESS);
+    }
+    let Some(out) = &output.output else {
+        bail!("no output path: pass -o OUT or --dry-run");
+    };
+    job.write(out, output.force)?;
+    eprintln!(
+        "wrote {} ({} tensors, {:.1} MB)",
+        out.display(),
+        job.plan().tensors.len(),
+        job.plan().output_bytes() as f64 / 1e6
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn write_plan_json(job: &Job, path: &Path) -> Result<()> {
+    let mut text = serde_json::to_string_pretty(job.plan()).context("serialising the plan")?;
+    text.push('\n');
+    std::fs::write(path, text).with_context(|| format!("writing the plan to {}", path.display()))
+}

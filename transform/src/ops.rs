@@ -1,0 +1,252 @@
+//! The operators, as gathers, averages and splits over rows and blocks (never dense matrix
+//! products). Values are f64; see [`crate::dtype`].
+
+use crate::scheme::Grouping;
+
+/// What happens along one axis of one tensor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AxisOp {
+    /// Coalescing an `out` axis: small[g] = mean of large[u] over u in g.
+    Mean,
+    /// Coalescing an `in` axis: small[g] = sum of large[u] over u in g.
+    Sum,
+    /// De-coalescing an `out` axis: large[u] = small[g(u)].
+    Duplicate,
+    /// De-coalescing an `in` axis: large[u] = small[g(u)] / |g(u)|.
+    Split,
+}
+
+impl AxisOp {
+    pub fn name(self) -> &'static str {
+        match self {
+            AxisOp::Mean => "mean",
+            AxisOp::Sum => "sum",
+            AxisOp::Duplicate => "dup",
+            AxisOp::Split => "split",
+        }
+    }
+}
+
+/// A gather along one axis: output index i = (Σ input[j] for j in sources[i]) / divisor[i].
+#[derive(Debug, Clone)]
+pub struct Gather {
+    sources: Vec<Vec<usize>>,
+    divisors: Vec<f64>,
+    input_len: usize,
+}
+
+impl Gather {
+    /// The gather that applies `op` with an element-level grouping (large → small).
+    pub fn new(op: AxisOp, grouping: &Grouping) -> Gather {
+        match op {
+            AxisOp::Mean | AxisOp::Sum => Gather {
+                divisors: grouping
+                    .groups()
+                    .iter()
+                    .map(|g| {
+                        if op == AxisOp::Mean {
+                            g.len() as f64
+                        } else {
+                            1.0
+                        }
+                    })
+                    .collect(),
+                sources: grouping.groups().to_vec(),
+                input_len: grouping.large(),
+            },
+            AxisOp::Duplicate | AxisOp::Split => {
+                let large = grouping.large();
+                let sources = (0..large).map(|u| vec![grouping.owner(u)]).collect();
+                let divisors = (0..large)
+                    .map(|u| {
+                        if op == AxisOp::Split {
+                            grouping.groups()[grouping.owner(u)].len() as f64
+                        } else {
+                            1.0
+                        }
+                    })
+                    .collect();
+                Gather {
+                    sources,
+                    divisors,
+                    input_len: grouping.small(),
+                }
+            }
+        }
+    }
+
+    /// Concatenates gathers of consecutive parts of a fused axis (GPT-2's q|k|v).
+    pub fn concat(parts: Vec<Gather>) -> Gather {
+        let mut out = Gather {
+            sources: Vec::new(),
+            divisors: Vec::new(),
+            input_len: 0,
+        };
+        for part in parts {
+            let offset = out.input_len;
+            out.sources.extend(
+                part.sources
+                    .into_iter()
+                    .map(|s| s.into_iter().map(|j| j + offset).collect()),
+            );
+            out.divisors.extend(part.divisors);
+            out.input_len += part.input_len;
+        }
+        out
+    }
+
+    /// The identity on an axis of length `n`.
+    pub fn identity(n: usize) -> Gather {
+        Gather {
+            sources: (0..n).map(|i| vec![i]).collect(),
+            divisors: vec![1.0; n],
+            input_len: n,
+        }
+    }
+
+    pub fn input_len(&self) -> usize {
+        self.input_len
+    }
+
+    pub fn output_len(&self) -> usize {
+        self.sources.len()
+    }
+
+    /// Applies the gather along `axis` of a row-major tensor of `shape`; returns the new data
+    /// (the caller updates the shape). `shape[axis]` must equal `input_len()`.
+    pub fn apply(&self, data: &[f64], shape: &[usize], axis: usize) -> Vec<f64> {
+        let outer: usize = shape[..axis].iter().product();
+        let inner: usize = shape[axis + 1..].iter().product();
+        let n_in = self.input_len;
+        let n_out = self.output_len();
+        let mut out = vec![0.0; outer * n_out * inner];
+        for o in 0..outer {
+            let src_block = &data[o * n_in * inner..(o + 1) * n_in * inner];
+            let dst_block = &mut out[o * n_out * inner..(o + 1) * n_out * inner];
+            for (i, (sources, &divisor)) in self.sources.iter().zip(&self.divisors).enumerate() {
+                let dst = &mut dst_block[i * inner..(i + 1) * inner];
+                match sources.as_slice() {
+                    [single] => {
+                        dst.copy_from_slice(&src_block[single * inner..(single + 1) * inner])
+                    }
+                    many => {
+                        for &j in many {
+                            let src = &src_block[j * inner..(j + 1) * inner];
+                            dst.iter_mut().zip(src).for_each(|(d, s)| *d += s);
+                        }
+                    }
+                }
+                if divisor != 1.0 {
+                    dst.iter_mut().for_each(|d| *d /= divisor);
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Depth coalescing: the element-wise mean of the group's layers.
+pub fn mean_of(layers: &[Vec<f64>]) -> Vec<f64> {
+    let Some((first, rest)) = layers.split_first() else {
+        return Vec::new();
+    };
+    if rest.is_empty() {
+        return first.clone();
+    }
+    let mut out = first.clone();
+    for layer in rest {
+        out.iter_mut().zip(layer).for_each(|(o, v)| *o += v);
+    }
+    let n = layers.len() as f64;
+    out.iter_mut().for_each(|o| *o /= n);
+    out
+}
+
+/// Interpolation: θ = (1 − α)·large + α·decoalesced.
+///
+/// The end points return an input unchanged (α = 0: `large`, α = 1: `decoalesced`), bit for
+/// bit, including signed zeros that the formula would turn into +0.
+pub fn interpolate(large: &[f64], decoalesced: &[f64], alpha: f64) -> Vec<f64> {
+    if alpha == 0.0 {
+        return large.to_vec();
+    }
+    if alpha == 1.0 {
+        return decoalesced.to_vec();
+    }
+    large
+        .iter()
+        .zip(decoalesced)
+        .map(|(l, d)| (1.0 - alpha) * l + alpha * d)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scheme::SchemeSpec;
+
+    fn grouping(groups: Vec<Vec<usize>>, large: usize) -> Grouping {
+        let small = groups.len();
+        Grouping::from_groups(groups, large, small, "test").unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn mean_and_sum_along_rows_and_columns() {
+        // 2 x 4 matrix, columns grouped [[0,2],[1,3]].
+        let g = grouping(vec![vec![0, 2], vec![1, 3]], 4);
+        let data = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0];
+        assert_eq!(
+            Gather::new(AxisOp::Mean, &g).apply(&data, &[2, 4], 1),
+            [2.0, 3.0, 6.0, 7.0]
+        );
+        assert_eq!(
+            Gather::new(AxisOp::Sum, &g).apply(&data, &[2, 4], 1),
+            [4.0, 6.0, 12.0, 14.0]
+        );
+        // rows grouped [[0,1]] of a 2 x 2.
+        let rows = grouping(vec![vec![0, 1]], 2);
+        assert_eq!(
+            Gather::new(AxisOp::Mean, &rows).apply(&[1.0, 2.0, 3.0, 4.0], &[2, 2], 0),
+            [2.0, 3.0]
+        );
+    }
+
+    #[test]
+    fn duplicate_and_split_invert_mean_and_sum() {
+        let g = grouping(vec![vec![0, 2], vec![1, 3]], 4);
+        let small = [1.0, 2.0, 3.0, 4.0];
+        let dup = Gather::new(AxisOp::Duplicate, &g).apply(&small, &[2, 2], 1);
+        assert_eq!(dup, [1.0, 2.0, 1.0, 2.0, 3.0, 4.0, 3.0, 4.0]);
+        let split = Gather::new(AxisOp::Split, &g).apply(&small, &[2, 2], 1);
+        assert_eq!(split, [0.5, 1.0, 0.5, 1.0, 1.5, 2.0, 1.5, 2.0]);
+        assert_eq!(Gather::new(AxisOp::Mean, &g).apply(&dup, &[2, 4], 1), small);
+        assert_eq!(
+            Gather::new(AxisOp::Sum, &g).apply(&split, &[2, 4], 1),
+            small
+        );
+    }
+
+    #[test]
+    fn fused_axes_map_each_part_separately() {
+        let g =
+            Grouping::new(&SchemeSpec::Adjacent, 2, 1, "head").unwrap_or_else(|e| panic!("{e}"));
+        let fused = Gather::concat(vec![
+            Gather::new(AxisOp::Mean, &g),
+            Gather::new(AxisOp::Mean, &g),
+        ]);
+        assert_eq!(fused.apply(&[1.0, 3.0, 10.0, 30.0], &[4], 0), [2.0, 20.0]);
+    }
+
+    #[test]
+    fn interpolation_end_points_keep_signed_zero() {
+        let large = [-0.0, 1.0];
+        let small = [0.0, 3.0];
+        assert_eq!(
+            interpolate(&large, &small, 0.0)[0].to_bits(),
+            (-0.0f64).to_bits()
+        );
+        assert_eq!(interpolate(&large, &small, 1.0), small);
+        assert_eq!(interpolate(&large, &small, 0.25), [0.0, 1.5]);
+    }
+}

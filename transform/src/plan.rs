@@ -1,0 +1,658 @@
+//! Plan, then execute: one entry per output tensor with its sources, depth operation, per-axis
+//! operation and shapes. The plan is the `--dry-run` output, serialises to JSON
+//! (`--plan-json`) and is what the snapshot tests pin.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use safetensors::Dtype;
+use serde::Serialize;
+
+use crate::anatomy::{Anatomy, Dims, EmbeddingRule};
+use crate::error::{Error, Result};
+use crate::ops::{AxisOp, Gather};
+use crate::read::Checkpoint;
+use crate::rules::{Axis, Direction, Space};
+use crate::scheme::{Grouping, SchemeSpec};
+
+/// The operator a plan applies.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[serde(rename_all = "lowercase", tag = "name")]
+pub enum Operator {
+    /// Large → small.
+    Coalesce,
+    /// Small → large.
+    Decoalesce,
+    /// (1 − α)·large + α·other, tensor by tensor.
+    Interpolate { alpha: f64 },
+    /// De-coalesce, then interpolate with the saved large model, in one pass.
+    Grow { alpha: f64 },
+}
+
+impl fmt::Display for Operator {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Operator::Coalesce => write!(f, "coalesce"),
+            Operator::Decoalesce => write!(f, "decoalesce"),
+            Operator::Interpolate { alpha } => write!(f, "interpolate (alpha = {alpha})"),
+            Operator::Grow { alpha } => write!(f, "grow (alpha = {alpha})"),
+        }
+    }
+}
+
+/// What the user asked for: target sizes and schemes.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// Query heads of the other model (None: unchanged).
+    pub heads: Option<usize>,
+    /// Key/value heads of the other model (None: keep the query/kv ratio).
+    pub kv_heads: Option<usize>,
+    /// Layers of the other model (None: unchanged).
+    pub layers: Option<usize>,
+    pub width_scheme: SchemeSpec,
+    pub depth_scheme: SchemeSpec,
+    pub embedding_rule: EmbeddingRule,
+}
+
+impl Default for Target {
+    fn default() -> Self {
+        Target {
+            heads: None,
+            kv_heads: None,
+            layers: None,
+            width_scheme: SchemeSpec::Strided,
+            depth_scheme: SchemeSpec::Strided,
+            embedding_rule: EmbeddingRule::Exact,
+        }
+    }
+}
+
+/// How a tensor's layers are combined.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DepthOp {
+    /// One source tensor.
+    Single,
+    /// The mean of the group's layers (coalescing).
+    Mean,
+    /// Non-float tensors: the first source, unchanged.
+    First,
+}
+
+/// One operation on one axis of an output tensor.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AxisPlan {
+    /// The axis as the rule describes it (`hidden:in`, `attn+attn+attn:out`, `vocab`).
+    pub axis: String,
+    /// None when the axis is unchanged.
+    pub op: Option<AxisOp>,
+    pub from: usize,
+    pub to: usize,
+}
+
+/// How one output tensor is computed.
+#[derive(Debug, Clone, Serialize)]
+pub struct TensorPlan {
+    pub name: String,
+    #[serde(serialize_with = "serialize_dtype")]
+    pub dtype: Dtype,
+    pub shape: Vec<usize>,
+    /// Input tensors (a depth group when layers are merged).
+    pub sources: Vec<String>,
+    pub depth: DepthOp,
+    pub axes: Vec<AxisPlan>,
+    /// The saved large tensor interpolated with (interpolate and grow).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub interpolate_with: Option<String>,
+    /// The axes the gathers act on (the rule's axes after the embedding rule).
+    #[serde(skip)]
+    pub(crate) rule_axes: Vec<Axis>,
+}
+
+fn serialize_dtype<S: serde::Serializer>(
+    dtype: &Dtype,
+    s: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    s.serialize_str(&crate::dtype::name(*dtype))
+}
+
+/// Element-level groupings (large → small) of each model space.
+#[derive(Debug, Clone)]
+pub struct SpaceMaps {
+    maps: BTreeMap<Space, Grouping>,
+}
+
+impl SpaceMaps {
+    fn gather(&self, axis: &Axis, coalescing: bool) -> Option<(Gather, AxisOp)> {
+        let Axis::Model { parts, dir } = axis else {
+            return None;
+        };
+        let op = match (coalescing, dir) {
+            (true, Direction::Out) => AxisOp::Mean,
+            (true, Direction::In) => AxisOp::Sum,
+            (false, Direction::Out) => AxisOp::Duplicate,
+            (false, Direction::In) => AxisOp::Split,
+        };
+        let gathers = parts
+            .iter()
+            .map(|p| self.maps.get(p).map(|g| Gather::new(op, g)))
+            .collect::<Option<Vec<_>>>()?;
+        Some((Gather::concat(gathers), op))
+    }
+}
+
+/// A complete, validated conversion plan.
+#[derive(Debug, Clone, Serialize)]
+pub struct Plan {
+    pub operator: Operator,
+    pub arch: String,
+    pub embedding_rule: Option<EmbeddingRule>,
+    /// Sizes of the input model (the small one for grow).
+    pub from: Option<Dims>,
+    /// Sizes of the output model.
+    pub to: Option<Dims>,
+    /// Head groups (small head i = these large heads); absent for interpolate.
+    pub head_groups: Option<Grouping>,
+    /// Key/value head groups, when the model uses grouped-query attention.
+    pub kv_head_groups: Option<Grouping>,
+    pub layer_groups: Option<Grouping>,
+    /// Set when a group size differs from another: the result cannot be function preserving.
+    pub unequal_groups: bool,
+    pub tensors: Vec<TensorPlan>,
+    #[serde(skip)]
+    pub(crate) maps: Option<SpaceMaps>,
+}
+
+impl Plan {
+    /// The gather for an axis of a planned tensor, or None when the axis is unchanged.
+    pub(crate) fn gather_for(&self, axis: &Axis) -> Option<Gather> {
+        let maps = self.maps.as_ref()?;
+        let coalescing = matches!(self.operator, Operator::Coalesce);
+        maps.gather(axis, coalescing).map(|(g, _)| g)
+    }
+
+    /// Bytes of the output tensors.
+    pub fn output_bytes(&self) -> u64 {
+        self.tensors
+            .iter()
+            .map(|t| {
+                (t.shape.iter().product::<usize>() * crate::dtype::element_size(t.dtype)) as u64
+            })
+            .sum()
+    }
+}
+
+/// Plans coalescing (large input → small output) or de-coalescing (small input → large output).
+pub fn plan_resize(
+    checkpoint: &Checkpoint,
+    anatomy: &Anatomy,
+    target: &Target,
+    coalescing: bool,
+) -> Result<Plan> {
+    let from = &anatomy.dims;
+    let what = if coalescing {
+        "coalesce"
+    } else {
+        "de-coalesce"
+    };
+
+    // Sizes on both sides; grouping always maps the large model's units to the small one's.
+    let heads_other = target.heads.unwrap_or(from.heads);
+    let ratio = from.heads / from.kv_heads;
+    let gqa = from.kv_heads != from.heads;
+    let kv_other = match target.kv_heads {
+        Some(kv) => kv,
+        None if heads_other.is_multiple_of(ratio) => heads_other / ratio,
+        None => {
+            return Err(Error::Scheme {
+                what: "width",
+                reason: format!(
+                    "{heads_other} heads cannot keep {ratio} query heads per key/value head; give --kv-heads"
+                ),
+            });
+        }
+    };
+    if kv_other == 0 || !heads_other.is_multiple_of(kv_other) || heads_other / kv_other != ratio {
+        return Err(Error::Scheme {
+            what: "width",
+            reason: format!(
+                "{heads_other} query heads over {kv_other} key/value heads changes the {ratio} query heads per key/value head of the model"
+            ),
+        });
+    }
+    let (heads_large, heads_small, kv_large, kv_small) = if coalescing {
+        (from.heads, heads_other, from.kv_heads, kv_other)
+    } else {
+        (heads_other, from.heads, kv_other, from.kv_heads)
+    };
+    if heads_small > heads_large {
+        return Err(Error::Scheme {
+            what: "width",
+            reason: format!("cannot {what} {} heads to {heads_other}", from.heads),
+        });
+    }
+
+    let (head_groups, kv_head_groups) = if gqa {
+        let kv = Grouping::new(&target.width_scheme, kv_large, kv_small, "key/value head")?;
+        (kv.induce_queries(ratio), Some(kv))
+    } else {
+        (
+            Grouping::new(&target.width_scheme, heads_large, heads_small, "head")?,
+            None,
+        )
+    };
+    let kv_groups = kv_head_groups
+        .clone()
+        .unwrap_or_else(|| head_groups.clone());
+
+    let layers_other = target.layers.unwrap_or(from.layers);
+    let (layers_large, layers_small) = if coalescing {
+        (from.layers, layers_other)
+    } else {
+        (layers_other, from.layers)
+    };
+    let layer_groups = if from.layers == 0 && layers_other == 0 {
+        Grouping::identity(0)
+    } else {
+        Grouping::new(&target.depth_scheme, layers_large, layers_small, "layer")?
+    };
+
+    let hidden_block = from.hidden / from.heads;
+    let ffn_block = from.ffn / from.heads;
+    let mut maps = BTreeMap::new();
+    maps.insert(Space::Hidden, head_groups.expand(hidden_block));
+    maps.insert(Space::Ffn, head_groups.expand(ffn_block));
+    maps.insert(Space::Attn, head_groups.expand(from.head_dim));
+    maps.insert(Space::Kv, kv_groups.expand(from.head_dim));
+    let maps = SpaceMaps { maps };
+
+    let to = Dims {
+        layers: layers_other,
+        hidden: hidden_block * heads_other,
+        heads: heads_other,
+        kv_heads: kv_other,
+        head_dim: from.head_dim,
+        ffn: ffn_block * heads_other,
+        tied: from.tied,
+        fixed: from.fixed.clone(),
+    };
+
+    let unequal_groups =
+        !head_groups.is_equal() || !layer_groups.is_equal() || !kv_groups.is_equal();
+
+    let mut tensors = Vec::new();
+    for (index, rule) in anatomy.rules.tensors.iter().enumerate() {
+        let claims: Vec<_> = anatomy.claims.iter().filter(|c| c.rule == index).collect();
+        let Some(first) = claims.first() else {
+            continue;
+        };
+        let Some(info) = checkpoint.info(&first.name) else {
+            continue;
+        };
+        let axes = anatomy.effective_axes(index, target.embedding_rule);
+        let float = crate::dtype::is_float(info.dtype);
+        let mut axis_plans = Vec::with_capacity(axes.len());
+        for (axis_index, axis) in axes.iter().enumerate() {
+            let from_size = from.axis(axis).unwrap_or(info.shape[axis_index]);
+            let to_size = to.axis(axis).unwrap_or(info.shape[axis_index]);
+            let op = maps.gather(axis, coalescing).map(|(_, op)| op);
+            if op.is_some() && !float {
+                return Err(Error::UnsupportedDtype {
+                    tensor: first.name.clone(),
+                    dtype: info.dtype,
+                });
+            }
+            axis_plans.push(AxisPlan {
+                axis: axis.to_string(),
+                op: if head_groups.is_identity() { None } else { op },
+                from: from_size,
+                to: to_size,
+            });
+        }
+        let shape: Vec<usize> = axis_plans.iter().map(|a| a.to).collect();
+        let outputs: Vec<(Option<usize>, Vec<Option<usize>>)> = if rule.layered {
+            if coalescing {
+                layer_groups
+                    .groups()
+                    .iter()
+                    .enumerate()
+                    .map(|(i, g)| (Some(i), g.iter().map(|&u| Some(u)).collect()))
+                    .collect()
+            } else {
+                (0..layer_groups.large())
+                    .map(|u| (Some(u), vec![Some(layer_groups.owner(u))]))
+                    .collect()
+            }
+        } else {
+            vec![(None, vec![None])]
+        };
+        for (layer, source_layers) in outputs {
+            let sources: Vec<String> = source_layers
+                .iter()
+                .map(|l| rule.name(&anatomy.prefix, *l))
+                .collect();
+            for source in &sources {
+                match checkpoint.info(source) {
+                    Some(s) if s.dtype == info.dtype && s.shape == info.shape => {}
+                    Some(s) => {
+                        return Err(Error::Incompatible {
+                            tensor: source.clone(),
+                            reason: format!(
+                                "{:?} {:?} differs from `{}` ({:?} {:?}) of the same rule",
+                                s.dtype, s.shape, first.name, info.dtype, info.shape
+                            ),
+                        });
+                    }
+                    None => {
+                        return Err(Error::MissingTensor {
+                            path: checkpoint.path().to_path_buf(),
+                            tensor: source.clone(),
+                            arch: anatomy.rules.name.clone(),
+                        });
+                    }
+                }
+            }
+            let depth = match (sources.len(), float) {
+                (1, _) => DepthOp::Single,
+                (_, true) => DepthOp::Mean,
+                (_, false) => DepthOp::First,
+            };
+            tensors.push(TensorPlan {
+                name: rule.name(&anatomy.prefix, layer),
+                dtype: info.dtype,
+                shape: shape.clone(),
+                sources,
+                depth,
+                axes: axis_plans.clone(),
+                interpolate_with: None,
+                rule_axes: axes.clone(),
+            });
+        }
+    }
+    tensors.sort_by_cached_key(|t| natural_key(&t.name));
+
+    Ok(Plan {
+        operator: if coalescing {
+            Operator::Coalesce
+        } else {
+            Operator::Decoalesce
+        },
+        arch: anatomy.rules.name.clone(),
+        embedding_rule: Some(target.embedding_rule),
+        from: Some(from.clone()),
+        to: Some(to),
+        head_groups: Some(head_groups),
+        kv_head_groups,
+        layer_groups: Some(layer_groups),
+        unequal_groups,
+        tensors,
+        maps: Some(maps),
+    })
+}
+
+/// Orders `h.2.x` before `h.10.x`.
+pub fn natural_key(name: &str) -> Vec<(String, u64)> {
+    let mut key = Vec::new();
+    let mut text = String::new();
+    let mut chars = name.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c.is_ascii_digit() {
+            let mut digits = c.to_string();
+            while let Some(d) = chars.peek().filter(|d| d.is_ascii_digit()) {
+                digits.push(*d);
+                chars.next();
+            }
+            key.push((
+                std::mem::take(&mut text),
+                digits.parse().unwrap_or(u64::MAX),
+            ));
+        } else {
+            text.push(c);
+        }
+    }
+    key.push((text, 0));
+    key
+}
+
+/// Checks that α is an interpolation weight.
+pub fn check_alpha(alpha: f64) -> Result<()> {
+    if (0.0..=1.0).contains(&alpha) {
+        Ok(())
+    } else {
+        Err(Error::Alpha { alpha })
+    }
+}
+
+/// Plans θ = (1 − α)·large + α·other over two checkpoints with equal names, shapes and dtypes.
+pub fn plan_interpolate(large: &Checkpoint, other: &Checkpoint, alpha: f64) -> Result<Plan> {
+    check_alpha(alpha)?;
+    for name in other.tensors().keys() {
+        if large.info(name).is_none() {
+            return Err(Error::Incompatible {
+                tensor: name.clone(),
+                reason: format!(
+                    "present in {} but not in {}",
+                    other.path().display(),
+                    large.path().display()
+                ),
+            });
+        }
+    }
+    let mut tensors = Vec::with_capacity(large.tensors().len());
+    for (name, info) in large.tensors() {
+        let Some(o) = other.info(name) else {
+            return Err(Error::Incompatible {
+                tensor: name.clone(),
+                reason: format!(
+                    "present in {} but not in {}",
+                    large.path().display(),
+                    other.path().display()
+                ),
+            });
+        };
+        if o.shape != info.shape || o.dtype != info.dtype {
+            return Err(Error::Incompatible {
+                tensor: name.clone(),
+                reason: format!(
+                    "{:?} {:?} in {} but {:?} {:?} in {}",
+                    info.dtype,
+                    info.shape,
+                    large.path().display(),
+                    o.dtype,
+                    o.shape,
+                    other.path().display()
+                ),
+            });
+        }
+        tensors.push(TensorPlan {
+            name: name.clone(),
+            dtype: info.dtype,
+            shape: info.shape.clone(),
+            sources: vec![name.clone()],
+            depth: DepthOp::Single,
+            axes: Vec::new(),
+            interpolate_with: Some(name.clone()),
+            rule_axes: Vec::new(),
+        });
+    }
+    tensors.sort_by_cached_key(|t| natural_key(&t.name));
+    Ok(Plan {
+        operator: Operator::Interpolate { alpha },
+        arch: String::new(),
+        embedding_rule: None,
+        from: None,
+        to: None,
+        head_groups: None,
+        kv_head_groups: None,
+        layer_groups: None,
+        unequal_groups: false,
+        tensors,
+        maps: None,
+    })
+}
+
+/// Plans the V-cycle's way up: de-coalesce `small` to the sizes of the saved `large` model,
+/// then interpolate with it. Sizes not given in `target` are taken from `large`.
+pub fn plan_grow(
+    small: &Checkpoint,
+    small_anatomy: &Anatomy,
+    large: &Checkpoint,
+    large_anatomy: &Anatomy,
+    target: &Target,
+    alpha: f64,
+) -> Result<Plan> {
+    check_alpha(alpha)?;
+    let target = Target {
+        heads: Some(target.heads.unwrap_or(large_anatomy.dims.heads)),
+        kv_heads: Some(target.kv_heads.unwrap_or(large_anatomy.dims.kv_heads)),
+        layers: Some(target.layers.unwrap_or(large_anatomy.dims.layers)),
+        ..target.clone()
+    };
+    let mut plan = plan_resize(small, small_anatomy, &target, false)?;
+    let planned: std::collections::BTreeSet<&str> =
+        plan.tensors.iter().map(|t| t.name.as_str()).collect();
+    if let Some(extra) = large
+        .tensors()
+        .keys()
+        .find(|n| !planned.contains(n.as_str()))
+    {
+        return Err(Error::Incompatible {
+            tensor: extra.clone(),
+            reason: format!(
+                "present in the large model {} but not produced by de-coalescing {}",
+                large.path().display(),
+                small.path().display()
+            ),
+        });
+    }
+    for t in &mut plan.tensors {
+        let Some(info) = large.info(&t.name) else {
+            return Err(Error::Incompatible {
+                tensor: t.name.clone(),
+                reason: format!("missing from the large model {}", large.path().display()),
+            });
+        };
+        if info.shape != t.shape || info.dtype != t.dtype {
+            return Err(Error::Incompatible {
+                tensor: t.name.clone(),
+                reason: format!(
+                    "de-coalescing gives {:?} {:?} but the large model {} has {:?} {:?}",
+                    t.dtype,
+                    t.shape,
+                    large.path().display(),
+                    info.dtype,
+                    info.shape
+                ),
+            });
+        }
+        t.interpolate_with = Some(t.name.clone());
+    }
+    plan.operator = Operator::Grow { alpha };
+    Ok(plan)
+}
+
+impl fmt::Display for Plan {
+    /// One line per output tensor: name, dtype and shape, sources, depth and axis operations.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "operator: {}", self.operator)?;
+        if !self.arch.is_empty() {
+            writeln!(f, "architecture: {}", self.arch)?;
+        }
+        if let Some(rule) = self.embedding_rule {
+            writeln!(
+                f,
+                "embedding rule: {}",
+                serde_json::to_value(rule)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default()
+            )?;
+        }
+        if let (Some(from), Some(to)) = (&self.from, &self.to) {
+            writeln!(
+                f,
+                "sizes: layers {} -> {}, hidden {} -> {}, heads {} -> {}, kv heads {} -> {}, head size {}, ffn {} -> {}",
+                from.layers,
+                to.layers,
+                from.hidden,
+                to.hidden,
+                from.heads,
+                to.heads,
+                from.kv_heads,
+                to.kv_heads,
+                from.head_dim,
+                from.ffn,
+                to.ffn
+            )?;
+        }
+        if let Some(g) = &self.head_groups {
+            writeln!(
+                f,
+                "head groups: {}",
+                crate::scheme::format_groups(g.groups())
+            )?;
+        }
+        if let Some(g) = &self.kv_head_groups {
+            writeln!(
+                f,
+                "kv head groups: {}",
+                crate::scheme::format_groups(g.groups())
+            )?;
+        }
+        if let Some(g) = &self.layer_groups {
+            writeln!(
+                f,
+                "layer groups: {}",
+                crate::scheme::format_groups(g.groups())
+            )?;
+        }
+        if self.unequal_groups {
+            writeln!(
+                f,
+                "warning: unequal groups; the result is not function preserving"
+            )?;
+        }
+        writeln!(f, "tensors: {}", self.tensors.len())?;
+        for t in &self.tensors {
+            let shape: Vec<String> = t.shape.iter().map(usize::to_string).collect();
+            write!(
+                f,
+                "{} {}[{}] <- ",
+                t.name,
+                crate::dtype::name(t.dtype),
+                shape.join(", ")
+            )?;
+            if t.sources.len() == 1 {
+                write!(f, "{}", t.sources[0])?;
+            } else {
+                write!(
+                    f,
+                    "{}({})",
+                    match t.depth {
+                        DepthOp::Mean => "mean",
+                        _ => "first",
+                    },
+                    t.sources.join(", ")
+                )?;
+            }
+            let ops: Vec<String> = t
+                .axes
+                .iter()
+                .enumerate()
+                .filter_map(|(i, a)| {
+                    a.op.map(|op| format!("{i}:{} {} {}->{}", a.axis, op.name(), a.from, a.to))
+                })
+                .collect();
+            if !ops.is_empty() {
+                write!(f, " | {}", ops.join("; "))?;
+            }
+            if let (Some(with), Operator::Interpolate { alpha } | Operator::Grow { alpha }) =
+                (&t.interpolate_with, self.operator)
+            {
+                write!(f, " | lerp({alpha}) with large {with}")?;
+            }
+            writeln!(f)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,395 @@
+//! Function checks: build a [`forward::Model`] from a checkpoint through its rules (roles and
+//! axis directions, never tensor names), run two models on the same seeded input and compare.
+
+use ndarray::{Array1, Array2, ArrayD, Axis as NdAxis, IxDyn, s};
+use rand::SeedableRng;
+use rand::rngs::Xoshiro256PlusPlus;
+use rand_distr::{Distribution, Uniform};
+use serde_json::Value;
+
+use crate::anatomy::{Anatomy, lookup};
+use crate::error::{Error, Result};
+use crate::forward::{
+    self, Activation, Attention, Block, Embedding, Head, Input, Linear, Mlp, Norm, NormKind,
+    Placement, Positions,
+};
+use crate::read::Checkpoint;
+use crate::rules::{ActivationKind, Axis, Direction, ForwardSpec, PositionKind};
+
+/// Loads a checkpoint's weights into a forward-pass model.
+pub struct Loader<'a> {
+    checkpoint: &'a Checkpoint,
+    anatomy: &'a Anatomy,
+    spec: ForwardSpec,
+}
+
+impl<'a> Loader<'a> {
+    pub fn new(checkpoint: &'a Checkpoint, anatomy: &'a Anatomy) -> Result<Self> {
+        let spec = anatomy.rules.forward.clone().ok_or_else(|| {
+            Error::Verify(format!(
+                "architecture `{}` has no [forward] section, so it cannot be run",
+                anatomy.rules.name
+            ))
+        })?;
+        Ok(Loader {
+            checkpoint,
+            anatomy,
+            spec,
+        })
+    }
+
+    /// A tensor by role as f32 with its rule axes, if present.
+    fn get(&self, role: &str, layer: Option<usize>) -> Result<Option<(ArrayD<f32>, Vec<Axis>)>> {
+        let Some(claim) = self.anatomy.by_role(role, layer) else {
+            return Ok(None);
+        };
+        let info = self
+            .checkpoint
+            .info(&claim.name)
+            .ok_or_else(|| missing(self, &claim.name))?;
+        let values: Vec<f32> = self
+            .checkpoint
+            .values(&claim.name)?
+            .into_iter()
+            .map(|v| v as f32)
+            .collect();
+        let array = ArrayD::from_shape_vec(IxDyn(&info.shape), values)
+            .map_err(|e| Error::Verify(format!("tensor `{}`: {e}", claim.name)))?;
+        Ok(Some((
+            array,
+            self.anatomy.rules.tensors[claim.rule].axes.clone(),
+        )))
+    }
+
+    fn require(&self, role: &str, layer: Option<usize>) -> Result<(ArrayD<f32>, Vec<Axis>)> {
+        self.get(role, layer)?.ok_or_else(|| {
+            Error::Verify(format!(
+                "architecture `{}` has no tensor with role `{role}`{}",
+                self.anatomy.rules.name,
+                layer.map(|l| format!(" in layer {l}")).unwrap_or_default()
+            ))
+        })
+    }
+
+    fn vector(&self, role: &str, layer: Option<usize>) -> Result<Option<Array1<f32>>> {
+        self.get(role, layer)?
+            .map(|(a, _)| {
+                let n = a.len();
+                a.into_shape_with_order(n)
+                    .map_err(|e| Error::Verify(format!("role `{role}`: {e}")))
+            })
+            .transpose()
+    }
+
+    /// A weight as `[out, in]`: a matrix whose first axis is `in` (GPT-2's Conv1D) is
+    /// transposed. Returns the out-axis parts too, for fused weights.
+    fn matrix(&self, role: &str, layer: Option<usize>) -> Result<Option<(Array2<f32>, Vec<Axis>)>> {
+        let Some((a, axes)) = self.get(role, layer)? else {
+            return Ok(None);
+        };
+        let a = a
+            .into_dimensionality::<ndarray::Ix2>()
+            .map_err(|e| Error::Verify(format!("role `{role}` is not a matrix: {e}")))?;
+        let first_is_in = matches!(
+            axes.first(),
+            Some(Axis::Model {
+                dir: Direction::In,
+                ..
+            })
+        );
+        Ok(Some(if first_is_in {
+            (a.t().to_owned(), axes.into_iter().rev().collect())
+        } else {
+            (a, axes)
+        }))
+    }
+
+    fn linear(&self, name: &str, layer: Option<usize>) -> Result<Option<Linear>> {
+        let Some((weight, _)) = self.matrix(&format!("{name}.weight"), layer)? else {
+            return Ok(None);
+        };
+        let bias = self.vector(&format!("{name}.bias"), layer)?;
+        Ok(Some(Linear { weight, bias }))
+    }
+
+    fn require_linear(&self, name: &str, layer: Option<usize>) -> Result<Linear> {
+        self.linear(name, layer)?
+            .ok_or_else(|| Error::Verify(format!("no tensor with role `{name}.weight`")))
+    }
+
+    fn norm(&self, name: &str, layer: Option<usize>) -> Result<Option<Norm>> {
+        let Some(weight) = self.vector(&format!("{name}.weight"), layer)? else {
+            return Ok(None);
+        };
+        Ok(Some(Norm {
+            kind: match self.spec.norm {
+                crate::rules::NormKind::Layernorm => NormKind::LayerNorm,
+                crate::rules::NormKind::Rmsnorm => NormKind::RmsNorm,
+            },
+            weight,
+            bias: self.vector(&format!("{name}.bias"), layer)?,
+            eps: self.eps(),
+        }))
+    }
+
+    fn require_norm(&self, name: &str, layer: Option<usize>) -> Result<Norm> {
+        self.norm(name, layer)?
+            .ok_or_else(|| Error::Verify(format!("no tensor with role `{name}.weight`")))
+    }
+
+    fn config_f64(&self, keys: &[String]) -> Option<f64> {
+        let config = self.checkpoint.config()?;
+        keys.iter()
+            .find_map(|k| lookup(config, k).and_then(Value::as_f64))
+    }
+
+    fn eps(&self) -> f32 {
+        self.config_f64(&self.anatomy.rules.config.norm_eps)
+            .unwrap_or(1e-5) as f32
+    }
+
+    fn activation(&self) -> Activation {
+        match self.spec.activation {
+            ActivationKind::GeluErf => Activation::GeluErf,
+            ActivationKind::GeluTanh => Activation::GeluTanh,
+            ActivationKind::Silu => Activation::Silu,
+        }
+    }
+
+    /// q, k, v as separate projections, splitting a fused `qkv` along its output parts.
+    fn attention(&self, layer: usize) -> Result<Attention> {
+        let l = Some(layer);
+        let o = self.require_linear("attn.o", l)?;
+        if let Some((weight, axes)) = self.matrix("attn.qkv.weight", l)? {
+            let bias = self.vector("attn.qkv.bias", l)?;
+            let parts = match axes.first() {
+                Some(Axis::Model { parts, .. }) if parts.len() == 3 => parts.clone(),
+                _ => {
+                    return Err(Error::Verify(
+                        "role `attn.qkv.weight` must have a fused output axis of three parts"
+                            .into(),
+                    ));
+                }
+            };
+            let dims = &self.anatomy.dims;
+            let sizes: Vec<usize> = parts.iter().map(|&p| dims.space(p)).collect();
+            let mut start = 0;
+            let mut linears = Vec::with_capacity(3);
+            for size in sizes {
+                let rows = start..start + size;
+                linears.push(Linear {
+                    weight: weight.slice(s![rows.clone(), ..]).to_owned(),
+                    bias: bias.as_ref().map(|b| b.slice(s![rows]).to_owned()),
+                });
+                start += size;
+            }
+            let mut it = linears.into_iter();
+            let (Some(q), Some(k), Some(v)) = (it.next(), it.next(), it.next()) else {
+                return Err(Error::Verify("fused qkv split failed".into()));
+            };
+            return Ok(Attention { q, k, v, o });
+        }
+        Ok(Attention {
+            q: self.require_linear("attn.q", l)?,
+            k: self.require_linear("attn.k", l)?,
+            v: self.require_linear("attn.v", l)?,
+            o,
+        })
+    }
+
+    /// The forward-pass model.
+    pub fn model(&self) -> Result<forward::Model> {
+        let dims = &self.anatomy.dims;
+        let (table, _) = self.require("embed.tokens", None)?;
+        let table = table
+            .into_dimensionality::<ndarray::Ix2>()
+            .map_err(|e| Error::Verify(format!("role `embed.tokens`: {e}")))?;
+        let token_type = self
+            .get("embed.token_types", None)?
+            .map(|(a, _)| {
+                a.index_axis(NdAxis(0), 0)
+                    .to_owned()
+                    .into_dimensionality::<ndarray::Ix1>()
+            })
+            .transpose()
+            .map_err(|e| Error::Verify(format!("role `embed.token_types`: {e}")))?;
+        let positions = match self.spec.positions {
+            PositionKind::Learned => {
+                let (p, _) = self.require("embed.positions", None)?;
+                Positions::Learned(
+                    p.into_dimensionality::<ndarray::Ix2>()
+                        .map_err(|e| Error::Verify(format!("role `embed.positions`: {e}")))?,
+                )
+            }
+            PositionKind::Rope => Positions::Rope {
+                theta: self
+                    .config_f64(&self.anatomy.rules.config.rope_theta)
+                    .unwrap_or(10_000.0) as f32,
+            },
+            PositionKind::Patches => {
+                return Err(Error::Verify(
+                    "patch embeddings are not supported by this loader yet".into(),
+                ));
+            }
+        };
+        let blocks = (0..dims.layers)
+            .map(|layer| {
+                let l = Some(layer);
+                Ok(Block {
+                    attn_norm: self.require_norm("attn.norm", l)?,
+                    attn: self.attention(layer)?,
+                    mlp_norm: self.require_norm("mlp.norm", l)?,
+                    mlp: Mlp {
+                        up: self.require_linear("mlp.up", l)?,
+                        gate: self.linear("mlp.gate", l)?,
+                        down: self.require_linear("mlp.down", l)?,
+                    },
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let head_linear = match self.linear("head", None)? {
+            Some(head) if !dims.tied => head,
+            _ => Linear {
+                weight: table.clone(),
+                bias: self.vector("head.bias", None)?,
+            },
+        };
+        let transform = match self.linear("head.transform", None)? {
+            Some(linear) => Some((
+                linear,
+                self.activation(),
+                self.require_norm("head.transform.norm", None)?,
+            )),
+            None => None,
+        };
+        Ok(forward::Model {
+            embedding: Embedding::Tokens { table, token_type },
+            positions,
+            embedding_norm: self.norm("embed.norm", None)?,
+            blocks,
+            placement: match self.spec.placement {
+                crate::rules::Placement::Pre => Placement::PreNorm,
+                crate::rules::Placement::Post => Placement::PostNorm,
+            },
+            activation: self.activation(),
+            causal: self.spec.causal,
+            heads: dims.heads,
+            kv_heads: dims.kv_heads,
+            head_dim: dims.head_dim,
+            final_norm: self.norm("final_norm", None)?,
+            head: Head {
+                transform,
+                output: head_linear,
+                pool_first_token: self.spec.pool_first_token,
+            },
+        })
+    }
+}
+
+fn missing(loader: &Loader<'_>, name: &str) -> Error {
+    Error::MissingTensor {
+        path: loader.checkpoint.path().to_path_buf(),
+        tensor: name.to_string(),
+        arch: loader.anatomy.rules.name.clone(),
+    }
+}
+
+/// Runs a checkpoint on token ids.
+pub fn run_tokens(
+    checkpoint: &Checkpoint,
+    anatomy: &Anatomy,
+    ids: &Array2<i64>,
+) -> Result<ArrayD<f32>> {
+    let model = Loader::new(checkpoint, anatomy)?.model()?;
+    Ok(forward::forward(&model, Input::Tokens(ids.view()))?)
+}
+
+/// Seeded random token ids in `0..vocab`.
+pub fn random_tokens(seed: u64, batch: usize, seq: usize, vocab: usize) -> Result<Array2<i64>> {
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed);
+    let dist = Uniform::new(0, vocab as i64)
+        .map_err(|e| Error::Verify(format!("vocabulary {vocab}: {e}")))?;
+    Ok(Array2::from_shape_fn((batch, seq), |_| {
+        dist.sample(&mut rng)
+    }))
+}
+
+/// How far apart two models' outputs are.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct Difference {
+    pub mean_abs: f64,
+    pub max_abs: f64,
+    /// mean |a − b| / mean |a|.
+    pub relative: f64,
+    pub mean_abs_reference: f64,
+}
+
+/// Compares `b` against the reference `a`.
+pub fn compare(a: &ArrayD<f32>, b: &ArrayD<f32>) -> Result<Difference> {
+    if a.shape() != b.shape() {
+        return Err(Error::Verify(format!(
+            "outputs have different shapes: {:?} and {:?}",
+            a.shape(),
+            b.shape()
+        )));
+    }
+    let n = a.len().max(1) as f64;
+    let mut sum_abs = 0.0;
+    let mut max_abs: f64 = 0.0;
+    let mut sum_ref = 0.0;
+    for (x, y) in a.iter().zip(b.iter()) {
+        let d = (f64::from(*x) - f64::from(*y)).abs();
+        sum_abs += d;
+        max_abs = max_abs.max(d);
+        sum_ref += f64::from(*x).abs();
+    }
+    let mean_abs_reference = sum_ref / n;
+    Ok(Difference {
+        mean_abs: sum_abs / n,
+        max_abs,
+        relative: if mean_abs_reference > 0.0 {
+            sum_abs / n / mean_abs_reference
+        } else {
+            0.0
+        },
+        mean_abs_reference,
+    })
+}
+
+/// What `vcycle verify` measures.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Verification {
+    pub batch: usize,
+    pub seq: usize,
+    pub seed: u64,
+    pub difference: Difference,
+}
+
+/// Runs both checkpoints on the same seeded random input and compares their outputs (the
+/// first is the reference). Their sizes may differ; their vocabularies must match.
+pub fn verify(
+    a: (&Checkpoint, &Anatomy),
+    b: (&Checkpoint, &Anatomy),
+    seed: u64,
+    batch: usize,
+    seq: usize,
+) -> Result<Verification> {
+    let vocab = |anatomy: &Anatomy| anatomy.dims.fixed.get("vocab").copied().unwrap_or(0);
+    let (va, vb) = (vocab(a.1), vocab(b.1));
+    if va != vb {
+        return Err(Error::Verify(format!(
+            "vocabularies differ: {} has {va} tokens, {} has {vb}",
+            a.0.path().display(),
+            b.0.path().display()
+        )));
+    }
+    let ids = random_tokens(seed, batch, seq, va)?;
+    let out_a = run_tokens(a.0, a.1, &ids)?;
+    let out_b = run_tokens(b.0, b.1, &ids)?;
+    Ok(Verification {
+        batch,
+        seq,
+        seed,
+        difference: compare(&out_a, &out_b)?,
+    })
+}
