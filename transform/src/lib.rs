@@ -21,6 +21,8 @@ pub mod plan;
 pub mod read;
 pub mod rules;
 pub mod scheme;
+#[cfg(test)]
+mod test_support;
 pub mod verify;
 pub mod write;
 

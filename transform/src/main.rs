@@ -207,10 +207,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Inspect { model, arch } => {
             let checkpoint = Checkpoint::open(&model)?;
             let anatomy = Anatomy::analyze(&checkpoint, &arch.choice()?)?;
-            print!(
-                "{}",
-                vcycle_transform::inspect::report(&model, &checkpoint, &anatomy)
-            );
+            emit(&vcycle_transform::inspect::report(
+                &model,
+                &checkpoint,
+                &anatomy,
+            ))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Coalesce(args) => resize(args, true),
@@ -254,11 +255,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let (cb, ab) = vcycle_transform::open_model(&b, &choice)?;
             let v = vcycle_transform::verify::verify((&ca, &aa), (&cb, &ab), seed, batch, seq)?;
             let d = v.difference;
-            println!("input:             {batch} x {seq} random tokens, seed {seed}");
-            println!("mean |a|:          {:.6e}", d.mean_abs_reference);
-            println!("mean |a - b|:      {:.6e}", d.mean_abs);
-            println!("max |a - b|:       {:.6e}", d.max_abs);
-            println!("relative:          {:.6e}", d.relative);
+            emit(&format!(
+                "input:        {batch} x {seq} random tokens, seed {seed}\n\
+                 mean |a|:     {:.6e}\n\
+                 mean |a - b|: {:.6e}\n\
+                 max |a - b|:  {:.6e}\n\
+                 relative:     {:.6e}\n",
+                d.mean_abs_reference, d.mean_abs, d.max_abs, d.relative
+            ))?;
             match max_rel {
                 Some(limit) if d.relative.is_nan() || d.relative > limit => {
                     eprintln!(
@@ -323,7 +327,7 @@ fn finish(job: &Job, output: &OutputArgs) -> Result<ExitCode> {
         write_plan_json(job, path)?;
     }
     if output.dry_run {
-        print!("{}", job.plan());
+        emit(&job.plan().to_string())?;
         return Ok(ExitCode::SUCCESS);
     }
     let Some(out) = &output.output else {
@@ -337,6 +341,15 @@ fn finish(job: &Job, output: &OutputArgs) -> Result<ExitCode> {
         job.plan().output_bytes() as f64 / 1e6
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// Writes to stdout; a closed pipe (`vcycle ... | head`) is not an error.
+fn emit(text: &str) -> Result<()> {
+    use std::io::Write;
+    match std::io::stdout().write_all(text.as_bytes()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(()),
+    }
 }
 
 fn write_plan_json(job: &Job, path: &Path) -> Result<()> {

@@ -393,3 +393,59 @@ pub fn verify(
         difference: compare(&out_a, &out_b)?,
     })
 }
+
+/// What [`decoalesce_difference`] measured.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RegrowMeasurement {
+    pub small_heads: usize,
+    pub small_layers: usize,
+    pub difference: Difference,
+}
+
+/// Coalesces `model` to `target`'s sizes, de-coalesces the result back to the model's own
+/// sizes with the same scheme and rule, and compares the small model (reference) with the
+/// regrown one. `work` must be an empty scratch directory.
+pub fn decoalesce_difference(
+    model: &std::path::Path,
+    target: &crate::plan::Target,
+    work: &std::path::Path,
+    seed: u64,
+) -> Result<RegrowMeasurement> {
+    let options = crate::convert::Options {
+        target: target.clone(),
+        ..Default::default()
+    };
+    let (_, large_anatomy) = crate::convert::open_model(model, &options.arch)?;
+    let small_path = work.join("small");
+    crate::convert::Job::coalesce(model, &options)?.write(&small_path, false)?;
+    let back = crate::convert::Options {
+        target: crate::plan::Target {
+            heads: Some(large_anatomy.dims.heads),
+            kv_heads: Some(large_anatomy.dims.kv_heads),
+            layers: Some(large_anatomy.dims.layers),
+            ..target.clone()
+        },
+        ..Default::default()
+    };
+    let grown_path = work.join("grown");
+    crate::convert::Job::decoalesce(&small_path, &back)?.write(&grown_path, false)?;
+    let (small, small_anatomy) = crate::convert::open_model(&small_path, &back.arch)?;
+    let (grown, grown_anatomy) = crate::convert::open_model(&grown_path, &back.arch)?;
+    let v = verify(
+        (&small, &small_anatomy),
+        (&grown, &grown_anatomy),
+        seed,
+        2,
+        16,
+    )?;
+    Ok(RegrowMeasurement {
+        small_heads: small_anatomy.dims.heads,
+        small_layers: small_anatomy.dims.layers,
+        difference: v.difference,
+    })
+}
+
+#[cfg(test)]
+mod hf_reference_tests;
+#[cfg(test)]
+mod preservation_tests;
