@@ -195,3 +195,8 @@ fn output_form(
         },
     }
 }
+
+#[cfg(test)]
+mod hand_checked_tests;
+#[cfg(test)]
+mod round_trip_tests;

@@ -128,22 +128,41 @@ impl Gather {
                 let dst = &mut dst_block[i * inner..(i + 1) * inner];
                 match sources.as_slice() {
                     [single] => {
-                        dst.copy_from_slice(&src_block[single * inner..(single + 1) * inner])
-                    }
-                    many => {
-                        for &j in many {
-                            let src = &src_block[j * inner..(j + 1) * inner];
-                            dst.iter_mut().zip(src).for_each(|(d, s)| *d += s);
+                        dst.copy_from_slice(&src_block[single * inner..(single + 1) * inner]);
+                        if divisor != 1.0 {
+                            dst.iter_mut().for_each(|d| *d /= divisor);
                         }
                     }
-                }
-                if divisor != 1.0 {
-                    dst.iter_mut().for_each(|d| *d /= divisor);
+                    [first, rest @ ..] => {
+                        let row = |j: usize| &src_block[j * inner..(j + 1) * inner];
+                        let first = row(*first);
+                        if divisor == 1.0 {
+                            dst.copy_from_slice(first);
+                            for &j in rest {
+                                dst.iter_mut().zip(row(j)).for_each(|(d, s)| *d += s);
+                            }
+                        } else {
+                            shifted_mean(dst, first, rest.iter().map(|&j| row(j)), divisor);
+                        }
+                    }
+                    [] => {}
                 }
             }
         }
         out
     }
+}
+
+/// `dst = first + Σ (row − first) / n`: the mean, computed so that the mean of equal values
+/// is that value exactly in any precision (the naive Σ/n rounds 3x/3 for f64 data).
+fn shifted_mean<'a>(dst: &mut [f64], first: &[f64], rows: impl Iterator<Item = &'a [f64]>, n: f64) {
+    dst.iter_mut().for_each(|d| *d = 0.0);
+    for row in rows {
+        dst.iter_mut()
+            .zip(row.iter().zip(first))
+            .for_each(|(d, (r, f))| *d += r - f);
+    }
+    dst.iter_mut().zip(first).for_each(|(d, f)| *d = f + *d / n);
 }
 
 /// Depth coalescing: the element-wise mean of the group's layers.
@@ -154,12 +173,13 @@ pub fn mean_of(layers: &[Vec<f64>]) -> Vec<f64> {
     if rest.is_empty() {
         return first.clone();
     }
-    let mut out = first.clone();
-    for layer in rest {
-        out.iter_mut().zip(layer).for_each(|(o, v)| *o += v);
-    }
-    let n = layers.len() as f64;
-    out.iter_mut().for_each(|o| *o /= n);
+    let mut out = vec![0.0; first.len()];
+    shifted_mean(
+        &mut out,
+        first,
+        rest.iter().map(Vec::as_slice),
+        layers.len() as f64,
+    );
     out
 }
 
