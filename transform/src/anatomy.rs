@@ -121,7 +121,12 @@ impl Anatomy {
                 fixed: BTreeMap::new(),
             },
         };
-        anatomy.dims = resolve_dims(checkpoint, &anatomy)?;
+        // Tensors the rules do not know explain a size failure better than the failure does
+        // (`--arch bert` on a GPT-2 finds no heads because it claims nothing).
+        anatomy.dims = match resolve_dims(checkpoint, &anatomy) {
+            Ok(dims) => dims,
+            Err(e) => return Err(anatomy.require_complete(checkpoint).err().unwrap_or(e)),
+        };
         anatomy.check_required(checkpoint)?;
         Ok(anatomy)
     }
@@ -195,12 +200,12 @@ impl Anatomy {
         }
     }
 
-    /// The claim of a tensor with a role, at a layer.
+    /// The claim of a tensor with a role, at a layer. Several rules may share a role when a
+    /// checkpoint holds at most one of them (DeiT's two alternative classifier heads).
     pub fn by_role(&self, role: &str, layer: Option<usize>) -> Option<&Claim> {
-        let (index, _) = self.rules.by_role(role)?;
         self.claims
             .iter()
-            .find(|c| c.rule == index && c.layer == layer)
+            .find(|c| c.layer == layer && self.rules.tensors[c.rule].role.as_deref() == Some(role))
     }
 
     /// Number of parameters (float tensors; a tied head stored twice is counted once).
@@ -236,12 +241,13 @@ fn choose_rules(checkpoint: &Checkpoint, choice: &ArchChoice) -> Result<Rules> {
             }
             let names = checkpoint.tensors();
             for rules in &presets {
-                let found = rules.detect_tensors.iter().any(|t| {
-                    rules
-                        .prefixes
-                        .iter()
-                        .any(|p| names.contains_key(&format!("{p}{t}")))
-                });
+                let found = !rules.detect_tensors.is_empty()
+                    && rules.detect_tensors.iter().all(|t| {
+                        rules
+                            .prefixes
+                            .iter()
+                            .any(|p| names.contains_key(&format!("{p}{t}")))
+                    });
                 if found {
                     return Ok(rules.clone());
                 }

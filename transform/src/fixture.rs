@@ -91,6 +91,68 @@ pub fn gpt2_lm(seed: u64) -> FixtureSpec {
     }
 }
 
+/// The Llama fixtures of the issue: 4 layers, hidden 64, 4 query heads over 2 key/value heads
+/// of 16, FFN 176, vocabulary 128; `tied` drops `lm_head` (tie_word_embeddings = true).
+pub fn llama_lm(seed: u64, tied: bool) -> FixtureSpec {
+    FixtureSpec {
+        arch: "llama".into(),
+        dims: Dims {
+            layers: 4,
+            hidden: 64,
+            heads: 4,
+            kv_heads: 2,
+            head_dim: 16,
+            ffn: 176,
+            tied,
+            fixed: BTreeMap::from([("vocab".to_string(), 128), ("positions".to_string(), 64)]),
+        },
+        optional: if tied {
+            Vec::new()
+        } else {
+            vec!["lm_head.weight".into()]
+        },
+        arange: Vec::new(),
+        dtype: Dtype::F32,
+        seed,
+    }
+}
+
+/// The ViTForImageClassification fixture: 32×32 RGB images in 8×8 patches (16 patches + CLS),
+/// 4 layers, hidden 64, 4 heads of 16, FFN 256, 10 labels.
+pub fn vit_classifier(seed: u64) -> FixtureSpec {
+    FixtureSpec {
+        arch: "vit".into(),
+        dims: Dims {
+            layers: 4,
+            hidden: 64,
+            heads: 4,
+            kv_heads: 4,
+            head_dim: 16,
+            ffn: 256,
+            tied: false,
+            fixed: BTreeMap::from([
+                ("channels".to_string(), 3),
+                ("patch".to_string(), 8),
+                ("positions".to_string(), 17),
+                ("labels".to_string(), 10),
+                ("image_size".to_string(), 32),
+            ]),
+        },
+        optional: [
+            "encoder.layer.{layer}.attention.attention.query.bias",
+            "encoder.layer.{layer}.attention.attention.key.bias",
+            "encoder.layer.{layer}.attention.attention.value.bias",
+            "classifier.weight",
+            "classifier.bias",
+        ]
+        .map(String::from)
+        .to_vec(),
+        arange: Vec::new(),
+        dtype: Dtype::F32,
+        seed,
+    }
+}
+
 /// FNV-1a, so each tensor's values depend on its name and the seed only.
 fn stable_hash(text: &str) -> u64 {
     text.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
@@ -137,7 +199,7 @@ pub fn build(spec: &FixtureSpec) -> Result<Vec<FixtureTensor>> {
             }
             let mut rng = Xoshiro256PlusPlus::seed_from_u64(spec.seed ^ stable_hash(&name));
             let role = rule.role.as_deref().unwrap_or("");
-            let is_norm = role.contains("norm") || rule.template.contains("LayerNorm");
+            let is_norm = role.contains("norm");
             let fan_in = rule.axes.iter().zip(&shape).find_map(|(a, &n)| {
                 matches!(
                     a,
@@ -231,6 +293,61 @@ pub fn config(spec: &FixtureSpec) -> Result<Value> {
             "tie_word_embeddings": d.tied,
             "vocab_size": fixed("vocab"),
         })),
+        "llama" => Ok(json!({
+            "architectures": ["LlamaForCausalLM"],
+            "attention_bias": false,
+            "attention_dropout": 0.0,
+            "bos_token_id": 1,
+            "dtype": dtype,
+            "eos_token_id": 2,
+            "head_dim": d.head_dim,
+            "hidden_act": "silu",
+            "hidden_size": d.hidden,
+            "initializer_range": 0.02,
+            "intermediate_size": d.ffn,
+            "max_position_embeddings": fixed("positions"),
+            "mlp_bias": false,
+            "model_type": "llama",
+            "num_attention_heads": d.heads,
+            "num_hidden_layers": d.layers,
+            "num_key_value_heads": d.kv_heads,
+            "pretraining_tp": 1,
+            "rms_norm_eps": 1e-6,
+            "rope_parameters": {"rope_theta": 10000.0, "rope_type": "default"},
+            "tie_word_embeddings": d.tied,
+            "use_cache": true,
+            "vocab_size": fixed("vocab"),
+        })),
+        "vit" => {
+            let labels = fixed("labels");
+            let id2label: serde_json::Map<String, Value> = (0..labels)
+                .map(|i| (i.to_string(), Value::from(format!("LABEL_{i}"))))
+                .collect();
+            let label2id: serde_json::Map<String, Value> = (0..labels)
+                .map(|i| (format!("LABEL_{i}"), Value::from(i)))
+                .collect();
+            Ok(json!({
+                "architectures": ["ViTForImageClassification"],
+                "attention_probs_dropout_prob": 0.0,
+                "dtype": dtype,
+                "encoder_stride": fixed("patch"),
+                "hidden_act": "gelu",
+                "hidden_dropout_prob": 0.0,
+                "hidden_size": d.hidden,
+                "id2label": id2label,
+                "image_size": fixed("image_size"),
+                "initializer_range": 0.02,
+                "intermediate_size": d.ffn,
+                "label2id": label2id,
+                "layer_norm_eps": 1e-12,
+                "model_type": "vit",
+                "num_attention_heads": d.heads,
+                "num_channels": fixed("channels"),
+                "num_hidden_layers": d.layers,
+                "patch_size": fixed("patch"),
+                "qkv_bias": true,
+            }))
+        }
         other => Err(Error::RuleFile {
             file: other.to_string(),
             message: "no fixture config template for this architecture".into(),
@@ -260,7 +377,10 @@ pub fn write_dir(spec: &FixtureSpec, dir: &Path) -> Result<()> {
             .map(|f| f.data.clone())
             .unwrap_or_default())
     })?;
-    std::fs::remove_dir_all(dir).map_err(Error::io(dir))?;
+    match std::fs::remove_dir_all(dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(Error::io(dir)(e)),
+        _ => {}
+    }
     std::fs::rename(&tmp, dir).map_err(Error::io(dir))
 }
 

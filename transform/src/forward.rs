@@ -8,9 +8,6 @@
 
 use ndarray::{Array1, Array2, Array4, ArrayD, ArrayView1, ArrayView2, ArrayView4, Axis, IxDyn, s};
 
-#[cfg(test)]
-mod hf_reference_tests;
-
 /// Why a forward pass could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum ForwardError {
@@ -248,6 +245,9 @@ pub struct Head {
     pub output: Linear,
     /// Classify from token 0 only (ViT), giving `[batch, labels]`.
     pub pool_first_token: bool,
+    /// `[labels, hidden]`, a second classifier on token 1 (DeiT's distillation head); the logits
+    /// are then `(output(x₀) + distillation(x₁)) / 2`. Needs `pool_first_token`.
+    pub distillation: Option<Linear>,
 }
 
 /// A complete model with already-oriented weights.
@@ -305,19 +305,25 @@ pub fn forward(model: &Model, input: Input) -> Result<ArrayD<f32>, ForwardError>
     for block in &model.blocks {
         x = run_block(model, block, x, &shape, rope.as_ref());
     }
+    // Every later step is per-token, so keeping only the pooled tokens now gives the same result.
+    let second = match (&model.head.distillation, model.head.pool_first_token) {
+        (Some(_), true) if seq < 2 => {
+            return Err(ForwardError::EmptyInput {
+                shape: vec![batch, seq],
+            });
+        }
+        (Some(_), true) => Some(head_features(model, x.slice(s![1..;seq, ..]).to_owned())),
+        _ => None,
+    };
     if model.head.pool_first_token {
-        // Every later step is per-token, so keeping only token 0 now gives the same result.
         x = x.slice(s![..;seq, ..]).to_owned();
     }
-    if let Some(norm) = &model.final_norm {
-        x = apply_norm(norm, x.view());
+    let x = head_features(model, x);
+    let mut logits = apply_linear(&model.head.output, x.view());
+    if let (Some(distillation), Some(x1)) = (&model.head.distillation, second) {
+        logits += &apply_linear(distillation, x1.view());
+        logits.mapv_inplace(|v| v / 2.0);
     }
-    if let Some((linear, activation, norm)) = &model.head.transform {
-        let mut t = apply_linear(linear, x.view());
-        activate(&mut t, *activation);
-        x = apply_norm(norm, t.view());
-    }
-    let logits = apply_linear(&model.head.output, x.view());
     let out = logits.ncols();
     let dims = if model.head.pool_first_token {
         vec![batch, out]
@@ -331,6 +337,19 @@ pub fn forward(model: &Model, input: Input) -> Result<ArrayD<f32>, ForwardError>
             actual: dims.clone(),
             expected: "a contiguous [batch·seq, out] matrix".to_owned(),
         })
+}
+
+/// The final norm and the head's transform, per token.
+fn head_features(model: &Model, mut x: Array2<f32>) -> Array2<f32> {
+    if let Some(norm) = &model.final_norm {
+        x = apply_norm(norm, x.view());
+    }
+    if let Some((linear, activation, norm)) = &model.head.transform {
+        let mut t = apply_linear(linear, x.view());
+        activate(&mut t, *activation);
+        x = apply_norm(norm, t.view());
+    }
+    x
 }
 
 /// Batch geometry shared by every attention layer.
@@ -504,7 +523,22 @@ fn validate(model: &Model) -> Result<usize, ForwardError> {
         check_linear("head transform", linear, Some(hidden), Some(hidden))?;
         check_norm("head transform norm", norm, hidden)?;
     }
-    check_linear("head output", &model.head.output, None, Some(hidden))?;
+    let (labels, _) = check_linear("head output", &model.head.output, None, Some(hidden))?;
+    if let Some(distillation) = &model.head.distillation {
+        if !model.head.pool_first_token {
+            return Err(shape_error(
+                "distillation head (it needs first-token pooling)",
+                distillation.weight.shape(),
+                format!("[{labels}, {hidden}]"),
+            ));
+        }
+        check_linear(
+            "distillation head",
+            distillation,
+            Some(labels),
+            Some(hidden),
+        )?;
+    }
     Ok(hidden)
 }
 
@@ -1029,6 +1063,7 @@ mod tests {
                 transform: None,
                 output: lin(5, 8),
                 pool_first_token: false,
+                distillation: None,
             },
         };
         let ids = ndarray::array![[0i64, 1, 2]];

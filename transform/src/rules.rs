@@ -15,6 +15,9 @@ use crate::error::{Error, Result};
 pub const PRESETS: &[(&str, &str)] = &[
     ("bert", include_str!("../rules/bert.toml")),
     ("gpt2", include_str!("../rules/gpt2.toml")),
+    ("llama", include_str!("../rules/llama.toml")),
+    ("vit", include_str!("../rules/vit.toml")),
+    ("vit-timm", include_str!("../rules/vit-timm.toml")),
 ];
 
 /// A model space that width changes act on (SPEC §1).
@@ -139,7 +142,7 @@ impl std::fmt::Display for Axis {
 }
 
 /// How a model's norm, placement, activation and positions work, for the forward pass.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ForwardSpec {
     pub norm: NormKind,
@@ -148,9 +151,13 @@ pub struct ForwardSpec {
     pub positions: PositionKind,
     #[serde(default)]
     pub causal: bool,
-    /// Whether the classifier reads the first token only (ViT).
+    /// Whether the classifier reads the first token only (ViT; with a distillation head, DeiT's
+    /// second token too).
     #[serde(default)]
     pub pool_first_token: bool,
+    /// The norms' epsilon when config.json gives none (timm's ViT uses 1e-6; default 1e-5).
+    #[serde(default)]
+    pub norm_eps: Option<f64>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
@@ -211,6 +218,10 @@ pub struct ConfigKeys {
     /// (`rope_parameters.rope_theta`).
     #[serde(default)]
     pub rope_theta: Vec<String>,
+    /// Keys for the side of the input image (patch models); without one, the side follows from
+    /// the number of position embeddings.
+    #[serde(default)]
+    pub image_size: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -218,7 +229,8 @@ pub struct ConfigKeys {
 struct DetectSpec {
     #[serde(default)]
     model_types: Vec<String>,
-    /// Tensor names (relative to the base prefix) whose presence identifies the architecture.
+    /// Tensor names (relative to the base prefix) whose presence, all together, identifies the
+    /// architecture.
     #[serde(default)]
     tensors: Vec<String>,
 }
@@ -352,6 +364,8 @@ pub const ROLES: &[&str] = &[
     "head.transform.norm.bias",
     "head.weight",
     "head.bias",
+    "head.distillation.weight",
+    "head.distillation.bias",
 ];
 
 impl Rules {
@@ -506,7 +520,7 @@ impl Rules {
             .collect()
     }
 
-    /// The rule with a role, if the file declares one.
+    /// The first rule with a role, if the file declares one (several may share a role).
     pub fn by_role(&self, role: &str) -> Option<(usize, &TensorRule)> {
         self.tensors
             .iter()
@@ -524,6 +538,21 @@ mod tests {
         for (name, _) in PRESETS {
             let rules = Rules::preset(name);
             assert!(rules.is_ok(), "{name}: {rules:?}");
+        }
+    }
+
+    #[test]
+    fn every_presets_detection_tensors_are_its_own_tensors() {
+        for (name, _) in PRESETS {
+            let rules = Rules::preset(name).unwrap_or_else(|e| panic!("{e}"));
+            assert!(!rules.detect_tensors.is_empty(), "{name}");
+            let patterns = rules.patterns("").unwrap_or_else(|e| panic!("{e}"));
+            for t in &rules.detect_tensors {
+                assert!(
+                    patterns.iter().any(|re| re.is_match(t)),
+                    "{name}: detection tensor `{t}` is not declared"
+                );
+            }
         }
     }
 

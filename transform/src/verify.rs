@@ -1,17 +1,17 @@
 //! Function checks: build a [`forward::Model`] from a checkpoint through its rules (roles and
 //! axis directions, never tensor names), run two models on the same seeded input and compare.
 
-use ndarray::{Array1, Array2, ArrayD, Axis as NdAxis, IxDyn, s};
+use ndarray::{Array1, Array2, Array4, ArrayD, Axis as NdAxis, IxDyn, s};
 use rand::SeedableRng;
 use rand::rngs::Xoshiro256PlusPlus;
-use rand_distr::{Distribution, Uniform};
+use rand_distr::{Distribution, StandardNormal, Uniform};
 use serde_json::Value;
 
 use crate::anatomy::{Anatomy, lookup};
 use crate::error::{Error, Result};
 use crate::forward::{
     self, Activation, Attention, Block, Embedding, Head, Input, Linear, Mlp, Norm, NormKind,
-    Placement, Positions,
+    PatchEmbedding, Placement, Positions,
 };
 use crate::read::Checkpoint;
 use crate::rules::{ActivationKind, Axis, Direction, ForwardSpec, PositionKind};
@@ -145,6 +145,7 @@ impl<'a> Loader<'a> {
 
     fn eps(&self) -> f32 {
         self.config_f64(&self.anatomy.rules.config.norm_eps)
+            .or(self.spec.norm_eps)
             .unwrap_or(1e-5) as f32
     }
 
@@ -197,9 +198,15 @@ impl<'a> Loader<'a> {
         })
     }
 
-    /// The forward-pass model.
-    pub fn model(&self) -> Result<forward::Model> {
-        let dims = &self.anatomy.dims;
+    /// The input embedding and positions: a token table, or a ViT patch embedding with its CLS
+    /// (and distillation) tokens.
+    fn embedding(&self) -> Result<(Embedding, Positions)> {
+        if self.spec.positions == PositionKind::Patches {
+            return Ok((
+                Embedding::Patches(self.patch_embedding()?),
+                Positions::Learned(self.patch_positions()?),
+            ));
+        }
         let (table, _) = self.require("embed.tokens", None)?;
         let table = table
             .into_dimensionality::<ndarray::Ix2>()
@@ -226,12 +233,67 @@ impl<'a> Loader<'a> {
                     .config_f64(&self.anatomy.rules.config.rope_theta)
                     .unwrap_or(10_000.0) as f32,
             },
-            PositionKind::Patches => {
-                return Err(Error::Verify(
-                    "patch embeddings are not supported by this loader yet".into(),
-                ));
-            }
+            PositionKind::Patches => Positions::None,
         };
+        Ok((Embedding::Tokens { table, token_type }, positions))
+    }
+
+    /// The convolution `[hidden, channels, patch, patch]` (patch size from its shape), its
+    /// bias, and the learned tokens put before the patches.
+    fn patch_embedding(&self) -> Result<PatchEmbedding> {
+        let (weight, _) = self.require("embed.patch.weight", None)?;
+        let weight = weight
+            .into_dimensionality::<ndarray::Ix4>()
+            .map_err(|e| Error::Verify(format!("role `embed.patch.weight`: {e}")))?;
+        let (hidden, _, patch, patch_w) = weight.dim();
+        if patch != patch_w {
+            return Err(Error::Verify(format!(
+                "role `embed.patch.weight`: the kernel is {patch}x{patch_w}, not square"
+            )));
+        }
+        let bias = self
+            .vector("embed.patch.bias", None)?
+            .unwrap_or_else(|| Array1::zeros(hidden));
+        let cls_token = self.vector("embed.cls", None)?.ok_or_else(|| {
+            Error::Verify(format!(
+                "architecture `{}` has no tensor with role `embed.cls`",
+                self.anatomy.rules.name
+            ))
+        })?;
+        let extra_tokens = self
+            .vector("embed.distillation", None)?
+            .into_iter()
+            .collect();
+        Ok(PatchEmbedding {
+            weight,
+            bias,
+            patch,
+            cls_token,
+            extra_tokens,
+        })
+    }
+
+    /// The position table as `[tokens, hidden]` (stored `[1, tokens, hidden]` by HF and timm).
+    fn patch_positions(&self) -> Result<Array2<f32>> {
+        let (table, axes) = self.require("embed.positions", None)?;
+        let Some(hidden_axis) = axes.iter().position(|a| matches!(a, Axis::Model { .. })) else {
+            return Err(Error::Verify(
+                "role `embed.positions` has no hidden axis".into(),
+            ));
+        };
+        let hidden = table.shape()[hidden_axis];
+        let rows = table.len() / hidden.max(1);
+        table
+            .as_standard_layout()
+            .to_owned()
+            .into_shape_with_order((rows, hidden))
+            .map_err(|e| Error::Verify(format!("role `embed.positions`: {e}")))
+    }
+
+    /// The forward-pass model.
+    pub fn model(&self) -> Result<forward::Model> {
+        let dims = &self.anatomy.dims;
+        let (embedding, positions) = self.embedding()?;
         let blocks = (0..dims.layers)
             .map(|layer| {
                 let l = Some(layer);
@@ -247,12 +309,18 @@ impl<'a> Loader<'a> {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        let head_linear = match self.linear("head", None)? {
-            Some(head) if !dims.tied => head,
-            _ => Linear {
+        let head_linear = match (self.linear("head", None)?, &embedding) {
+            (Some(head), _) if !dims.tied => head,
+            (_, Embedding::Tokens { table, .. }) => Linear {
                 weight: table.clone(),
                 bias: self.vector("head.bias", None)?,
             },
+            (_, Embedding::Patches(_)) => {
+                return Err(Error::Verify(format!(
+                    "{} has no output head (role `head.weight`), so it cannot be compared",
+                    self.checkpoint.path().display()
+                )));
+            }
         };
         let transform = match self.linear("head.transform", None)? {
             Some(linear) => Some((
@@ -263,7 +331,7 @@ impl<'a> Loader<'a> {
             None => None,
         };
         Ok(forward::Model {
-            embedding: Embedding::Tokens { table, token_type },
+            embedding,
             positions,
             embedding_norm: self.norm("embed.norm", None)?,
             blocks,
@@ -281,8 +349,81 @@ impl<'a> Loader<'a> {
                 transform,
                 output: head_linear,
                 pool_first_token: self.spec.pool_first_token,
+                distillation: self.linear("head.distillation", None)?,
             },
         })
+    }
+
+    /// The side of the square input image of a patch model: config.json's image size, else
+    /// √(patches) × patch, the patches being the position rows less CLS and extra tokens.
+    fn image_side(&self, patch: &PatchEmbedding, positions: usize) -> Result<usize> {
+        if let Some(side) = self.config_f64(&self.anatomy.rules.config.image_size) {
+            return Ok(side as usize);
+        }
+        let prefix = 1 + patch.extra_tokens.len();
+        let patches = positions.saturating_sub(prefix);
+        let grid = (patches as f64).sqrt().round() as usize;
+        if grid == 0 || grid * grid != patches {
+            return Err(Error::Verify(format!(
+                "{positions} position embeddings less {prefix} learned tokens do not make a square grid of patches; give the image size in config.json"
+            )));
+        }
+        Ok(grid * patch.patch)
+    }
+
+    /// What the model reads.
+    fn input_kind(&self, model: &forward::Model) -> Result<InputKind> {
+        match (&model.embedding, &model.positions) {
+            (Embedding::Patches(p), Positions::Learned(table)) => Ok(InputKind::Pixels {
+                channels: p.weight.dim().1,
+                side: self.image_side(p, table.nrows())?,
+            }),
+            (Embedding::Patches(_), _) => Err(Error::Verify(
+                "a patch model needs learned position embeddings".into(),
+            )),
+            (Embedding::Tokens { table, .. }, _) => Ok(InputKind::Tokens {
+                vocab: table.nrows(),
+            }),
+        }
+    }
+}
+
+/// The kind and geometry of a model's input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum InputKind {
+    Tokens { vocab: usize },
+    Pixels { channels: usize, side: usize },
+}
+
+/// A model input owned by the caller.
+#[derive(Debug, Clone)]
+pub enum ModelInput {
+    /// Token ids, `[batch, seq]`.
+    Tokens(Array2<i64>),
+    /// Images, `[batch, channels, height, width]`.
+    Pixels(Array4<f32>),
+}
+
+impl ModelInput {
+    /// A view for [`forward::forward`].
+    pub fn view(&self) -> Input<'_> {
+        match self {
+            ModelInput::Tokens(ids) => Input::Tokens(ids.view()),
+            ModelInput::Pixels(p) => Input::Pixels(p.view()),
+        }
+    }
+
+    fn describe(&self, seed: u64) -> String {
+        match self {
+            ModelInput::Tokens(ids) => {
+                let (b, s) = ids.dim();
+                format!("{b} x {s} random tokens, seed {seed}")
+            }
+            ModelInput::Pixels(p) => {
+                let (b, c, h, w) = p.dim();
+                format!("{b} x {c} x {h} x {w} random N(0, 1) pixels, seed {seed}")
+            }
+        }
     }
 }
 
@@ -294,14 +435,19 @@ fn missing(loader: &Loader<'_>, name: &str) -> Error {
     }
 }
 
+/// Runs a checkpoint on an input.
+pub fn run(checkpoint: &Checkpoint, anatomy: &Anatomy, input: Input<'_>) -> Result<ArrayD<f32>> {
+    let model = Loader::new(checkpoint, anatomy)?.model()?;
+    Ok(forward::forward(&model, input)?)
+}
+
 /// Runs a checkpoint on token ids.
 pub fn run_tokens(
     checkpoint: &Checkpoint,
     anatomy: &Anatomy,
     ids: &Array2<i64>,
 ) -> Result<ArrayD<f32>> {
-    let model = Loader::new(checkpoint, anatomy)?.model()?;
-    Ok(forward::forward(&model, Input::Tokens(ids.view()))?)
+    run(checkpoint, anatomy, Input::Tokens(ids.view()))
 }
 
 /// Seeded random token ids in `0..vocab`.
@@ -312,6 +458,31 @@ pub fn random_tokens(seed: u64, batch: usize, seq: usize, vocab: usize) -> Resul
     Ok(Array2::from_shape_fn((batch, seq), |_| {
         dist.sample(&mut rng)
     }))
+}
+
+/// Seeded standard-normal values of any shape (random pixels for image models).
+pub fn random_normal(seed: u64, shape: &[usize]) -> ArrayD<f32> {
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed);
+    ArrayD::from_shape_fn(IxDyn(shape), |_| {
+        let z: f64 = StandardNormal.sample(&mut rng);
+        z as f32
+    })
+}
+
+/// The seeded random input for a model: `batch` × `seq` tokens, or `batch` images of the
+/// model's channels and size (`seq` is then unused).
+fn random_input(kind: InputKind, seed: u64, batch: usize, seq: usize) -> Result<ModelInput> {
+    match kind {
+        InputKind::Tokens { vocab } => {
+            Ok(ModelInput::Tokens(random_tokens(seed, batch, seq, vocab)?))
+        }
+        InputKind::Pixels { channels, side } => {
+            let pixels = random_normal(seed, &[batch, channels, side, side])
+                .into_dimensionality::<ndarray::Ix4>()
+                .map_err(|e| Error::Verify(format!("random pixels: {e}")))?;
+            Ok(ModelInput::Pixels(pixels))
+        }
+    }
 }
 
 /// How far apart two models' outputs are.
@@ -360,13 +531,17 @@ pub fn compare(a: &ArrayD<f32>, b: &ArrayD<f32>) -> Result<Difference> {
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Verification {
     pub batch: usize,
+    /// Tokens per sequence (token models; image models read whole images).
     pub seq: usize,
     pub seed: u64,
+    /// What the models read, e.g. `2 x 16 random tokens, seed 0`.
+    pub input: String,
     pub difference: Difference,
 }
 
 /// Runs both checkpoints on the same seeded random input and compares their outputs (the
-/// first is the reference). Their sizes may differ; their vocabularies must match.
+/// first is the reference). Their sizes may differ; their inputs must agree: the same
+/// vocabulary, or the same image channels and size.
 pub fn verify(
     a: (&Checkpoint, &Anatomy),
     b: (&Checkpoint, &Anatomy),
@@ -374,22 +549,32 @@ pub fn verify(
     batch: usize,
     seq: usize,
 ) -> Result<Verification> {
-    let vocab = |anatomy: &Anatomy| anatomy.dims.fixed.get("vocab").copied().unwrap_or(0);
-    let (va, vb) = (vocab(a.1), vocab(b.1));
-    if va != vb {
+    let (la, lb) = (Loader::new(a.0, a.1)?, Loader::new(b.0, b.1)?);
+    let (ma, mb) = (la.model()?, lb.model()?);
+    let (ka, kb) = (la.input_kind(&ma)?, lb.input_kind(&mb)?);
+    if ka != kb {
+        let describe = |k: InputKind| match k {
+            InputKind::Tokens { vocab } => format!("tokens of a {vocab}-token vocabulary"),
+            InputKind::Pixels { channels, side } => {
+                format!("{channels}-channel {side}x{side} images")
+            }
+        };
         return Err(Error::Verify(format!(
-            "vocabularies differ: {} has {va} tokens, {} has {vb}",
+            "the models read different inputs: {} reads {}, {} reads {}",
             a.0.path().display(),
-            b.0.path().display()
+            describe(ka),
+            b.0.path().display(),
+            describe(kb)
         )));
     }
-    let ids = random_tokens(seed, batch, seq, va)?;
-    let out_a = run_tokens(a.0, a.1, &ids)?;
-    let out_b = run_tokens(b.0, b.1, &ids)?;
+    let input = random_input(ka, seed, batch, seq)?;
+    let out_a = forward::forward(&ma, input.view())?;
+    let out_b = forward::forward(&mb, input.view())?;
     Ok(Verification {
         batch,
         seq,
         seed,
+        input: input.describe(seed),
         difference: compare(&out_a, &out_b)?,
     })
 }
@@ -449,3 +634,5 @@ pub fn decoalesce_difference(
 mod hf_reference_tests;
 #[cfg(test)]
 mod preservation_tests;
+#[cfg(test)]
+mod test_checkpoints;
