@@ -1,1 +1,15 @@
+//! End-to-end tests of the `vcycle` CLI: every test runs the compiled binary in its own
+//! temporary directory on the bundled fixtures and checks the files it writes by parsing them
+//! with the `safetensors` crate, independently of the library's reader.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod dryrun;
+mod dtypes;
+mod errors;
+mod interpolate;
+mod outputs;
+mod roundtrip;
+mod sharded;
+mod snapshots;
+mod util;

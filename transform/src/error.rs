@@ -10,21 +10,21 @@ use safetensors::Dtype;
 /// exactly what is wrong without the caller adding context.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
 
-    #[error("{path}: not a valid safetensors file: {source}")]
+    #[error("{path}: not a valid safetensors file")]
     Safetensors {
         path: PathBuf,
         #[source]
         source: safetensors::SafeTensorError,
     },
 
-    #[error("{path}: invalid JSON: {source}")]
+    #[error("{path}: invalid JSON")]
     Json {
         path: PathBuf,
         #[source]
@@ -88,13 +88,19 @@ pub enum Error {
     )]
     UnsupportedDtype { tensor: String, dtype: Dtype },
 
+    #[error("no built-in architecture `{name}` (built-in: {known})")]
+    UnknownPreset { name: String, known: String },
+
     #[error("cannot detect the architecture of {path}: {reason}; pass --arch")]
     UnknownArchitecture { path: PathBuf, reason: String },
 
     #[error("{path}: {reason}")]
     Config { path: PathBuf, reason: String },
 
-    #[error("invalid {what} scheme: {reason}")]
+    #[error(
+        "invalid {} scheme ({what} groups): {reason}",
+        if *what == "layer" { "depth" } else { "width" }
+    )]
     Scheme { what: &'static str, reason: String },
 
     #[error(

@@ -324,22 +324,26 @@ fn finish(job: &Job, output: &OutputArgs) -> Result<ExitCode> {
         eprintln!("warning: {warning}");
     }
     if let Some(path) = &output.plan_json {
-        write_plan_json(job, path)?;
+        // Refused before anything is written, like the output itself.
+        vcycle_transform::write::check_output_path(&job.input_paths(), path, true)?;
     }
     if output.dry_run {
         emit(&job.plan().to_string())?;
-        return Ok(ExitCode::SUCCESS);
+    } else {
+        let Some(out) = &output.output else {
+            bail!("no output path: pass -o OUT or --dry-run");
+        };
+        job.write(out, output.force)?;
+        eprintln!(
+            "wrote {} ({} tensors, {:.1} MB)",
+            out.display(),
+            job.plan().tensors.len(),
+            job.plan().output_bytes() as f64 / 1e6
+        );
     }
-    let Some(out) = &output.output else {
-        bail!("no output path: pass -o OUT or --dry-run");
-    };
-    job.write(out, output.force)?;
-    eprintln!(
-        "wrote {} ({} tensors, {:.1} MB)",
-        out.display(),
-        job.plan().tensors.len(),
-        job.plan().output_bytes() as f64 / 1e6
-    );
+    if let Some(path) = &output.plan_json {
+        write_plan_json(job, path)?;
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -102,11 +102,7 @@ pub fn write_output(
     };
     match form {
         OutputForm::File => {
-            let tmp = tempfile::Builder::new()
-                .prefix(".vcycle-")
-                .suffix(".tmp")
-                .tempfile_in(&parent)
-                .map_err(out_err)?;
+            let tmp = temp_builder(0o666).tempfile_in(&parent).map_err(out_err)?;
             write_safetensors(tmp.as_file(), tmp.path(), tensors, metadata, compute)?;
             tmp.as_file().sync_all().map_err(Error::io(tmp.path()))?;
             replace(
@@ -120,11 +116,7 @@ pub fn write_output(
             extra_files,
             shard_size,
         } => {
-            let tmp = tempfile::Builder::new()
-                .prefix(".vcycle-")
-                .suffix(".tmp")
-                .tempdir_in(&parent)
-                .map_err(out_err)?;
+            let tmp = temp_builder(0o777).tempdir_in(&parent).map_err(out_err)?;
             let dir = tmp.path();
             let shards = split_shards(tensors, *shard_size);
             if shards.len() == 1 {
@@ -171,6 +163,22 @@ pub fn write_output(
     }
 }
 
+/// A builder for temporary siblings. Unix mode bits are those of an ordinary `File::create` /
+/// `create_dir` (filtered by the umask), not tempfile's private 0600/0700, because the
+/// temporary becomes the output.
+fn temp_builder<'a>(mode: u32) -> tempfile::Builder<'a, 'a> {
+    let mut builder = tempfile::Builder::new();
+    builder.prefix(".vcycle-").suffix(".tmp");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        builder.permissions(std::fs::Permissions::from_mode(mode));
+    }
+    #[cfg(not(unix))]
+    let _ = mode;
+    builder
+}
+
 /// Moves a finished temporary output into place; an existing output (with `force`) is moved
 /// aside first and deleted only after the new one is in place.
 fn replace(tmp: PathBuf, output: &Path, force: bool) -> Result<()> {
@@ -193,8 +201,10 @@ fn replace(tmp: PathBuf, output: &Path, force: bool) -> Result<()> {
         ));
     }
     let parent = tmp.parent().map(Path::to_path_buf).unwrap_or_default();
+    // A file replacing a file is one atomic rename; anything involving a directory moves the
+    // old output aside first, since rename cannot replace across kinds or onto a directory.
     let aside = match &existing {
-        Some(meta) if meta.is_dir() => {
+        Some(meta) if meta.is_dir() || tmp.is_dir() => {
             let aside = parent.join(format!(
                 ".vcycle-old-{}-{}",
                 std::process::id(),
@@ -223,7 +233,11 @@ fn replace(tmp: PathBuf, output: &Path, force: bool) -> Result<()> {
         )));
     }
     if let Some(aside) = aside {
-        let _ = std::fs::remove_dir_all(aside);
+        let _ = if aside.is_dir() {
+            std::fs::remove_dir_all(&aside)
+        } else {
+            std::fs::remove_file(&aside)
+        };
     }
     sync_dir(&parent)
 }
