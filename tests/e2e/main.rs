@@ -8,6 +8,7 @@ mod dryrun;
 mod dtypes;
 mod errors;
 mod interpolate;
+mod minilm;
 mod outputs;
 mod roundtrip;
 mod sharded;

@@ -276,7 +276,8 @@ pub struct Model {
     /// Norm after the last block.
     pub final_norm: Option<Norm>,
     /// Output head.
-    pub head: Head,
+    /// Output head; `None` for a base model, whose output is the final hidden states.
+    pub head: Option<Head>,
 }
 
 /// Runs `model` on `input` and returns logits: `[batch, seq, vocab]`, or `[batch, labels]` when
@@ -305,46 +306,60 @@ pub fn forward(model: &Model, input: Input) -> Result<ArrayD<f32>, ForwardError>
     for block in &model.blocks {
         x = run_block(model, block, x, &shape, rope.as_ref());
     }
+    let Some(head) = &model.head else {
+        if let Some(norm) = &model.final_norm {
+            x = apply_norm(norm, x.view());
+        }
+        return to_output(x, vec![batch, seq, hidden]);
+    };
     // Every later step is per-token, so keeping only the pooled tokens now gives the same result.
-    let second = match (&model.head.distillation, model.head.pool_first_token) {
+    let second = match (&head.distillation, head.pool_first_token) {
         (Some(_), true) if seq < 2 => {
             return Err(ForwardError::EmptyInput {
                 shape: vec![batch, seq],
             });
         }
-        (Some(_), true) => Some(head_features(model, x.slice(s![1..;seq, ..]).to_owned())),
+        (Some(_), true) => Some(head_features(
+            model,
+            head,
+            x.slice(s![1..;seq, ..]).to_owned(),
+        )),
         _ => None,
     };
-    if model.head.pool_first_token {
+    if head.pool_first_token {
         x = x.slice(s![..;seq, ..]).to_owned();
     }
-    let x = head_features(model, x);
-    let mut logits = apply_linear(&model.head.output, x.view());
-    if let (Some(distillation), Some(x1)) = (&model.head.distillation, second) {
+    let x = head_features(model, head, x);
+    let mut logits = apply_linear(&head.output, x.view());
+    if let (Some(distillation), Some(x1)) = (&head.distillation, second) {
         logits += &apply_linear(distillation, x1.view());
         logits.mapv_inplace(|v| v / 2.0);
     }
     let out = logits.ncols();
-    let dims = if model.head.pool_first_token {
+    let dims = if head.pool_first_token {
         vec![batch, out]
     } else {
         vec![batch, seq, out]
     };
-    logits
-        .into_shape_with_order(IxDyn(&dims))
+    to_output(logits, dims)
+}
+
+/// Reshapes `[batch·seq, out]` rows into the output's dimensions.
+fn to_output(rows: Array2<f32>, dims: Vec<usize>) -> Result<ArrayD<f32>, ForwardError> {
+    rows.into_shape_with_order(IxDyn(&dims))
         .map_err(|_| ForwardError::Shape {
-            role: "logits".to_owned(),
+            role: "output".to_owned(),
             actual: dims.clone(),
             expected: "a contiguous [batch·seq, out] matrix".to_owned(),
         })
 }
 
 /// The final norm and the head's transform, per token.
-fn head_features(model: &Model, mut x: Array2<f32>) -> Array2<f32> {
+fn head_features(model: &Model, head: &Head, mut x: Array2<f32>) -> Array2<f32> {
     if let Some(norm) = &model.final_norm {
         x = apply_norm(norm, x.view());
     }
-    if let Some((linear, activation, norm)) = &model.head.transform {
+    if let Some((linear, activation, norm)) = &head.transform {
         let mut t = apply_linear(linear, x.view());
         activate(&mut t, *activation);
         x = apply_norm(norm, t.view());
@@ -519,13 +534,16 @@ fn validate(model: &Model) -> Result<usize, ForwardError> {
     if let Some(norm) = &model.final_norm {
         check_norm("final norm", norm, hidden)?;
     }
-    if let Some((linear, _, norm)) = &model.head.transform {
+    let Some(head) = &model.head else {
+        return Ok(hidden);
+    };
+    if let Some((linear, _, norm)) = &head.transform {
         check_linear("head transform", linear, Some(hidden), Some(hidden))?;
         check_norm("head transform norm", norm, hidden)?;
     }
-    let (labels, _) = check_linear("head output", &model.head.output, None, Some(hidden))?;
-    if let Some(distillation) = &model.head.distillation {
-        if !model.head.pool_first_token {
+    let (labels, _) = check_linear("head output", &head.output, None, Some(hidden))?;
+    if let Some(distillation) = &head.distillation {
+        if !head.pool_first_token {
             return Err(shape_error(
                 "distillation head (it needs first-token pooling)",
                 distillation.weight.shape(),
@@ -1059,12 +1077,12 @@ mod tests {
             kv_heads: 1,
             head_dim: 4,
             final_norm: Some(norm()),
-            head: Head {
+            head: Some(Head {
                 transform: None,
                 output: lin(5, 8),
                 pool_first_token: false,
                 distillation: None,
-            },
+            }),
         };
         let ids = ndarray::array![[0i64, 1, 2]];
         let err = forward(&model, Input::Tokens(ids.view())).map(|_| ());

@@ -51,10 +51,10 @@ pub fn report(shown_path: &Path, checkpoint: &Checkpoint, anatomy: &Anatomy) -> 
     let _ = writeln!(
         out,
         "output head:  {}",
-        if d.tied {
-            "tied to the token embedding"
-        } else {
-            "untied (or none)"
+        match (anatomy.has_head(), d.tied) {
+            (false, _) => "none (base model: outputs hidden states)",
+            (true, true) => "tied to the token embedding",
+            (true, false) => "untied",
         }
     );
     let _ = writeln!(out, "dtype:        {}", dtypes.join(", "));

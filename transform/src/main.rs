@@ -256,12 +256,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let v = vcycle_transform::verify::verify((&ca, &aa), (&cb, &ab), seed, batch, seq)?;
             let d = v.difference;
             emit(&format!(
-                "input:        {batch} x {seq} random tokens, seed {seed}\n\
+                "input:        {}\n\
                  mean |a|:     {:.6e}\n\
                  mean |a - b|: {:.6e}\n\
                  max |a - b|:  {:.6e}\n\
                  relative:     {:.6e}\n",
-                d.mean_abs_reference, d.mean_abs, d.max_abs, d.relative
+                v.input, d.mean_abs_reference, d.mean_abs, d.max_abs, d.relative
             ))?;
             match max_rel {
                 Some(limit) if d.relative.is_nan() || d.relative > limit => {

@@ -123,18 +123,7 @@ impl Checkpoint {
         };
 
         let mut extra_files = Vec::new();
-        let entries = std::fs::read_dir(&dir).map_err(Error::io(&dir))?;
-        for entry in entries {
-            let entry = entry.map_err(Error::io(&dir))?;
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let is_model_file = name == CONFIG_FILE
-                || name == INDEX_FILE
-                || shards.contains(&name)
-                || name.ends_with(".safetensors");
-            if !is_model_file && entry.path().is_file() {
-                extra_files.push(PathBuf::from(name));
-            }
-        }
+        collect_extra_files(&dir, Path::new(""), &shards, &mut extra_files)?;
         extra_files.sort();
 
         let mut checkpoint = Checkpoint {
@@ -290,6 +279,39 @@ impl Checkpoint {
             .map(|t| (t.end - t.start) as u64)
             .sum()
     }
+}
+
+/// Every file under `dir` that is not part of the model itself (config, index, safetensors
+/// files), as paths relative to the model directory; subdirectories (sentence-transformers'
+/// `1_Pooling/`) are walked. Symlinks are not followed.
+fn collect_extra_files(
+    root: &Path,
+    relative: &Path,
+    shards: &[String],
+    out: &mut Vec<PathBuf>,
+) -> Result<()> {
+    let dir = root.join(relative);
+    let entries = std::fs::read_dir(&dir).map_err(Error::io(&dir))?;
+    for entry in entries {
+        let entry = entry.map_err(Error::io(&dir))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let path = relative.join(&name);
+        let kind = entry.file_type().map_err(Error::io(entry.path()))?;
+        if kind.is_dir() {
+            collect_extra_files(root, &path, shards, out)?;
+            continue;
+        }
+        let top_level = relative.as_os_str().is_empty();
+        let is_model_file = top_level
+            && (name == CONFIG_FILE
+                || name == INDEX_FILE
+                || shards.contains(&name)
+                || name.ends_with(".safetensors"));
+        if kind.is_file() && !is_model_file {
+            out.push(path);
+        }
+    }
+    Ok(())
 }
 
 /// The shard files listed by a `model.safetensors.index.json`, in first-appearance order of

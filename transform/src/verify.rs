@@ -309,26 +309,10 @@ impl<'a> Loader<'a> {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        let head_linear = match (self.linear("head", None)?, &embedding) {
-            (Some(head), _) if !dims.tied => head,
-            (_, Embedding::Tokens { table, .. }) => Linear {
-                weight: table.clone(),
-                bias: self.vector("head.bias", None)?,
-            },
-            (_, Embedding::Patches(_)) => {
-                return Err(Error::Verify(format!(
-                    "{} has no output head (role `head.weight`), so it cannot be compared",
-                    self.checkpoint.path().display()
-                )));
-            }
-        };
-        let transform = match self.linear("head.transform", None)? {
-            Some(linear) => Some((
-                linear,
-                self.activation(),
-                self.require_norm("head.transform.norm", None)?,
-            )),
-            None => None,
+        let head = if self.anatomy.has_head() {
+            Some(self.head(&embedding)?)
+        } else {
+            None
         };
         Ok(forward::Model {
             embedding,
@@ -345,12 +329,38 @@ impl<'a> Loader<'a> {
             kv_heads: dims.kv_heads,
             head_dim: dims.head_dim,
             final_norm: self.norm("final_norm", None)?,
-            head: Head {
-                transform,
-                output: head_linear,
-                pool_first_token: self.spec.pool_first_token,
-                distillation: self.linear("head.distillation", None)?,
+            head,
+        })
+    }
+
+    /// The output head: the `head.*` tensors, or the token embedding when tied.
+    fn head(&self, embedding: &Embedding) -> Result<Head> {
+        let output = match (self.linear("head", None)?, embedding) {
+            (Some(head), _) if !self.anatomy.dims.tied => head,
+            (_, Embedding::Tokens { table, .. }) => Linear {
+                weight: table.clone(),
+                bias: self.vector("head.bias", None)?,
             },
+            (_, Embedding::Patches(_)) => {
+                return Err(Error::Verify(format!(
+                    "{}: a patch model's head cannot be tied to an embedding",
+                    self.checkpoint.path().display()
+                )));
+            }
+        };
+        let transform = match self.linear("head.transform", None)? {
+            Some(linear) => Some((
+                linear,
+                self.activation(),
+                self.require_norm("head.transform.norm", None)?,
+            )),
+            None => None,
+        };
+        Ok(Head {
+            transform,
+            output,
+            pool_first_token: self.spec.pool_first_token,
+            distillation: self.linear("head.distillation", None)?,
         })
     }
 

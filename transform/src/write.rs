@@ -147,6 +147,9 @@ pub fn write_output(
             }
             for (source, name) in extra_files {
                 let dest = dir.join(name);
+                if let Some(parent) = dest.parent() {
+                    std::fs::create_dir_all(parent).map_err(Error::io(parent))?;
+                }
                 std::fs::copy(source, &dest).map_err(Error::io(source))?;
                 File::open(&dest)
                     .and_then(|f| f.sync_all())

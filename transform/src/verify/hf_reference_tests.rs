@@ -232,7 +232,13 @@ fn deit_teacher_head_averages_the_cls_and_distillation_heads() -> TestResult {
         let (checkpoint, anatomy) = open_model(&dir, &ArchChoice::Detect)?;
         assert_eq!(anatomy.prefix, "deit.");
         let model = Loader::new(&checkpoint, &anatomy)?.model()?;
-        assert_eq!(model.head.distillation.is_some(), teacher);
+        assert_eq!(
+            model
+                .head
+                .as_ref()
+                .is_some_and(|h| h.distillation.is_some()),
+            teacher
+        );
         logits.push(forward::forward(&model, input.view())?);
     }
     let d = compare(&logits[0], &logits[1])?;
