@@ -4,6 +4,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod custom_rules;
 mod dryrun;
 mod dtypes;
 mod errors;
