@@ -173,30 +173,30 @@ impl Grouping {
     /// The element-level grouping when every unit is a block of `block` consecutive elements:
     /// small element i·block + r takes large elements u·block + r for u in group i.
     pub fn expand(&self, block: usize) -> Grouping {
-        let groups: Vec<Vec<usize>> = self
+        let groups = self
             .groups
             .iter()
             .flat_map(|g| (0..block).map(move |r| g.iter().map(|&u| u * block + r).collect()))
             .collect();
-        let mut owner = vec![0; self.large() * block];
-        for (i, g) in groups.iter().enumerate() {
-            for &u in g {
-                owner[u] = i;
-            }
-        }
-        Grouping { groups, owner }
+        Grouping::with_owners(groups, self.large() * block)
     }
 
     /// The query-head grouping induced by a kv-head grouping (SPEC §3, GQA): with `r` query
     /// heads per kv head, query head r·t + j of the small model merges query heads r·u + j for
     /// the kv heads u of group t.
     pub fn induce_queries(&self, r: usize) -> Grouping {
-        let groups: Vec<Vec<usize>> = self
+        let groups = self
             .groups
             .iter()
             .flat_map(|g| (0..r).map(move |j| g.iter().map(|&u| u * r + j).collect()))
             .collect();
-        let mut owner = vec![0; self.large() * r];
+        Grouping::with_owners(groups, self.large() * r)
+    }
+
+    /// Builds the owner table of groups derived from a valid grouping (so already a partition
+    /// of `0..large`).
+    fn with_owners(groups: Vec<Vec<usize>>, large: usize) -> Grouping {
+        let mut owner = vec![0; large];
         for (i, g) in groups.iter().enumerate() {
             for &u in g {
                 owner[u] = i;
