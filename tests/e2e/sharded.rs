@@ -143,3 +143,54 @@ fn a_sharded_input_stays_sharded() {
         "sharded round trip",
     );
 }
+
+#[test]
+fn an_index_that_disagrees_with_its_shards_is_refused() {
+    let sb = Sandbox::new();
+    sb.ok([
+        "coalesce",
+        &fixture("gpt2-tiny"),
+        "--heads",
+        "2",
+        "--shard-size",
+        "100KB",
+        "-o",
+        "sharded",
+    ]);
+    let index_path = sb.path("sharded/model.safetensors.index.json");
+    let index = read_json(&index_path);
+    let name = "transformer.wte.weight";
+    let stored = index["weight_map"][name]
+        .as_str()
+        .expect("wte listed")
+        .to_string();
+    let other = index["weight_map"]
+        .as_object()
+        .expect("map")
+        .values()
+        .filter_map(|v| v.as_str())
+        .find(|f| *f != stored)
+        .expect("a second shard")
+        .to_string();
+    let cases = [
+        ("moved", serde_json::Value::from(other), "is listed in"),
+        (
+            "missing",
+            serde_json::Value::Null,
+            "missing from weight_map",
+        ),
+    ];
+    for (what, entry, message) in cases {
+        let mut broken = index.clone();
+        let map = broken["weight_map"].as_object_mut().expect("map");
+        if entry.is_null() {
+            map.remove(name);
+        } else {
+            map.insert(name.into(), entry);
+        }
+        crate::util::write_json(&index_path, &broken);
+        let run = sb.run(["inspect", "sharded"]);
+        assert_eq!(run.code, 2, "{what}: {run}");
+        crate::util::assert_mentions(&run, &[name, message, "model.safetensors.index.json"]);
+    }
+}

@@ -111,10 +111,11 @@ impl Checkpoint {
 
         let index_path = dir.join(INDEX_FILE);
         let single_path = dir.join(SINGLE_FILE);
-        let (shards, sharded) = if index_path.exists() {
-            (read_index(&index_path)?, true)
+        let (shards, weight_map) = if index_path.exists() {
+            let (shards, map) = read_index(&index_path)?;
+            (shards, Some(map))
         } else if single_path.exists() {
-            (vec![SINGLE_FILE.to_string()], false)
+            (vec![SINGLE_FILE.to_string()], None)
         } else {
             return Err(Error::InvalidCheckpoint {
                 path: dir,
@@ -130,15 +131,18 @@ impl Checkpoint {
             path: dir.clone(),
             layout: Layout::Directory {
                 config,
-                sharded,
+                sharded: weight_map.is_some(),
                 extra_files,
             },
             files: Vec::new(),
             tensors: BTreeMap::new(),
             metadata: BTreeMap::new(),
         };
-        for shard in shards {
+        for shard in &shards {
             checkpoint.map_file(&dir.join(shard))?;
+        }
+        if let Some(weight_map) = weight_map {
+            checkpoint.check_index(&index_path, &weight_map)?;
         }
         Ok(checkpoint)
     }
@@ -182,6 +186,36 @@ impl Checkpoint {
             path: path.to_path_buf(),
             map,
         });
+        Ok(())
+    }
+
+    /// The index must name every tensor, each in the shard that holds it.
+    fn check_index(&self, index: &Path, weight_map: &BTreeMap<String, String>) -> Result<()> {
+        let names = self.file_names();
+        for (tensor, info) in &self.tensors {
+            let stored = names.get(info.file).map(String::as_str).unwrap_or_default();
+            match weight_map.get(tensor) {
+                Some(listed) if listed == stored => {}
+                Some(listed) => {
+                    return Err(Error::InvalidCheckpoint {
+                        path: index.to_path_buf(),
+                        reason: format!("tensor `{tensor}` is listed in {listed} but stored in {stored}"),
+                    });
+                }
+                None => {
+                    return Err(Error::InvalidCheckpoint {
+                        path: index.to_path_buf(),
+                        reason: format!("tensor `{tensor}` of {stored} is missing from weight_map"),
+                    });
+                }
+            }
+        }
+        if let Some(missing) = weight_map.keys().find(|t| !self.tensors.contains_key(*t)) {
+            return Err(Error::InvalidCheckpoint {
+                path: index.to_path_buf(),
+                reason: format!("weight_map lists `{missing}`, which no shard holds"),
+            });
+        }
         Ok(())
     }
 
@@ -316,7 +350,7 @@ fn collect_extra_files(
 
 /// The shard files listed by a `model.safetensors.index.json`, in first-appearance order of
 /// the sorted weight map (so the order is deterministic).
-fn read_index(path: &Path) -> Result<Vec<String>> {
+fn read_index(path: &Path) -> Result<(Vec<String>, BTreeMap<String, String>)> {
     let text = std::fs::read_to_string(path).map_err(Error::io(path))?;
     let value: Value = serde_json::from_str(&text).map_err(|source| Error::Json {
         path: path.to_path_buf(),
@@ -331,6 +365,7 @@ fn read_index(path: &Path) -> Result<Vec<String>> {
     let mut entries: Vec<(&String, &Value)> = map.iter().collect();
     entries.sort_by(|a, b| a.0.cmp(b.0));
     let mut shards: Vec<String> = Vec::new();
+    let mut weight_map = BTreeMap::new();
     for (tensor, file) in entries {
         let Some(file) = file.as_str() else {
             return Err(Error::InvalidCheckpoint {
@@ -347,7 +382,8 @@ fn read_index(path: &Path) -> Result<Vec<String>> {
         if !shards.iter().any(|s| s == file) {
             shards.push(file.to_string());
         }
+        weight_map.insert(tensor.clone(), file.to_string());
     }
     shards.sort();
-    Ok(shards)
+    Ok((shards, weight_map))
 }
