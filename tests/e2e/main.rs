@@ -15,3 +15,4 @@ mod roundtrip;
 mod sharded;
 mod snapshots;
 mod util;
+mod verify;
