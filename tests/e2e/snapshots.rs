@@ -81,3 +81,41 @@ fn inspect_gpt2() {
 fn inspect_bert() {
     insta::assert_snapshot!(inspect("bert-tiny").stdout);
 }
+
+#[test]
+fn plan_coalesce_llama_gqa_heads2_layers2() {
+    insta::assert_snapshot!(plan(
+        "coalesce",
+        "llama-tiny",
+        &["--heads", "2", "--layers", "2"]
+    ));
+}
+
+#[test]
+fn plan_decoalesce_llama_tied_heads8() {
+    insta::assert_snapshot!(plan("decoalesce", "llama-tied-tiny", &["--heads", "8"]));
+}
+
+#[test]
+fn plan_coalesce_vit_heads2_adjacent() {
+    insta::assert_snapshot!(plan(
+        "coalesce",
+        "vit-tiny",
+        &["--heads", "2", "--width-scheme", "adjacent"]
+    ));
+}
+
+#[test]
+fn inspect_llama() {
+    insta::assert_snapshot!(inspect("llama-tiny").stdout);
+}
+
+#[test]
+fn inspect_llama_tied() {
+    insta::assert_snapshot!(inspect("llama-tied-tiny").stdout);
+}
+
+#[test]
+fn inspect_vit() {
+    insta::assert_snapshot!(inspect("vit-tiny").stdout);
+}
