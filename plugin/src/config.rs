@@ -1,0 +1,148 @@
+//! The V-cycle's configuration (SPEC §4): levels, step budgets, α, learning rates.
+
+use burn::config::Config;
+use vcycle_transform::{EmbeddingRule, SchemeSpec};
+
+use crate::error::{Error, Result};
+
+/// What happens to the optimizer state (Adam moments) at a size change.
+#[derive(Config, Debug, Copy, PartialEq, Eq)]
+pub enum OptimizerStatePolicy {
+    /// A fresh optimizer and scheduler at every boundary, as the reference implementation does.
+    Reset,
+}
+
+/// How the transform treats embeddings and the norm before a tied output head
+/// (SPEC §3, "Embeddings, tied heads and exactness").
+#[derive(Config, Debug, Copy, PartialEq, Eq)]
+pub enum EmbeddingRuleChoice {
+    /// Function preserving for pre- and post-LN models (the default).
+    Exact,
+    /// The reference implementation's summed/halved embeddings.
+    Reference,
+}
+
+impl From<EmbeddingRuleChoice> for EmbeddingRule {
+    fn from(choice: EmbeddingRuleChoice) -> Self {
+        match choice {
+            EmbeddingRuleChoice::Exact => EmbeddingRule::Exact,
+            EmbeddingRuleChoice::Reference => EmbeddingRule::Reference,
+        }
+    }
+}
+
+/// One level of the V-cycle. Level 1 is the full model: its `heads`, `layers` and schemes are
+/// unused. Level i + 1 is coalesced from level i with level i + 1's schemes, and grown back
+/// with the same schemes.
+#[derive(Config, Debug, PartialEq)]
+pub struct LevelConfig {
+    /// Peak learning rate of this level's segments (down and up).
+    pub learning_rate: f64,
+    /// Linear warm-up steps at the start of each of this level's segments.
+    #[config(default = 0)]
+    pub warmup_steps: usize,
+    /// Attention heads of this level's model (None: as the level above).
+    #[config(default = "None")]
+    pub heads: Option<usize>,
+    /// Layers of this level's model (None: as the level above).
+    #[config(default = "None")]
+    pub layers: Option<usize>,
+    /// How the level above's heads (with their hidden and FFN blocks) group into this level's:
+    /// `strided` (small head i takes large heads i, i + m, …), `adjacent`, or explicit JSON
+    /// groups such as `[[0,2],[1,3]]`.
+    #[config(default = "String::from(\"strided\")")]
+    pub width_scheme: String,
+    /// How the level above's layers group into this level's (same forms as `width_scheme`).
+    #[config(default = "String::from(\"strided\")")]
+    pub depth_scheme: String,
+}
+
+/// The V-cycle: train the full model `down_steps`, coalesce; … ; train the smallest model
+/// `bottom_steps`; grow (de-coalesce + interpolate with the saved weights of that level) and
+/// train `up_steps` at each level on the way back up.
+#[derive(Config, Debug, PartialEq)]
+pub struct VCycleConfig {
+    /// The levels, the full model first; at least two.
+    pub levels: Vec<LevelConfig>,
+    /// Optimizer steps of each level on the way down (levels 1 … k − 1).
+    pub down_steps: usize,
+    /// Optimizer steps at the bottom level k.
+    pub bottom_steps: usize,
+    /// Optimizer steps of each level on the way up (levels k − 1 … 1; the last segment is the
+    /// full model's).
+    pub up_steps: usize,
+    /// Interpolation weight of the de-coalesced model when growing:
+    /// θ = (1 − α)·θ_saved + α·θ_decoalesced.
+    #[config(default = 0.5)]
+    pub alpha: f64,
+    /// Optimizer state at boundaries.
+    #[config(default = "OptimizerStatePolicy::Reset")]
+    pub optimizer_state: OptimizerStatePolicy,
+    /// Embedding rule of the transform.
+    #[config(default = "EmbeddingRuleChoice::Exact")]
+    pub embedding_rule: EmbeddingRuleChoice,
+    /// Data-loader batches one optimizer step consumes: the gradient-accumulation factor times
+    /// the number of devices of a multi-device strategy (1 for plain single-device training).
+    #[config(default = 1)]
+    pub batches_per_step: usize,
+    /// Validation batches for the boundary log's losses (None: the whole validation loader).
+    #[config(default = "None")]
+    pub boundary_valid_batches: Option<usize>,
+}
+
+impl VCycleConfig {
+    /// Checks the configuration before anything runs.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::VCycleConfig(m));
+        if self.levels.len() < 2 {
+            return bad(format!(
+                "a V-cycle needs at least 2 levels, got {}",
+                self.levels.len()
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.alpha) {
+            return bad(format!("alpha must lie in [0, 1], got {}", self.alpha));
+        }
+        if self.batches_per_step == 0 {
+            return bad("batches_per_step must be at least 1".into());
+        }
+        for (i, level) in self.levels.iter().enumerate() {
+            let n = i + 1;
+            if !(level.learning_rate.is_finite() && level.learning_rate > 0.0) {
+                return bad(format!(
+                    "level {n}: the learning rate must be positive, got {}",
+                    level.learning_rate
+                ));
+            }
+            if level.heads == Some(0) || level.layers == Some(0) {
+                return bad(format!("level {n}: heads and layers must be positive"));
+            }
+            for (what, text) in [
+                ("width_scheme", &level.width_scheme),
+                ("depth_scheme", &level.depth_scheme),
+            ] {
+                if let Err(e) = text.parse::<SchemeSpec>() {
+                    return bad(format!("level {n}: {what}: {e}"));
+                }
+            }
+            if n > 1 && level.heads.is_none() && level.layers.is_none() {
+                return bad(format!(
+                    "level {n} sets neither heads nor layers, so it is the same size as level {}",
+                    n - 1
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The number of levels k.
+    pub fn depth(&self) -> usize {
+        self.levels.len()
+    }
+
+    /// Optimizer steps of the whole cycle.
+    pub fn total_steps(&self) -> usize {
+        let k = self.levels.len().saturating_sub(1);
+        k * self.down_steps + self.bottom_steps + k * self.up_steps
+    }
+}

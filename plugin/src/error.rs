@@ -1,0 +1,62 @@
+//! The plugin's one error type. Every variant names the file, segment or setting it is about.
+
+use std::path::PathBuf;
+
+/// What can go wrong in the plugin.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A file-system operation failed.
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A JSON file could not be read or written.
+    #[error("{path}: {source}")]
+    Json {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The transform library refused or failed a conversion.
+    #[error("transform: {0}")]
+    Transform(#[from] vcycle_transform::Error),
+    /// burn-store could not write or read a safetensors file.
+    #[error("{path}: safetensors: {message}")]
+    Store { path: PathBuf, message: String },
+    /// A checkpoint's tensors do not fit the model built from its config.json.
+    #[error("{path}: {message}")]
+    Mismatch { path: PathBuf, message: String },
+    /// A config.json lacks a value the model needs, or holds one it cannot use.
+    #[error("{path}: config.json: {message}")]
+    ModelConfig { path: PathBuf, message: String },
+    /// The V-cycle configuration is not usable.
+    #[error("V-cycle configuration: {0}")]
+    VCycleConfig(String),
+    /// The run directory holds a run that cannot be resumed with this configuration.
+    #[error("{path}: cannot resume: {message}")]
+    Resume { path: PathBuf, message: String },
+    /// A training segment ended with an error or was interrupted.
+    #[error("segment {segment} ({name}): {message}")]
+    Training {
+        segment: usize,
+        name: String,
+        message: String,
+    },
+}
+
+/// The plugin's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Wraps an I/O error with its path.
+pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Error {
+    let path = path.into();
+    move |source| Error::Io { path, source }
+}
+
+/// Wraps a JSON error with its path.
+pub(crate) fn json(path: impl Into<PathBuf>) -> impl FnOnce(serde_json::Error) -> Error {
+    let path = path.into();
+    move |source| Error::Json { path, source }
+}

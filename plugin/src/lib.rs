@@ -1,0 +1,66 @@
+//! The multi-level V-cycle (SPEC §4) inside Burn's own training loop.
+//!
+//! Train the full model a little, coalesce it into a smaller one (the transform library,
+//! `vcycle_transform`), train that, grow it back (de-coalesce + interpolate with the saved
+//! weights) and continue. Each segment is one `SupervisedTraining::launch` built by the user's
+//! own closure, so metrics, renderer, devices and checkpointing are the user's; the driver
+//! ([`VCycle`]) sizes each segment's data loader to an exact step budget, exports the model as a
+//! HuggingFace directory at every boundary, calls the transform, builds the next model from its
+//! output with a fresh optimizer and scheduler, and records a resumable state.
+//!
+//! ```no_run
+//! # use std::sync::Arc;
+//! # use burn::train::{SupervisedTraining, metric::LossMetric};
+//! # use vcycle_plugin::{Gpt2, Gpt2Config, LevelConfig, Segment, VCycle, VCycleConfig};
+//! # fn demo(train: burn::train::TrainLoader<Gpt2>, valid: burn::train::ValidLoader<Gpt2>)
+//! # -> vcycle_plugin::Result<()> {
+//! let device = burn::tensor::Device::flex().autodiff();
+//! let model = Gpt2Config::new(256, 128, 128, 4, 4, 512).init(&device)?;
+//! let config = VCycleConfig::new(
+//!     vec![
+//!         LevelConfig::new(1e-3).with_warmup_steps(50),
+//!         LevelConfig::new(2e-3).with_heads(Some(2)).with_layers(Some(2)),
+//!     ],
+//!     200, // steps at the full size before coalescing
+//!     600, // steps at the bottom
+//!     400, // steps after growing back
+//! );
+//! let outcome = VCycle::new(config, "runs/gpt", device)?.run(
+//!     model,
+//!     train,
+//!     valid,
+//!     |segment: &Segment, train, valid| {
+//!         SupervisedTraining::new(&segment.dir, train, valid)
+//!             .metric_train_numeric(LossMetric::new())
+//!             .metric_valid_numeric(LossMetric::new())
+//!     },
+//! )?;
+//! println!("final model: {}", outcome.final_dir.display());
+//! # Ok(()) }
+//! ```
+
+pub mod bert;
+pub mod budget;
+pub mod config;
+pub mod device;
+pub mod error;
+pub mod gpt2;
+pub mod hf;
+pub mod progress;
+pub mod schedule;
+pub mod text;
+pub mod vcycle;
+
+pub use bert::{Bert, BertConfig};
+pub use budget::ExactBatches;
+pub use config::{EmbeddingRuleChoice, LevelConfig, OptimizerStatePolicy, VCycleConfig};
+pub use error::{Error, Result};
+pub use gpt2::{Gpt2, Gpt2Config};
+pub use hf::{HfModel, save_hf};
+pub use progress::ProgressLine;
+pub use schedule::WarmupConstantLr;
+pub use text::{ByteWindows, LmBatch, LmBatcher, MlmBatch, MlmBatcher};
+pub use vcycle::{
+    BoundaryRecord, FlopCounter, ModelSize, Phase, Segment, SegmentTraining, VCycle, VCycleModel,
+    VCycleOutcome,
+};

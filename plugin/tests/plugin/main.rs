@@ -1,0 +1,9 @@
+//! The plugin's integration tests: one test binary, shared helpers in `support`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod bert_hf;
+mod gpt2_hf;
+mod resume;
+mod support;
+mod vcycle_run;

@@ -1,0 +1,139 @@
+//! Helpers shared by the plugin's integration tests (one test binary).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use burn::data::dataloader::{DataLoader, DataLoaderBuilder};
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn::train::SupervisedTraining;
+use burn::train::metric::LossMetric;
+use ndarray::{Array2, ArrayD, IxDyn};
+use vcycle_plugin::text::{ByteWindows, LmBatch, LmBatcher, split_train_valid};
+use vcycle_plugin::{Gpt2, Gpt2Config, LevelConfig, ProgressLine, Segment, VCycleConfig};
+
+/// A fresh temporary directory for one test.
+pub fn tempdir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("vcycle-plugin-test-")
+        .tempdir()
+        .expect("temporary directory")
+}
+
+/// The CPU device without autodiff (forward checks).
+pub fn device() -> Device {
+    Device::flex()
+}
+
+/// A committed fixture directory (`fixtures/<name>`).
+pub fn fixture_dir(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../fixtures")
+        .join(name)
+}
+
+/// `../shared/hf-reference/<name>` beside the repository, or `$VCYCLE_HF_REFERENCE/<name>`.
+pub fn hf_reference_dir(name: &str) -> PathBuf {
+    let root = std::env::var_os("VCYCLE_HF_REFERENCE").map_or_else(
+        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/hf-reference"),
+        PathBuf::from,
+    );
+    let dir = root.join(name);
+    assert!(
+        dir.is_dir(),
+        "HF reference folder {} is missing; set VCYCLE_HF_REFERENCE",
+        dir.display()
+    );
+    dir
+}
+
+/// The bundled corpus.
+pub fn corpus() -> Vec<u8> {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../data/rust-book.txt");
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// A tiny byte-level GPT-2: 2 layers, width 32, 4 heads, FFN 64, 32 positions.
+pub fn tiny_gpt2() -> Gpt2Config {
+    Gpt2Config::new(256, 32, 32, 2, 4, 64)
+}
+
+pub type Loaders = (Arc<dyn DataLoader<LmBatch>>, Arc<dyn DataLoader<LmBatch>>);
+
+/// Train and validation loaders over the first `bytes` of the corpus: windows of `seq` tokens,
+/// batches of `batch`.
+pub fn loaders(bytes: usize, seq: usize, batch: usize) -> Loaders {
+    let text = corpus();
+    let (train, valid) = split_train_valid(&text[..bytes.min(text.len())], 10, 512);
+    let train = DataLoaderBuilder::new(LmBatcher)
+        .batch_size(batch)
+        .shuffle(7)
+        .build(ByteWindows::new(train, seq, seq));
+    let valid = DataLoaderBuilder::new(LmBatcher)
+        .batch_size(batch)
+        .build(ByteWindows::new(valid, seq, seq));
+    (train, valid)
+}
+
+/// Two levels: 2 layers × 4 heads, then `heads` × `layers` below.
+pub fn two_levels(heads: Option<usize>, layers: Option<usize>, steps: usize) -> VCycleConfig {
+    VCycleConfig::new(
+        vec![
+            LevelConfig::new(3e-3),
+            LevelConfig::new(5e-3).with_heads(heads).with_layers(layers),
+        ],
+        steps,
+        steps,
+        steps,
+    )
+}
+
+/// The user's SupervisedTraining for a segment, quiet.
+pub fn quiet_training(
+    segment: &Segment,
+    train: burn::train::TrainLoader<Gpt2>,
+    valid: burn::train::ValidLoader<Gpt2>,
+) -> SupervisedTraining<Gpt2> {
+    SupervisedTraining::new(&segment.dir, train, valid)
+        .metric_train_numeric(LossMetric::new())
+        .metric_valid_numeric(LossMetric::new())
+        .renderer(Box::new(ProgressLine::quiet()))
+        .with_application_logger(None)
+}
+
+/// Burn logits of `model` on `ids`, as an ndarray.
+pub fn burn_logits(model: &Gpt2, ids: &Array2<i64>, device: &Device) -> ArrayD<f32> {
+    let (b, s) = ids.dim();
+    let input: Tensor<2, Int> = Tensor::from_data(
+        TensorData::new(ids.iter().copied().collect::<Vec<i64>>(), [b, s]),
+        device,
+    );
+    let logits = model.forward(input);
+    let dims = logits.dims();
+    let values = logits.into_data().try_to_vec::<f32>().expect("f32 logits");
+    ArrayD::from_shape_vec(IxDyn(&dims), values).expect("logit shape")
+}
+
+/// The transform library's logits of the checkpoint at `dir` on `ids`.
+pub fn transform_logits(dir: &Path, ids: &Array2<i64>) -> ArrayD<f32> {
+    let (checkpoint, anatomy) = vcycle_transform::open_model(dir, &Default::default())
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+    vcycle_transform::verify::run_tokens(&checkpoint, &anatomy, ids).expect("transform forward")
+}
+
+/// Every tensor of a safetensors file, by name: (shape, little-endian bytes).
+pub fn tensors(file: &Path) -> std::collections::BTreeMap<String, (Vec<usize>, Vec<u8>)> {
+    let checkpoint = vcycle_transform::Checkpoint::open(file).expect("checkpoint");
+    checkpoint
+        .tensors()
+        .iter()
+        .map(|(name, info)| {
+            (
+                name.clone(),
+                (
+                    info.shape.clone(),
+                    checkpoint.bytes(name).expect("tensor bytes").to_vec(),
+                ),
+            )
+        })
+        .collect()
+}
