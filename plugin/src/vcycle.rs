@@ -362,7 +362,7 @@ where
             train_flops: 0.0,
             boundaries: Vec::new(),
         };
-        self.write_state(&state)?;
+        let state = self.write_state(&state)?;
         self.drive(state, Some(model), train, valid, training)
     }
 
@@ -449,13 +449,17 @@ where
         Ok(state)
     }
 
-    fn write_state(&self, state: &RunState) -> Result<()> {
+    /// Writes the boundary log and the state file, and returns the state as a resumed run
+    /// will read it (JSON does not round-trip every f64 bit for bit), so a finished and a
+    /// resumed run report identical records.
+    fn write_state(&self, state: &RunState) -> Result<RunState> {
         let state_path = self.run_dir.join(STATE_FILE);
         let text = serde_json::to_string_pretty(state).map_err(json(&state_path))?;
         let log_path = self.run_dir.join(LOG_FILE);
         let log = serde_json::to_string_pretty(&state.boundaries).map_err(json(&log_path))?;
         hf::write_file_atomically(&log_path, (log + "\n").as_bytes())?;
-        hf::write_file_atomically(&state_path, (text + "\n").as_bytes())
+        hf::write_file_atomically(&state_path, (text.clone() + "\n").as_bytes())?;
+        serde_json::from_str(&text).map_err(json(&state_path))
     }
 
     /// The checkpoint a segment starts from, relative to the run directory.
@@ -666,7 +670,7 @@ where
             }
             state.boundaries.push(record);
             state.completed_segments = segment.index;
-            self.write_state(&state)?;
+            state = self.write_state(&state)?;
             model = match next {
                 Some(next) => Some(next),
                 None => Some(trained.train()),
