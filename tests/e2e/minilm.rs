@@ -98,6 +98,7 @@ fn minilm_width_decoalescing_preserves_hidden_states() {
     let big_values: Vec<f64> = big_out.iter().map(|&v| f64::from(v)).collect();
     let folded: Vec<f32> = mean
         .apply(&big_values, &[32, 384], 1)
+        .expect("the hidden states have the gathered shape")
         .into_iter()
         .map(|v| v as f32)
         .collect();

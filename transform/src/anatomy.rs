@@ -8,6 +8,7 @@ use serde_json::Value;
 use crate::error::{Error, Result};
 use crate::read::Checkpoint;
 use crate::rules::{Axis, Direction, Rules, Space};
+use crate::scheme::MAX_UNITS;
 
 /// How the architecture is chosen.
 #[derive(Debug, Clone, Default)]
@@ -54,8 +55,8 @@ impl Dims {
     pub fn space(&self, space: Space) -> usize {
         match space {
             Space::Hidden => self.hidden,
-            Space::Attn => self.heads * self.head_dim,
-            Space::Kv => self.kv_heads * self.head_dim,
+            Space::Attn => self.heads.saturating_mul(self.head_dim),
+            Space::Kv => self.kv_heads.saturating_mul(self.head_dim),
             Space::Ffn => self.ffn,
         }
     }
@@ -64,7 +65,12 @@ impl Dims {
     pub fn axis(&self, axis: &Axis) -> Option<usize> {
         match axis {
             Axis::Fixed(name) => name.parse().ok().or_else(|| self.fixed.get(name).copied()),
-            Axis::Model { parts, .. } => Some(parts.iter().map(|&p| self.space(p)).sum()),
+            Axis::Model { parts, .. } => Some(
+                parts
+                    .iter()
+                    .map(|&p| self.space(p))
+                    .fold(0, usize::saturating_add),
+            ),
         }
     }
 }
@@ -179,7 +185,9 @@ impl Anatomy {
     /// The axes a tensor is transformed along, after the embedding rule and head tying.
     pub fn effective_axes(&self, rule_index: usize, embedding: EmbeddingRule) -> Vec<Axis> {
         let rules = &self.rules.tensors;
-        let mut rule = &rules[rule_index];
+        let Some(mut rule) = rules.get(rule_index) else {
+            return Vec::new();
+        };
         if self.dims.tied
             && let Some(target) = &rule.tied_to
             && let Some(tied) = rules.iter().find(|r| &r.template == target)
@@ -206,9 +214,8 @@ impl Anatomy {
     /// hidden states.
     pub fn has_head(&self) -> bool {
         let role_present = self.claims.iter().any(|c| {
-            self.rules.tensors[c.rule]
-                .role
-                .as_deref()
+            self.rule_of(c)
+                .and_then(|r| r.role.as_deref())
                 .is_some_and(|r| r.starts_with("head."))
         });
         role_present || (self.dims.tied && !self.prefix.is_empty())
@@ -217,16 +224,21 @@ impl Anatomy {
     /// The claim of a tensor with a role, at a layer. Several rules may share a role when a
     /// checkpoint holds at most one of them (DeiT's two alternative classifier heads).
     pub fn by_role(&self, role: &str, layer: Option<usize>) -> Option<&Claim> {
-        self.claims
-            .iter()
-            .find(|c| c.layer == layer && self.rules.tensors[c.rule].role.as_deref() == Some(role))
+        self.claims.iter().find(|c| {
+            c.layer == layer && self.rule_of(c).and_then(|r| r.role.as_deref()) == Some(role)
+        })
+    }
+
+    /// The rule that claims a tensor.
+    pub fn rule_of(&self, claim: &Claim) -> Option<&crate::rules::TensorRule> {
+        self.rules.tensors.get(claim.rule)
     }
 
     /// Number of parameters (float tensors; a tied head stored twice is counted once).
     pub fn parameters(&self, checkpoint: &Checkpoint) -> usize {
         self.claims
             .iter()
-            .filter(|c| !(self.dims.tied && self.rules.tensors[c.rule].tied_to.is_some()))
+            .filter(|c| !(self.dims.tied && self.rule_of(c).is_some_and(|r| r.tied_to.is_some())))
             .filter_map(|c| checkpoint.info(&c.name))
             .filter(|info| crate::dtype::is_float(info.dtype))
             .map(|info| info.numel())
@@ -332,6 +344,12 @@ pub fn lookup<'a>(config: &'a Value, key: &str) -> Option<&'a Value> {
 }
 
 fn resolve_dims(checkpoint: &Checkpoint, anatomy: &Anatomy) -> Result<Dims> {
+    let file_of = |name: &str| {
+        checkpoint
+            .file_of(name)
+            .unwrap_or(checkpoint.path())
+            .to_path_buf()
+    };
     let rules = &anatomy.rules;
     let config = checkpoint.config();
     let config_path = checkpoint.config_path();
@@ -351,12 +369,12 @@ fn resolve_dims(checkpoint: &Checkpoint, anatomy: &Anatomy) -> Result<Dims> {
     // Observed sizes of single-part spaces and fixed spaces, consistent across tensors.
     let mut observed: BTreeMap<String, (usize, String, usize)> = BTreeMap::new();
     for c in &anatomy.claims {
-        let rule = &rules.tensors[c.rule];
-        let Some(info) = checkpoint.info(&c.name) else {
+        let (Some(rule), Some(info)) = (rules.tensors.get(c.rule), checkpoint.info(&c.name)) else {
             continue;
         };
         if info.shape.len() != rule.axes.len() {
             return Err(Error::RankMismatch {
+                path: file_of(&c.name),
                 tensor: c.name.clone(),
                 shape: info.shape.clone(),
                 rule: rule.template.clone(),
@@ -383,7 +401,19 @@ fn resolve_dims(checkpoint: &Checkpoint, anatomy: &Anatomy) -> Result<Dims> {
                     name.clone()
                 }
                 Axis::Model { parts, .. } => {
-                    let first = parts[0];
+                    // A tensor with no elements could claim any size along a model axis; no
+                    // real checkpoint has one, and trusting it could size tables by it.
+                    if info.numel() == 0 {
+                        return Err(Error::BadAxis {
+                            tensor: c.name.clone(),
+                            axis: axis_index,
+                            shape: info.shape.clone(),
+                            reason: "a tensor with a model axis cannot be empty".into(),
+                        });
+                    }
+                    let Some(&first) = parts.first() else {
+                        continue;
+                    };
                     if parts.iter().any(|p| *p != first) {
                         continue;
                     }
@@ -453,6 +483,11 @@ fn resolve_dims(checkpoint: &Checkpoint, anatomy: &Anatomy) -> Result<Dims> {
             "the number of attention heads is unknown: use a model directory with config.json, or a file written by vcycle".into(),
         ));
     };
+    if heads > MAX_UNITS {
+        return Err(config_err(format!(
+            "{heads} attention heads are more than the {MAX_UNITS} vcycle supports"
+        )));
+    }
     let attn = seen(Space::Attn);
     let head_dim = config_usize(config, &rules.config.head_dim)
         .and_then(|(_, v)| v)
@@ -461,7 +496,7 @@ fn resolve_dims(checkpoint: &Checkpoint, anatomy: &Anatomy) -> Result<Dims> {
         .or_else(|| hidden.map(|h| h / heads))
         .unwrap_or(0);
     if let Some(attn) = attn
-        && attn != heads * head_dim
+        && Some(attn) != heads.checked_mul(head_dim)
     {
         return Err(config_err(format!(
             "{heads} heads of size {head_dim} do not make the attention width {attn} found in the tensors"
@@ -473,7 +508,7 @@ fn resolve_dims(checkpoint: &Checkpoint, anatomy: &Anatomy) -> Result<Dims> {
         .or_else(|| seen(Space::Kv).map(|kv| kv / head_dim.max(1)))
         .unwrap_or(heads);
     if let Some(kv) = seen(Space::Kv)
-        && kv != kv_heads * head_dim
+        && Some(kv) != kv_heads.checked_mul(head_dim)
     {
         return Err(config_err(format!(
             "{kv_heads} key/value heads of size {head_dim} do not make the key/value width {kv} found in the tensors"
@@ -497,7 +532,7 @@ fn resolve_dims(checkpoint: &Checkpoint, anatomy: &Anatomy) -> Result<Dims> {
     let head_present = anatomy
         .claims
         .iter()
-        .any(|c| rules.tensors[c.rule].tied_to.is_some());
+        .any(|c| anatomy.rule_of(c).is_some_and(|r| r.tied_to.is_some()));
     let tied = rules
         .config
         .tie
@@ -517,7 +552,7 @@ fn resolve_dims(checkpoint: &Checkpoint, anatomy: &Anatomy) -> Result<Dims> {
         .map(|(k, (n, _, _))| (k.clone(), *n))
         .collect();
 
-    Ok(Dims {
+    let dims = Dims {
         layers: layer_count.unwrap_or(layers),
         hidden,
         heads,
@@ -526,7 +561,33 @@ fn resolve_dims(checkpoint: &Checkpoint, anatomy: &Anatomy) -> Result<Dims> {
         ffn,
         tied,
         fixed,
-    })
+    };
+
+    // Every axis of every claimed tensor, fused ones included, has the size the model's
+    // sizes give it; the plan relies on this.
+    for c in &anatomy.claims {
+        let (Some(rule), Some(info)) = (anatomy.rule_of(c), checkpoint.info(&c.name)) else {
+            continue;
+        };
+        for (axis_index, (axis, &size)) in rule.axes.iter().zip(&info.shape).enumerate() {
+            if let Some(expected) = dims.axis(axis)
+                && expected != size
+            {
+                return Err(Error::SpaceSizeMismatch {
+                    tensor: c.name.clone(),
+                    axis: axis_index,
+                    shape: info.shape.clone(),
+                    space: axis.to_string(),
+                    expected,
+                    found: size,
+                    origin: format!(
+                        " ({heads} heads of {head_dim}, {kv_heads} key/value heads, hidden {hidden}, FFN {ffn})"
+                    ),
+                });
+            }
+        }
+    }
+    Ok(dims)
 }
 
 impl Space {

@@ -1,15 +1,17 @@
 //! Ready-to-run conversions: open and analyse the inputs, plan, then write. The CLI and the
 //! Burn plugin both go through [`Job`].
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use crate::anatomy::{
     Anatomy, ArchChoice, META_ARCH, META_HEAD_DIM, META_HEADS, META_KV_HEADS, META_TIED,
 };
-use crate::error::Result;
+use crate::dtype::NonFinite;
+use crate::error::{Error, Result};
 use crate::execute::{self, Inputs};
-use crate::plan::{self, Plan, Target};
+use crate::plan::{self, AlphaRange, Plan, Target};
 use crate::read::{Checkpoint, Layout};
 use crate::write::{self, OutputForm};
 
@@ -31,6 +33,12 @@ pub struct Job {
     form: OutputForm,
     metadata: BTreeMap<String, String>,
     warnings: Vec<String>,
+    /// Float input tensors holding NaN or infinite values: (in the large checkpoint, name).
+    non_finite: Vec<(bool, String, NonFinite)>,
+    /// Refuse non-finite inputs and outputs instead of warning.
+    strict: bool,
+    /// Warnings found while writing (outputs that overflow their dtype).
+    output_warnings: Mutex<Vec<String>>,
 }
 
 /// Opens a checkpoint and claims every tensor (an unclaimed tensor is an error).
@@ -56,9 +64,21 @@ impl Job {
         Job::resized(plan, checkpoint, None, &anatomy, options)
     }
 
-    /// De-coalesce `small` to the saved `large` model's sizes and interpolate with it.
+    /// De-coalesce `small` to the saved `large` model's sizes and interpolate with it; α must
+    /// lie in [0, 1].
     pub fn grow(small: &Path, large: &Path, alpha: f64, options: &Options) -> Result<Job> {
-        plan::check_alpha(alpha)?;
+        Job::grow_in(small, large, alpha, AlphaRange::Interpolate, options)
+    }
+
+    /// [`Job::grow`] with α checked against `range`.
+    pub fn grow_in(
+        small: &Path,
+        large: &Path,
+        alpha: f64,
+        range: AlphaRange,
+        options: &Options,
+    ) -> Result<Job> {
+        plan::check_alpha_in(alpha, range)?;
         let (small_ckpt, small_anatomy) = open_model(small, &options.arch)?;
         let (large_ckpt, large_anatomy) = open_model(large, &options.arch)?;
         let plan = plan::plan_grow(
@@ -68,16 +88,28 @@ impl Job {
             &large_anatomy,
             &options.target,
             alpha,
+            range,
         )?;
         Job::resized(plan, small_ckpt, Some(large_ckpt), &small_anatomy, options)
     }
 
-    /// (1 − α)·large + α·other.
+    /// (1 − α)·large + α·other; α must lie in [0, 1].
     pub fn interpolate(large: &Path, other: &Path, alpha: f64, options: &Options) -> Result<Job> {
-        plan::check_alpha(alpha)?;
+        Job::interpolate_in(large, other, alpha, AlphaRange::Interpolate, options)
+    }
+
+    /// [`Job::interpolate`] with α checked against `range`.
+    pub fn interpolate_in(
+        large: &Path,
+        other: &Path,
+        alpha: f64,
+        range: AlphaRange,
+        options: &Options,
+    ) -> Result<Job> {
+        plan::check_alpha_in(alpha, range)?;
         let large_ckpt = Checkpoint::open(large)?;
         let other_ckpt = Checkpoint::open(other)?;
-        let plan = plan::plan_interpolate(&large_ckpt, &other_ckpt, alpha)?;
+        let plan = plan::plan_interpolate(&large_ckpt, &other_ckpt, alpha, range)?;
         let form = output_form(
             &large_ckpt,
             large_ckpt.config().cloned(),
@@ -87,14 +119,74 @@ impl Job {
         metadata
             .entry("format".into())
             .or_insert_with(|| "pt".into());
-        Ok(Job {
+        Ok(Job::new(
             plan,
-            primary: other_ckpt,
-            large: Some(large_ckpt),
+            other_ckpt,
+            Some(large_ckpt),
             form,
             metadata,
-            warnings: Vec::new(),
-        })
+            Vec::new(),
+        ))
+    }
+
+    fn new(
+        plan: Plan,
+        primary: Checkpoint,
+        large: Option<Checkpoint>,
+        form: OutputForm,
+        metadata: BTreeMap<String, String>,
+        mut warnings: Vec<String>,
+    ) -> Job {
+        let mut non_finite = Vec::new();
+        for (in_large, checkpoint) in [(false, Some(&primary)), (true, large.as_ref())] {
+            let Some(checkpoint) = checkpoint else {
+                continue;
+            };
+            for (name, found) in scan_non_finite(checkpoint) {
+                warnings.push(format!(
+                    "{}: tensor `{name}` holds {} NaN and {} infinite values (first at element {}); they pass into the output (--strict refuses them)",
+                    checkpoint.file_of(&name).unwrap_or(checkpoint.path()).display(),
+                    found.nan,
+                    found.inf,
+                    found.first
+                ));
+                non_finite.push((in_large, name, found));
+            }
+        }
+        Job {
+            plan,
+            primary,
+            large,
+            form,
+            metadata,
+            warnings,
+            non_finite,
+            strict: false,
+            output_warnings: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Strict mode: refuses now if an input tensor holds NaN or infinite values, and makes
+    /// [`Job::write`] refuse an output tensor that overflows its dtype (instead of warning).
+    pub fn strict(mut self, strict: bool) -> Result<Job> {
+        self.strict = strict;
+        if strict && let Some((in_large, tensor, found)) = self.non_finite.first() {
+            let checkpoint = match (in_large, &self.large) {
+                (true, Some(large)) => large,
+                _ => &self.primary,
+            };
+            return Err(Error::NonFiniteInput {
+                path: checkpoint
+                    .file_of(tensor)
+                    .unwrap_or(checkpoint.path())
+                    .to_path_buf(),
+                tensor: tensor.clone(),
+                nan: found.nan,
+                inf: found.inf,
+                first: found.first,
+            });
+        }
+        Ok(self)
     }
 
     fn resized(
@@ -125,14 +217,7 @@ impl Job {
                     .to_string(),
             );
         }
-        Ok(Job {
-            plan,
-            primary,
-            large,
-            form,
-            metadata,
-            warnings,
-        })
+        Ok(Job::new(plan, primary, large, form, metadata, warnings))
     }
 
     pub fn plan(&self) -> &Plan {
@@ -142,6 +227,15 @@ impl Job {
     /// Things the user should know that do not stop the conversion.
     pub fn warnings(&self) -> &[String] {
         &self.warnings
+    }
+
+    /// Things found while writing that did not stop it: output tensors whose finite inputs
+    /// overflowed the output dtype (empty in strict mode, where they are errors).
+    pub fn output_warnings(&self) -> Vec<String> {
+        self.output_warnings
+            .lock()
+            .map(|w| w.clone())
+            .unwrap_or_default()
     }
 
     /// The input paths (for output-path checks).
@@ -161,15 +255,61 @@ impl Job {
             large: self.large.as_ref(),
         };
         let plan = &self.plan;
+        let non_finite_inputs: BTreeSet<(bool, &str)> = self
+            .non_finite
+            .iter()
+            .map(|(in_large, name, _)| (*in_large, name.as_str()))
+            .collect();
         write::write_output(
             output,
             &self.form,
             &plan.tensors,
             &self.metadata,
             force,
-            &|t| execute::compute(plan, t, inputs),
+            &|t| {
+                let bytes = execute::compute(plan, t, inputs)?;
+                if let Some(found) = crate::dtype::non_finite(t.dtype, &bytes) {
+                    let from_inputs = t
+                        .sources
+                        .iter()
+                        .map(|s| (false, s.as_str()))
+                        .chain(t.interpolate_with.iter().map(|w| (true, w.as_str())))
+                        .any(|key| non_finite_inputs.contains(&key));
+                    if !from_inputs {
+                        let count = found.nan + found.inf;
+                        if self.strict {
+                            return Err(Error::NonFiniteOutput {
+                                tensor: t.name.clone(),
+                                dtype: t.dtype,
+                                count,
+                                first: found.first,
+                            });
+                        }
+                        if let Ok(mut warnings) = self.output_warnings.lock() {
+                            warnings.push(format!(
+                                "output tensor `{}` holds {count} NaN or infinite values its finite inputs overflowed to ({:?}, first at element {})",
+                                t.name, t.dtype, found.first
+                            ));
+                        }
+                    }
+                }
+                Ok(bytes)
+            },
         )
     }
+}
+
+/// The float tensors of a checkpoint that hold NaN or infinite values.
+fn scan_non_finite(checkpoint: &Checkpoint) -> Vec<(String, NonFinite)> {
+    checkpoint
+        .tensors()
+        .iter()
+        .filter(|(_, info)| crate::dtype::is_float(info.dtype))
+        .filter_map(|(name, info)| {
+            let bytes = checkpoint.bytes(name)?;
+            crate::dtype::non_finite(info.dtype, bytes).map(|found| (name.clone(), found))
+        })
+        .collect()
 }
 
 fn output_form(

@@ -65,6 +65,56 @@ pub fn element_size(dtype: Dtype) -> usize {
     dtype.bitsize().div_ceil(8)
 }
 
+/// The bytes of a tensor of `dtype` and `shape` (sub-byte dtypes such as F4 packed), or None
+/// when the count overflows or is not a whole number of bytes.
+pub fn byte_len(dtype: Dtype, shape: &[usize]) -> Option<usize> {
+    let elements = shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d))?;
+    let bits = elements.checked_mul(dtype.bitsize())?;
+    bits.is_multiple_of(8).then_some(bits / 8)
+}
+
+/// NaN and infinite values found in a float tensor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NonFinite {
+    pub nan: usize,
+    pub inf: usize,
+    /// The index of the first non-finite element.
+    pub first: usize,
+}
+
+/// Counts the NaN and infinite elements of little-endian `bytes` of a float `dtype` from their
+/// bit patterns (no decoding). None when every element is finite or the dtype is not float.
+pub fn non_finite(dtype: Dtype, bytes: &[u8]) -> Option<NonFinite> {
+    // (element size, exponent mask, mantissa mask), as u64 bit patterns.
+    let (size, exponent, mantissa): (usize, u64, u64) = match dtype {
+        Dtype::F16 => (2, 0x7c00, 0x03ff),
+        Dtype::BF16 => (2, 0x7f80, 0x007f),
+        Dtype::F32 => (4, 0x7f80_0000, 0x007f_ffff),
+        Dtype::F64 => (8, 0x7ff0_0000_0000_0000, 0x000f_ffff_ffff_ffff),
+        _ => return None,
+    };
+    let mut found: Option<NonFinite> = None;
+    for (i, chunk) in bytes.chunks_exact(size).enumerate() {
+        let mut le = [0u8; 8];
+        le[..size].copy_from_slice(chunk);
+        let bits = u64::from_le_bytes(le);
+        if bits & exponent != exponent {
+            continue;
+        }
+        let f = found.get_or_insert(NonFinite {
+            nan: 0,
+            inf: 0,
+            first: i,
+        });
+        if bits & mantissa == 0 {
+            f.inf += 1;
+        } else {
+            f.nan += 1;
+        }
+    }
+    found
+}
+
 /// The dtype name as safetensors headers write it (`F32`, `BF16`, ...).
 pub fn name(dtype: Dtype) -> String {
     format!("{dtype:?}")
@@ -90,6 +140,45 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn non_finite_values_are_counted_from_their_bits() {
+        let values = [
+            1.0,
+            f64::NAN,
+            -f64::INFINITY,
+            0.0,
+            f64::INFINITY,
+            65504.0 * 4.0,
+        ];
+        for dtype in [Dtype::F16, Dtype::BF16, Dtype::F32, Dtype::F64] {
+            let bytes = encode(dtype, &values).unwrap_or_default();
+            let found = non_finite(dtype, &bytes);
+            // 4 × 65504 overflows f16 only.
+            let inf = if dtype == Dtype::F16 { 3 } else { 2 };
+            assert_eq!(
+                found,
+                Some(NonFinite {
+                    nan: 1,
+                    inf,
+                    first: 1
+                }),
+                "{dtype:?}"
+            );
+            let finite = encode(dtype, &[1.0, -2.0, 0.0]).unwrap_or_default();
+            assert_eq!(non_finite(dtype, &finite), None, "{dtype:?}");
+        }
+        assert_eq!(non_finite(Dtype::I32, &[0xff; 8]), None);
+    }
+
+    #[test]
+    fn byte_lengths_pack_sub_byte_dtypes_and_refuse_overflow() {
+        assert_eq!(byte_len(Dtype::F32, &[2, 3]), Some(24));
+        assert_eq!(byte_len(Dtype::F4, &[2, 3]), Some(3));
+        assert_eq!(byte_len(Dtype::F4, &[3]), None);
+        assert_eq!(byte_len(Dtype::F32, &[usize::MAX, 2]), None);
+        assert_eq!(byte_len(Dtype::F32, &[]), Some(4));
     }
 
     #[test]

@@ -17,12 +17,10 @@ pub enum Error {
         source: std::io::Error,
     },
 
-    #[error("{path}: not a valid safetensors file")]
-    Safetensors {
-        path: PathBuf,
-        #[source]
-        source: safetensors::SafeTensorError,
-    },
+    /// A file whose bytes are not a well-formed safetensors file; `reason` names the tensor
+    /// and the offending field where there is one.
+    #[error("{path}: not a valid safetensors file: {reason}")]
+    InvalidSafetensors { path: PathBuf, reason: String },
 
     #[error("{path}: invalid JSON")]
     Json {
@@ -54,8 +52,11 @@ pub enum Error {
         arch: String,
     },
 
-    #[error("tensor `{tensor}` has shape {shape:?}, but rule `{rule}` declares {rank} axes")]
+    #[error(
+        "{path}: tensor `{tensor}` has shape {shape:?}, but rule `{rule}` declares {rank} axes"
+    )]
     RankMismatch {
+        path: PathBuf,
         tensor: String,
         shape: Vec<usize>,
         rule: String,
@@ -108,8 +109,35 @@ pub enum Error {
     )]
     Incompatible { tensor: String, reason: String },
 
-    #[error("invalid interpolation weight alpha = {alpha}: it must lie in [0, 1]")]
-    Alpha { alpha: f64 },
+    #[error("invalid interpolation weight alpha = {alpha}: {reason}")]
+    Alpha { alpha: f64, reason: &'static str },
+
+    /// A float input tensor holding NaN or infinite values, refused in strict mode.
+    #[error(
+        "{path}: tensor `{tensor}` holds {nan} NaN and {inf} infinite values (first at element {first}); refused by --strict"
+    )]
+    NonFiniteInput {
+        path: PathBuf,
+        tensor: String,
+        nan: usize,
+        inf: usize,
+        first: usize,
+    },
+
+    /// An output tensor whose finite inputs produced NaN or infinite values (a sum beyond the
+    /// range of its dtype), refused in strict mode.
+    #[error(
+        "output tensor `{tensor}` would hold {count} NaN or infinite values ({dtype:?} overflow, first at element {first}); refused by --strict"
+    )]
+    NonFiniteOutput {
+        tensor: String,
+        dtype: Dtype,
+        count: usize,
+        first: usize,
+    },
+
+    #[error("not enough memory to compute tensor `{tensor}` ({bytes} bytes)")]
+    OutOfMemory { tensor: String, bytes: usize },
 
     #[error("output {output} {reason}")]
     Output { output: PathBuf, reason: String },

@@ -1,7 +1,7 @@
 //! Executing a plan: compute one output tensor at a time from memory-mapped inputs.
 
 use crate::error::{Error, Result};
-use crate::ops;
+use crate::ops::{self, GatherError};
 use crate::plan::{DepthOp, Operator, Plan, TensorPlan};
 use crate::read::Checkpoint;
 
@@ -22,8 +22,15 @@ pub fn compute(plan: &Plan, tensor: &TensorPlan, inputs: Inputs<'_>) -> Result<V
         tensor: name.to_string(),
         arch: plan.arch.clone(),
     };
+    let Some(first) = tensor.sources.first() else {
+        return Err(Error::BadAxis {
+            tensor: tensor.name.clone(),
+            axis: 0,
+            shape: tensor.shape.clone(),
+            reason: "the plan gives it no source tensor".into(),
+        });
+    };
     if !crate::dtype::is_float(tensor.dtype) {
-        let first = &tensor.sources[0];
         let bytes = inputs
             .primary
             .bytes(first)
@@ -51,7 +58,7 @@ pub fn compute(plan: &Plan, tensor: &TensorPlan, inputs: Inputs<'_>) -> Result<V
     };
     let mut shape = inputs
         .primary
-        .info(&tensor.sources[0])
+        .info(first)
         .map(|i| i.shape.clone())
         .unwrap_or_default();
     for (axis, (axis_plan, rule_axis)) in tensor.axes.iter().zip(&tensor.rule_axes).enumerate() {
@@ -61,16 +68,37 @@ pub fn compute(plan: &Plan, tensor: &TensorPlan, inputs: Inputs<'_>) -> Result<V
         let Some(gather) = plan.gather_for(rule_axis) else {
             continue;
         };
-        if gather.input_len() != shape[axis] {
+        if shape.get(axis) != Some(&gather.input_len()) {
             return Err(Error::BadAxis {
-                tensor: tensor.sources[0].clone(),
+                tensor: first.clone(),
                 axis,
                 shape: shape.clone(),
                 reason: format!("expected size {} for `{rule_axis}`", gather.input_len()),
             });
         }
-        data = gather.apply(&data, &shape, axis);
-        shape[axis] = gather.output_len();
+        data = match gather.apply(&data, &shape, axis) {
+            Ok(out) => out,
+            Err(GatherError::Shape) => {
+                return Err(Error::BadAxis {
+                    tensor: first.clone(),
+                    axis,
+                    shape: shape.clone(),
+                    reason: format!(
+                        "{} values do not fill the shape for `{rule_axis}`",
+                        data.len()
+                    ),
+                });
+            }
+            Err(GatherError::OutOfMemory(bytes)) => {
+                return Err(Error::OutOfMemory {
+                    tensor: tensor.name.clone(),
+                    bytes,
+                });
+            }
+        };
+        if let Some(size) = shape.get_mut(axis) {
+            *size = gather.output_len();
+        }
     }
     if shape != tensor.shape {
         return Err(Error::BadAxis {
@@ -84,6 +112,17 @@ pub fn compute(plan: &Plan, tensor: &TensorPlan, inputs: Inputs<'_>) -> Result<V
         (&tensor.interpolate_with, inputs.large, plan.operator)
     {
         let large_values = large.values(with)?;
+        if large_values.len() != data.len() {
+            return Err(Error::Incompatible {
+                tensor: tensor.name.clone(),
+                reason: format!(
+                    "{} values in {} but {} computed",
+                    large_values.len(),
+                    large.path().display(),
+                    data.len()
+                ),
+            });
+        }
         data = ops::interpolate(&large_values, &data, alpha);
     }
     crate::dtype::encode(tensor.dtype, &data).ok_or(Error::UnsupportedDtype {

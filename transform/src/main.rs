@@ -7,7 +7,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use vcycle_transform::anatomy::Anatomy;
 use vcycle_transform::{
-    ArchChoice, Checkpoint, EmbeddingRule, Job, Options, Rules, SchemeSpec, Target,
+    AlphaRange, ArchChoice, Checkpoint, EmbeddingRule, Job, Options, Rules, SchemeSpec, Target,
 };
 
 #[derive(Parser)]
@@ -43,6 +43,9 @@ enum Command {
         /// Interpolation weight in [0, 1]: 0 returns LARGE, 1 returns DECOALESCED.
         #[arg(long)]
         alpha: f64,
+        /// Accept any finite alpha outside [0, 1] (extrapolation beyond either checkpoint).
+        #[arg(long)]
+        allow_extrapolation: bool,
     },
     /// De-coalesce SMALL to the size of the saved large model and interpolate with it.
     Grow {
@@ -52,6 +55,9 @@ enum Command {
         large: PathBuf,
         #[arg(long)]
         alpha: f64,
+        /// Accept any finite alpha outside [0, 1] (extrapolation beyond either checkpoint).
+        #[arg(long)]
+        allow_extrapolation: bool,
         #[command(flatten)]
         scheme: SchemeArgs,
         #[command(flatten)]
@@ -129,6 +135,10 @@ struct OutputArgs {
     /// Write shards of at most this size (e.g. 5GB, 500MB) with an index.
     #[arg(long, value_parser = parse_size)]
     shard_size: Option<u64>,
+    /// Refuse inputs holding NaN or infinite values and outputs that overflow their dtype
+    /// (default: warn and go on).
+    #[arg(long)]
+    strict: bool,
 }
 
 #[derive(Args, Clone)]
@@ -221,25 +231,39 @@ fn run(cli: Cli) -> Result<ExitCode> {
             decoalesced,
             output,
             alpha,
+            allow_extrapolation,
         } => {
             let options = Options {
                 shard_size: output.shard_size,
                 ..Options::default()
             };
-            let job = Job::interpolate(&large, &decoalesced, alpha, &options)?;
-            finish(&job, &output)
+            let job = Job::interpolate_in(
+                &large,
+                &decoalesced,
+                alpha,
+                alpha_range(allow_extrapolation),
+                &options,
+            )?;
+            finish(job, &output)
         }
         Command::Grow {
             small,
             large,
             alpha,
+            allow_extrapolation,
             scheme,
             arch,
             output,
         } => {
             let options = options(&arch, &scheme, None, None, None, output.shard_size)?;
-            let job = Job::grow(&small, &large, alpha, &options)?;
-            finish(&job, &output)
+            let job = Job::grow_in(
+                &small,
+                &large,
+                alpha,
+                alpha_range(allow_extrapolation),
+                &options,
+            )?;
+            finish(job, &output)
         }
         Command::Verify {
             a,
@@ -274,6 +298,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 _ => Ok(ExitCode::SUCCESS),
             }
         }
+    }
+}
+
+fn alpha_range(allow_extrapolation: bool) -> AlphaRange {
+    if allow_extrapolation {
+        AlphaRange::Extrapolate
+    } else {
+        AlphaRange::Interpolate
     }
 }
 
@@ -316,10 +348,11 @@ fn resize(args: ResizeArgs, coalescing: bool) -> Result<ExitCode> {
     } else {
         Job::decoalesce(&args.model, &options)?
     };
-    finish(&job, &args.output)
+    finish(job, &args.output)
 }
 
-fn finish(job: &Job, output: &OutputArgs) -> Result<ExitCode> {
+fn finish(job: Job, output: &OutputArgs) -> Result<ExitCode> {
+    let job = job.strict(output.strict)?;
     for warning in job.warnings() {
         eprintln!("warning: {warning}");
     }
@@ -334,6 +367,9 @@ fn finish(job: &Job, output: &OutputArgs) -> Result<ExitCode> {
             bail!("no output path: pass -o OUT or --dry-run");
         };
         job.write(out, output.force)?;
+        for warning in job.output_warnings() {
+            eprintln!("warning: {warning}");
+        }
         eprintln!(
             "wrote {} ({} tensors, {:.1} MB)",
             out.display(),
@@ -342,7 +378,7 @@ fn finish(job: &Job, output: &OutputArgs) -> Result<ExitCode> {
         );
     }
     if let Some(path) = &output.plan_json {
-        write_plan_json(job, path)?;
+        write_plan_json(&job, path)?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -359,5 +395,6 @@ fn emit(text: &str) -> Result<()> {
 fn write_plan_json(job: &Job, path: &Path) -> Result<()> {
     let mut text = serde_json::to_string_pretty(job.plan()).context("serialising the plan")?;
     text.push('\n');
-    std::fs::write(path, text).with_context(|| format!("writing the plan to {}", path.display()))
+    vcycle_transform::write::write_file(path, text.as_bytes())
+        .with_context(|| format!("writing the plan to {}", path.display()))
 }

@@ -61,7 +61,10 @@ impl Gather {
                 let divisors = (0..large)
                     .map(|u| {
                         if op == AxisOp::Split {
-                            grouping.groups()[grouping.owner(u)].len() as f64
+                            grouping
+                                .groups()
+                                .get(grouping.owner(u))
+                                .map_or(1.0, |g| g.len() as f64)
                         } else {
                             1.0
                         }
@@ -114,27 +117,66 @@ impl Gather {
     }
 
     /// Applies the gather along `axis` of a row-major tensor of `shape`; returns the new data
-    /// (the caller updates the shape). `shape[axis]` must equal `input_len()`.
-    pub fn apply(&self, data: &[f64], shape: &[usize], axis: usize) -> Vec<f64> {
-        let outer: usize = shape[..axis].iter().product();
-        let inner: usize = shape[axis + 1..].iter().product();
+    /// (the caller updates the shape). `shape[axis]` must equal `input_len()` and `data` must
+    /// hold the product of `shape` values.
+    pub fn apply(
+        &self,
+        data: &[f64],
+        shape: &[usize],
+        axis: usize,
+    ) -> Result<Vec<f64>, GatherError> {
+        let (Some(before), Some(after)) = (shape.get(..axis), shape.get(axis + 1..)) else {
+            return Err(GatherError::Shape);
+        };
+        let outer: usize = before
+            .iter()
+            .try_fold(1usize, |n, &d| n.checked_mul(d))
+            .ok_or(GatherError::Shape)?;
+        let inner: usize = after
+            .iter()
+            .try_fold(1usize, |n, &d| n.checked_mul(d))
+            .ok_or(GatherError::Shape)?;
         let n_in = self.input_len;
         let n_out = self.output_len();
-        let mut out = vec![0.0; outer * n_out * inner];
-        for o in 0..outer {
-            let src_block = &data[o * n_in * inner..(o + 1) * n_in * inner];
-            let dst_block = &mut out[o * n_out * inner..(o + 1) * n_out * inner];
-            for (i, (sources, &divisor)) in self.sources.iter().zip(&self.divisors).enumerate() {
-                let dst = &mut dst_block[i * inner..(i + 1) * inner];
+        let expected = outer.checked_mul(n_in).and_then(|n| n.checked_mul(inner));
+        if shape.get(axis) != Some(&n_in) || expected != Some(data.len()) {
+            return Err(GatherError::Shape);
+        }
+        let len = outer
+            .checked_mul(n_out)
+            .and_then(|n| n.checked_mul(inner))
+            .ok_or(GatherError::OutOfMemory(usize::MAX))?;
+        let mut out = Vec::new();
+        out.try_reserve_exact(len)
+            .map_err(|_| GatherError::OutOfMemory(len.saturating_mul(8)))?;
+        out.resize(len, 0.0);
+        // Every source row lies inside a block: with this checked, the slicing below cannot
+        // go out of bounds.
+        if self.sources.iter().flatten().any(|&j| j >= n_in) {
+            return Err(GatherError::Shape);
+        }
+        if len == 0 || n_in == 0 {
+            return Ok(out);
+        }
+        for (src_block, dst_block) in data
+            .chunks_exact(n_in * inner)
+            .zip(out.chunks_exact_mut(n_out * inner))
+        {
+            let row = |j: usize| &src_block[j * inner..(j + 1) * inner];
+            for ((sources, &divisor), dst) in self
+                .sources
+                .iter()
+                .zip(&self.divisors)
+                .zip(dst_block.chunks_exact_mut(inner))
+            {
                 match sources.as_slice() {
                     [single] => {
-                        dst.copy_from_slice(&src_block[single * inner..(single + 1) * inner]);
+                        dst.copy_from_slice(row(*single));
                         if divisor != 1.0 {
                             dst.iter_mut().for_each(|d| *d /= divisor);
                         }
                     }
                     [first, rest @ ..] => {
-                        let row = |j: usize| &src_block[j * inner..(j + 1) * inner];
                         let first = row(*first);
                         if divisor == 1.0 {
                             dst.copy_from_slice(first);
@@ -149,8 +191,17 @@ impl Gather {
                 }
             }
         }
-        out
+        Ok(out)
     }
+}
+
+/// Why a gather could not be applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GatherError {
+    /// The data does not have the shape the gather expects.
+    Shape,
+    /// The output (this many bytes) could not be allocated.
+    OutOfMemory(usize),
 }
 
 /// `dst = first + Σ (row − first) / n`: the mean, computed so that the mean of equal values
@@ -217,17 +268,23 @@ mod tests {
         let g = grouping(vec![vec![0, 2], vec![1, 3]], 4);
         let data = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0];
         assert_eq!(
-            Gather::new(AxisOp::Mean, &g).apply(&data, &[2, 4], 1),
+            Gather::new(AxisOp::Mean, &g)
+                .apply(&data, &[2, 4], 1)
+                .unwrap(),
             [2.0, 3.0, 6.0, 7.0]
         );
         assert_eq!(
-            Gather::new(AxisOp::Sum, &g).apply(&data, &[2, 4], 1),
+            Gather::new(AxisOp::Sum, &g)
+                .apply(&data, &[2, 4], 1)
+                .unwrap(),
             [4.0, 6.0, 12.0, 14.0]
         );
         // rows grouped [[0,1]] of a 2 x 2.
         let rows = grouping(vec![vec![0, 1]], 2);
         assert_eq!(
-            Gather::new(AxisOp::Mean, &rows).apply(&[1.0, 2.0, 3.0, 4.0], &[2, 2], 0),
+            Gather::new(AxisOp::Mean, &rows)
+                .apply(&[1.0, 2.0, 3.0, 4.0], &[2, 2], 0)
+                .unwrap(),
             [2.0, 3.0]
         );
     }
@@ -236,13 +293,24 @@ mod tests {
     fn duplicate_and_split_invert_mean_and_sum() {
         let g = grouping(vec![vec![0, 2], vec![1, 3]], 4);
         let small = [1.0, 2.0, 3.0, 4.0];
-        let dup = Gather::new(AxisOp::Duplicate, &g).apply(&small, &[2, 2], 1);
+        let dup = Gather::new(AxisOp::Duplicate, &g)
+            .apply(&small, &[2, 2], 1)
+            .unwrap();
         assert_eq!(dup, [1.0, 2.0, 1.0, 2.0, 3.0, 4.0, 3.0, 4.0]);
-        let split = Gather::new(AxisOp::Split, &g).apply(&small, &[2, 2], 1);
+        let split = Gather::new(AxisOp::Split, &g)
+            .apply(&small, &[2, 2], 1)
+            .unwrap();
         assert_eq!(split, [0.5, 1.0, 0.5, 1.0, 1.5, 2.0, 1.5, 2.0]);
-        assert_eq!(Gather::new(AxisOp::Mean, &g).apply(&dup, &[2, 4], 1), small);
         assert_eq!(
-            Gather::new(AxisOp::Sum, &g).apply(&split, &[2, 4], 1),
+            Gather::new(AxisOp::Mean, &g)
+                .apply(&dup, &[2, 4], 1)
+                .unwrap(),
+            small
+        );
+        assert_eq!(
+            Gather::new(AxisOp::Sum, &g)
+                .apply(&split, &[2, 4], 1)
+                .unwrap(),
             small
         );
     }
@@ -255,7 +323,13 @@ mod tests {
             Gather::new(AxisOp::Mean, &g),
             Gather::new(AxisOp::Mean, &g),
         ]);
-        assert_eq!(fused.apply(&[1.0, 3.0, 10.0, 30.0], &[4], 0), [2.0, 20.0]);
+        assert_eq!(
+            fused.apply(&[1.0, 3.0, 10.0, 30.0], &[4], 0).unwrap(),
+            [2.0, 20.0]
+        );
+        // Data that does not match the shape is an error, not a panic.
+        assert_eq!(fused.apply(&[1.0, 3.0], &[4], 0), Err(GatherError::Shape));
+        assert_eq!(fused.apply(&[1.0; 4], &[4], 1), Err(GatherError::Shape));
     }
 
     #[test]

@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 use crate::ops::{AxisOp, Gather};
 use crate::read::Checkpoint;
 use crate::rules::{Axis, Direction, Space};
-use crate::scheme::{Grouping, SchemeSpec};
+use crate::scheme::{Grouping, MAX_UNITS, SchemeSpec};
 
 /// The operator a plan applies.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
@@ -175,9 +175,7 @@ impl Plan {
     pub fn output_bytes(&self) -> u64 {
         self.tensors
             .iter()
-            .map(|t| {
-                (t.shape.iter().product::<usize>() * crate::dtype::element_size(t.dtype)) as u64
-            })
+            .map(|t| crate::dtype::byte_len(t.dtype, &t.shape).unwrap_or(0) as u64)
             .sum()
     }
 }
@@ -198,7 +196,30 @@ pub fn plan_resize(
 
     // Sizes on both sides; grouping always maps the large model's units to the small one's.
     let heads_other = target.heads.unwrap_or(from.heads);
-    let ratio = from.heads / from.kv_heads;
+    let limits = [
+        ("width", "heads", Some(heads_other)),
+        ("width", "key/value heads", target.kv_heads),
+        ("layer", "layers", target.layers),
+    ];
+    for (what, unit, requested) in limits {
+        if let Some(n) = requested.filter(|&n| n > MAX_UNITS) {
+            return Err(Error::Scheme {
+                what,
+                reason: format!("{n} {unit} is more than the {MAX_UNITS} vcycle supports"),
+            });
+        }
+    }
+    let ratio = from
+        .heads
+        .checked_div(from.kv_heads)
+        .filter(|&r| r > 0 && r * from.kv_heads == from.heads)
+        .ok_or_else(|| Error::Scheme {
+            what: "width",
+            reason: format!(
+                "the model's {} query heads are not a multiple of its {} key/value heads",
+                from.heads, from.kv_heads
+            ),
+        })?;
     let gqa = from.kv_heads != from.heads;
     let kv_other = match target.kv_heads {
         Some(kv) => kv,
@@ -257,25 +278,61 @@ pub fn plan_resize(
         Grouping::new(&target.depth_scheme, layers_large, layers_small, "layer")?
     };
 
-    let hidden_block = from.hidden / from.heads;
-    let ffn_block = from.ffn / from.heads;
-    let mut maps = BTreeMap::new();
-    maps.insert(Space::Hidden, head_groups.expand(hidden_block));
-    maps.insert(Space::Ffn, head_groups.expand(ffn_block));
-    maps.insert(Space::Attn, head_groups.expand(from.head_dim));
-    maps.insert(Space::Kv, kv_groups.expand(from.head_dim));
-    let maps = SpaceMaps { maps };
-
+    // resolve_dims checked that hidden and ffn are multiples of heads (heads > 0).
+    let hidden_block = from.hidden.checked_div(from.heads).unwrap_or(0);
+    let ffn_block = from.ffn.checked_div(from.heads).unwrap_or(0);
+    let too_large = |what: &str| Error::Scheme {
+        what: "width",
+        reason: format!("{heads_other} heads make the {what} too large"),
+    };
     let to = Dims {
         layers: layers_other,
-        hidden: hidden_block * heads_other,
+        hidden: hidden_block
+            .checked_mul(heads_other)
+            .ok_or_else(|| too_large("hidden size"))?,
         heads: heads_other,
         kv_heads: kv_other,
         head_dim: from.head_dim,
-        ffn: ffn_block * heads_other,
+        ffn: ffn_block
+            .checked_mul(heads_other)
+            .ok_or_else(|| too_large("FFN size"))?,
         tied: from.tied,
         fixed: from.fixed.clone(),
     };
+
+    // Element-level groupings, only of the spaces some claimed tensor has (a size no tensor
+    // backs, say from config.json alone, is never expanded into a table).
+    let used: std::collections::BTreeSet<Space> = anatomy
+        .claims
+        .iter()
+        .filter_map(|c| anatomy.rules.tensors.get(c.rule))
+        .flat_map(|rule| {
+            // A tied head is transformed along its target's axes (effective_axes).
+            let tied = rule
+                .tied_to
+                .as_ref()
+                .and_then(|target| anatomy.rules.tensors.iter().find(|r| &r.template == target));
+            rule.axes
+                .iter()
+                .chain(tied.into_iter().flat_map(|r| r.axes.iter()))
+        })
+        .filter_map(|axis| match axis {
+            Axis::Model { parts, .. } => Some(parts.iter().copied()),
+            Axis::Fixed(_) => None,
+        })
+        .flatten()
+        .collect();
+    let mut maps = BTreeMap::new();
+    for space in used {
+        let grouping = match space {
+            Space::Hidden => head_groups.expand(hidden_block),
+            Space::Ffn => head_groups.expand(ffn_block),
+            Space::Attn => head_groups.expand(from.head_dim),
+            Space::Kv => kv_groups.expand(from.head_dim),
+        };
+        maps.insert(space, grouping);
+    }
+    let maps = SpaceMaps { maps };
 
     let unequal_groups =
         !head_groups.is_equal() || !layer_groups.is_equal() || !kv_groups.is_equal();
@@ -290,11 +347,23 @@ pub fn plan_resize(
             continue;
         };
         let axes = anatomy.effective_axes(index, target.embedding_rule);
+        if axes.len() != info.shape.len() {
+            return Err(Error::RankMismatch {
+                path: checkpoint
+                    .file_of(&first.name)
+                    .unwrap_or(checkpoint.path())
+                    .to_path_buf(),
+                tensor: first.name.clone(),
+                shape: info.shape.clone(),
+                rule: rule.template.clone(),
+                rank: axes.len(),
+            });
+        }
         let float = crate::dtype::is_float(info.dtype);
         let mut axis_plans = Vec::with_capacity(axes.len());
-        for (axis_index, axis) in axes.iter().enumerate() {
-            let from_size = from.axis(axis).unwrap_or(info.shape[axis_index]);
-            let to_size = to.axis(axis).unwrap_or(info.shape[axis_index]);
+        for (axis, &size) in axes.iter().zip(&info.shape) {
+            let from_size = from.axis(axis).unwrap_or(size);
+            let to_size = to.axis(axis).unwrap_or(size);
             let op = maps.gather(axis, coalescing).map(|(_, op)| op);
             if op.is_some() && !float {
                 return Err(Error::UnsupportedDtype {
@@ -310,6 +379,14 @@ pub fn plan_resize(
             });
         }
         let shape: Vec<usize> = axis_plans.iter().map(|a| a.to).collect();
+        if crate::dtype::byte_len(info.dtype, &shape).is_none_or(|n| n > isize::MAX as usize) {
+            return Err(Error::BadAxis {
+                tensor: first.name.clone(),
+                axis: 0,
+                shape: info.shape.clone(),
+                reason: format!("the output shape {shape:?} would be too large"),
+            });
+        }
         let outputs: Vec<(Option<usize>, Vec<Option<usize>>)> = if rule.layered {
             if coalescing {
                 layer_groups
@@ -414,18 +491,46 @@ pub fn natural_key(name: &str) -> Vec<(String, u64)> {
     key
 }
 
-/// Checks that α is an interpolation weight.
+/// Which interpolation weights are accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AlphaRange {
+    /// α in [0, 1]: a point between the two checkpoints (the default).
+    #[default]
+    Interpolate,
+    /// Any finite α: a point on the line beyond either checkpoint (`--allow-extrapolation`).
+    Extrapolate,
+}
+
+/// Checks that α is an interpolation weight in [0, 1].
 pub fn check_alpha(alpha: f64) -> Result<()> {
-    if (0.0..=1.0).contains(&alpha) {
-        Ok(())
-    } else {
-        Err(Error::Alpha { alpha })
+    check_alpha_in(alpha, AlphaRange::Interpolate)
+}
+
+/// Checks α against a range; NaN and infinities are always refused.
+pub fn check_alpha_in(alpha: f64, range: AlphaRange) -> Result<()> {
+    if !alpha.is_finite() {
+        return Err(Error::Alpha {
+            alpha,
+            reason: "it must be a finite number",
+        });
     }
+    if range == AlphaRange::Interpolate && !(0.0..=1.0).contains(&alpha) {
+        return Err(Error::Alpha {
+            alpha,
+            reason: "it must lie in [0, 1] (pass --allow-extrapolation to extrapolate beyond the checkpoints)",
+        });
+    }
+    Ok(())
 }
 
 /// Plans θ = (1 − α)·large + α·other over two checkpoints with equal names, shapes and dtypes.
-pub fn plan_interpolate(large: &Checkpoint, other: &Checkpoint, alpha: f64) -> Result<Plan> {
-    check_alpha(alpha)?;
+pub fn plan_interpolate(
+    large: &Checkpoint,
+    other: &Checkpoint,
+    alpha: f64,
+    range: AlphaRange,
+) -> Result<Plan> {
+    check_alpha_in(alpha, range)?;
     for name in other.tensors().keys() {
         if large.info(name).is_none() {
             return Err(Error::Incompatible {
@@ -500,8 +605,9 @@ pub fn plan_grow(
     large_anatomy: &Anatomy,
     target: &Target,
     alpha: f64,
+    range: AlphaRange,
 ) -> Result<Plan> {
-    check_alpha(alpha)?;
+    check_alpha_in(alpha, range)?;
     let target = Target {
         heads: Some(target.heads.unwrap_or(large_anatomy.dims.heads)),
         kv_heads: Some(target.kv_heads.unwrap_or(large_anatomy.dims.kv_heads)),
@@ -622,8 +728,8 @@ impl fmt::Display for Plan {
                 crate::dtype::name(t.dtype),
                 shape.join(", ")
             )?;
-            if t.sources.len() == 1 {
-                write!(f, "{}", t.sources[0])?;
+            if let [single] = t.sources.as_slice() {
+                write!(f, "{single}")?;
             } else {
                 write!(
                     f,

@@ -5,6 +5,10 @@ use std::str::FromStr;
 
 use crate::error::{Error, Result};
 
+/// The most heads, key/value heads or layers a model may have (units are tabulated, so an
+/// absurd count would exhaust memory instead of failing cleanly).
+pub const MAX_UNITS: usize = 1 << 16;
+
 /// How to group units, before the sizes are known.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -72,6 +76,11 @@ impl Grouping {
                 "the small model cannot have more {what} units ({small}) than the large one ({large})"
             )));
         }
+        if large > MAX_UNITS {
+            return Err(err(format!(
+                "{large} {what} units are more than the {MAX_UNITS} vcycle supports"
+            )));
+        }
         let groups = match spec {
             SchemeSpec::Strided | SchemeSpec::Adjacent => {
                 if !large.is_multiple_of(small) {
@@ -100,6 +109,11 @@ impl Grouping {
         what: &'static str,
     ) -> Result<Self> {
         let err = |reason: String| Error::Scheme { what, reason };
+        if large > MAX_UNITS {
+            return Err(err(format!(
+                "{large} {what} units are more than the {MAX_UNITS} vcycle supports"
+            )));
+        }
         if groups.len() != small {
             return Err(err(format!(
                 "{} groups given, but the small model has {small} {what} units",
@@ -115,7 +129,7 @@ impl Grouping {
                 let Some(slot) = owner.get_mut(u) else {
                     return Err(err(format!(
                         "unit {u} in group {i} is out of range: the large model has {large} {what} units (0..{})",
-                        large - 1
+                        large.saturating_sub(1)
                     )));
                 };
                 if *slot != usize::MAX {
@@ -155,9 +169,9 @@ impl Grouping {
         self.groups.len()
     }
 
-    /// The small unit a large unit belongs to.
+    /// The small unit a large unit belongs to (0 for a unit out of range).
     pub fn owner(&self, large_unit: usize) -> usize {
-        self.owner[large_unit]
+        self.owner.get(large_unit).copied().unwrap_or(0)
     }
 
     pub fn is_identity(&self) -> bool {
@@ -199,7 +213,9 @@ impl Grouping {
         let mut owner = vec![0; large];
         for (i, g) in groups.iter().enumerate() {
             for &u in g {
-                owner[u] = i;
+                if let Some(slot) = owner.get_mut(u) {
+                    *slot = i;
+                }
             }
         }
         Grouping { groups, owner }

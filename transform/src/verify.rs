@@ -55,10 +55,12 @@ impl<'a> Loader<'a> {
             .collect();
         let array = ArrayD::from_shape_vec(IxDyn(&info.shape), values)
             .map_err(|e| Error::Verify(format!("tensor `{}`: {e}", claim.name)))?;
-        Ok(Some((
-            array,
-            self.anatomy.rules.tensors[claim.rule].axes.clone(),
-        )))
+        let axes = self
+            .anatomy
+            .rule_of(claim)
+            .map(|r| r.axes.clone())
+            .unwrap_or_default();
+        Ok(Some((array, axes)))
     }
 
     fn require(&self, role: &str, layer: Option<usize>) -> Result<(ArrayD<f32>, Vec<Axis>)> {

@@ -3,11 +3,14 @@
 //!
 //! Every output is written into a temporary sibling and renamed into place only when complete,
 //! so an output appears whole or not at all and an existing one is never half overwritten.
+//! Temporaries are named `.vcycle-<pid>-<random>.tmp`: a failed write removes its own, and a
+//! process killed mid-write (which cannot) leaves one that the next `vcycle` writing into the
+//! same directory removes (see [`sweep_stale`]).
 
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{BufWriter, Write};
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 
 use serde_json::{Map, Value, json};
 
@@ -60,20 +63,44 @@ pub fn check_output_path(inputs: &[&Path], output: &Path, force: bool) -> Result
     Ok(())
 }
 
-/// The absolute path with every existing component's symlinks resolved.
+/// The absolute path with every symlink resolved, including a dangling one at the end (a
+/// link to a file not yet created inside an input is inside that input) and those of
+/// components that do not exist yet; `..` is applied after resolving what precedes it.
 fn resolve(path: &Path) -> std::io::Result<PathBuf> {
     if let Ok(p) = path.canonicalize() {
         return Ok(p);
     }
-    let absolute = std::path::absolute(path)?;
-    let parent = absolute.parent().unwrap_or(Path::new("/"));
-    let name = absolute.file_name().unwrap_or_default();
-    Ok(resolve(parent)?.join(name))
+    resolve_links(&std::path::absolute(path)?, 0)
 }
 
-/// A tensor's byte length.
+fn resolve_links(absolute: &Path, hops: usize) -> std::io::Result<PathBuf> {
+    const MAX_HOPS: usize = 40;
+    let mut resolved = PathBuf::new();
+    for component in absolute.components() {
+        match component {
+            Component::ParentDir => {
+                resolved.pop();
+            }
+            Component::CurDir => {}
+            other => {
+                let next = resolved.join(other);
+                match std::fs::read_link(&next) {
+                    Ok(target) if hops < MAX_HOPS => {
+                        // A relative target is relative to the link's directory; an absolute
+                        // one replaces the path.
+                        resolved = resolve_links(&resolved.join(target), hops + 1)?;
+                    }
+                    _ => resolved = next,
+                }
+            }
+        }
+    }
+    Ok(resolved)
+}
+
+/// A tensor's byte length (the plan checked that it fits).
 fn byte_len(t: &TensorPlan) -> usize {
-    t.shape.iter().product::<usize>() * crate::dtype::element_size(t.dtype)
+    crate::dtype::byte_len(t.dtype, &t.shape).unwrap_or(0)
 }
 
 /// Writes the plan's tensors to `output` in the given form. `compute` produces each tensor's
@@ -96,13 +123,30 @@ pub fn write_output(
             reason: format!("its directory {} does not exist", parent.display()),
         });
     }
+    sweep_stale(&parent);
+    write_new(output, &parent, form, tensors, metadata, force, compute)
+        .map_err(|e| blame_output(e, output, &parent))
+}
+
+fn write_new(
+    output: &Path,
+    parent: &Path,
+    form: &OutputForm,
+    tensors: &[TensorPlan],
+    metadata: &BTreeMap<String, String>,
+    force: bool,
+    compute: &(dyn Fn(&TensorPlan) -> Result<Vec<u8>> + Sync),
+) -> Result<()> {
     let out_err = |e: std::io::Error| Error::Output {
         output: output.to_path_buf(),
-        reason: e.to_string(),
+        reason: format!("cannot be written: {e}"),
     };
+    let prefix = temp_prefix();
     match form {
         OutputForm::File => {
-            let tmp = temp_builder(0o666).tempfile_in(&parent).map_err(out_err)?;
+            let tmp = temp_builder(&prefix, 0o666)
+                .tempfile_in(parent)
+                .map_err(out_err)?;
             write_safetensors(tmp.as_file(), tmp.path(), tensors, metadata, compute)?;
             tmp.as_file().sync_all().map_err(Error::io(tmp.path()))?;
             replace(
@@ -116,13 +160,15 @@ pub fn write_output(
             extra_files,
             shard_size,
         } => {
-            let tmp = temp_builder(0o777).tempdir_in(&parent).map_err(out_err)?;
+            let tmp = temp_builder(&prefix, 0o777)
+                .tempdir_in(parent)
+                .map_err(out_err)?;
             let dir = tmp.path();
             let shards = split_shards(tensors, *shard_size);
-            if shards.len() == 1 {
+            if let [single] = shards.as_slice() {
                 let path = dir.join(SINGLE_FILE);
                 let file = File::create(&path).map_err(Error::io(&path))?;
-                write_safetensors(&file, &path, &shards[0], metadata, compute)?;
+                write_safetensors(&file, &path, single, metadata, compute)?;
                 file.sync_all().map_err(Error::io(&path))?;
             } else {
                 let total = shards.len();
@@ -150,7 +196,10 @@ pub fn write_output(
                 if let Some(parent) = dest.parent() {
                     std::fs::create_dir_all(parent).map_err(Error::io(parent))?;
                 }
-                std::fs::copy(source, &dest).map_err(Error::io(source))?;
+                std::fs::copy(source, &dest).map_err(|e| Error::Output {
+                    output: output.to_path_buf(),
+                    reason: format!("cannot be written: copying {}: {e}", source.display()),
+                })?;
                 File::open(&dest)
                     .and_then(|f| f.sync_all())
                     .map_err(Error::io(&dest))?;
@@ -166,12 +215,115 @@ pub fn write_output(
     }
 }
 
+/// An I/O error on a temporary (a full disk, a read-only directory) is reported as the
+/// output's: the temporary is already gone, and its name would only confuse.
+fn blame_output(error: Error, output: &Path, parent: &Path) -> Error {
+    match error {
+        Error::Io { path, source } if is_temporary(&path, parent) => Error::Output {
+            output: output.to_path_buf(),
+            reason: format!("cannot be written: {source}"),
+        },
+        other => other,
+    }
+}
+
+fn is_temporary(path: &Path, parent: &Path) -> bool {
+    // tempfile makes the paths it creates absolute.
+    let absolute = std::path::absolute(parent).unwrap_or_else(|_| parent.to_path_buf());
+    [parent, absolute.as_path()].iter().any(|parent| {
+        path.strip_prefix(parent)
+            .ok()
+            .and_then(|rest| rest.components().next())
+            .is_some_and(|first| first.as_os_str().to_string_lossy().starts_with(".vcycle-"))
+    })
+}
+
+/// `.vcycle-<pid>-`: the process id lets a later run tell a dead process's leftovers from a
+/// live one's work in progress.
+fn temp_prefix() -> String {
+    format!(".vcycle-{}-", std::process::id())
+}
+
+/// Writes `bytes` to `path` atomically (temporary sibling, fsync, rename), replacing an
+/// existing file. Used for side outputs such as `--plan-json`.
+pub fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let out_err = |e: std::io::Error| Error::Output {
+        output: path.to_path_buf(),
+        reason: format!("cannot be written: {e}"),
+    };
+    let prefix = temp_prefix();
+    let mut tmp = temp_builder(&prefix, 0o666)
+        .tempfile_in(&parent)
+        .map_err(out_err)?;
+    tmp.write_all(bytes).map_err(out_err)?;
+    tmp.as_file().sync_all().map_err(out_err)?;
+    tmp.persist(path).map_err(|e| out_err(e.error))?;
+    sync_dir(&parent)
+}
+
+/// Cleans up after a `vcycle` that was killed while writing into `dir`: removes its
+/// `.vcycle-<pid>-*.tmp` temporaries, and puts back an output it had moved aside
+/// (`.vcycle-old-<pid>-<name>`) but not yet replaced, or removes the aside copy when the new
+/// output is in place. Only entries of processes that no longer run are touched, as seen in
+/// `/proc` (on other systems, and without `/proc`, nothing is touched). Errors are ignored:
+/// this is housekeeping, and a leftover never affects a new output.
+pub fn sweep_stale(dir: &Path) {
+    if !Path::new("/proc/self").exists() {
+        return;
+    }
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let dead = |pid: &str| {
+        pid.parse::<u32>().is_ok_and(|pid| {
+            pid != std::process::id() && !Path::new("/proc").join(pid.to_string()).exists()
+        })
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else {
+            continue;
+        };
+        if let Some(rest) = name.strip_prefix(".vcycle-old-") {
+            let Some((pid, original)) = rest.split_once('-') else {
+                continue;
+            };
+            if !dead(pid) || original.is_empty() {
+                continue;
+            }
+            let original = dir.join(original);
+            if original.symlink_metadata().is_err() {
+                let _ = std::fs::rename(entry.path(), &original);
+            } else {
+                remove_any(&entry.path());
+            }
+        } else if let Some(rest) = name.strip_prefix(".vcycle-")
+            && name.ends_with(".tmp")
+            && let Some((pid, _)) = rest.split_once('-')
+            && dead(pid)
+        {
+            remove_any(&entry.path());
+        }
+    }
+}
+
+fn remove_any(path: &Path) {
+    let _ = match path.symlink_metadata() {
+        Ok(meta) if meta.is_dir() => std::fs::remove_dir_all(path),
+        _ => std::fs::remove_file(path),
+    };
+}
+
 /// A builder for temporary siblings. Unix mode bits are those of an ordinary `File::create` /
 /// `create_dir` (filtered by the umask), not tempfile's private 0600/0700, because the
 /// temporary becomes the output.
-fn temp_builder<'a>(mode: u32) -> tempfile::Builder<'a, 'a> {
+fn temp_builder(prefix: &str, mode: u32) -> tempfile::Builder<'_, 'static> {
     let mut builder = tempfile::Builder::new();
-    builder.prefix(".vcycle-").suffix(".tmp");
+    builder.prefix(prefix).suffix(".tmp");
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
@@ -243,6 +395,39 @@ fn replace(tmp: PathBuf, output: &Path, force: bool) -> Result<()> {
         };
     }
     sync_dir(&parent)
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Under test: bytes of tensor files the disk still takes before it is full.
+    static DISK_SPACE: std::cell::Cell<Option<u64>> = const { std::cell::Cell::new(None) };
+}
+
+/// The writer of safetensors files; under test, a disk that can fill up.
+struct Disk<'a> {
+    file: &'a File,
+}
+
+impl Write for Disk<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        #[cfg(test)]
+        if let Some(left) = DISK_SPACE.get() {
+            if left == 0 && !buf.is_empty() {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::StorageFull,
+                    "no space left on device (simulated)",
+                ));
+            }
+            let n = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+            DISK_SPACE.set(Some(left - n as u64));
+            return self.file.write(&buf[..n]);
+        }
+        self.file.write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.flush()
+    }
 }
 
 fn sync_dir(dir: &Path) -> Result<()> {
@@ -318,9 +503,9 @@ fn write_safetensors(
         })?;
     header_bytes.resize(header_bytes.len().next_multiple_of(8), b' ');
 
-    let mut w = BufWriter::with_capacity(1 << 20, file);
+    let mut w = BufWriter::with_capacity(1 << 20, Disk { file });
     let io = Error::io(path);
-    let write = |w: &mut BufWriter<&File>, bytes: &[u8]| w.write_all(bytes);
+    let write = |w: &mut BufWriter<Disk<'_>>, bytes: &[u8]| w.write_all(bytes);
     write(&mut w, &(header_bytes.len() as u64).to_le_bytes())
         .and_then(|_| write(&mut w, &header_bytes))
         .map_err(Error::io(path))?;
@@ -337,4 +522,186 @@ fn write_safetensors(
         w.write_all(&bytes).map_err(Error::io(path))?;
     }
     w.flush().map_err(io)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::DepthOp;
+    use safetensors::Dtype;
+
+    fn tensor(name: &str, n: usize) -> TensorPlan {
+        TensorPlan {
+            name: name.into(),
+            dtype: Dtype::F32,
+            shape: vec![n],
+            sources: vec![name.into()],
+            depth: DepthOp::Single,
+            axes: Vec::new(),
+            interpolate_with: None,
+            rule_axes: Vec::new(),
+        }
+    }
+
+    fn zeros(t: &TensorPlan) -> Result<Vec<u8>> {
+        Ok(vec![0; byte_len(t)])
+    }
+
+    fn entries(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// Runs `f` on a disk that takes `space` more bytes of tensor data.
+    fn with_disk_space<T>(space: u64, f: impl FnOnce() -> T) -> T {
+        DISK_SPACE.set(Some(space));
+        let out = f();
+        DISK_SPACE.set(None);
+        out
+    }
+
+    #[test]
+    fn a_full_disk_leaves_nothing_and_keeps_the_old_output() {
+        let tensors = [tensor("a", 1000), tensor("b", 1000)];
+        let metadata = BTreeMap::new();
+        let forms = [
+            OutputForm::File,
+            OutputForm::Directory {
+                config: Some(json!({"n": 1})),
+                extra_files: Vec::new(),
+                shard_size: None,
+            },
+            OutputForm::Directory {
+                config: None,
+                extra_files: Vec::new(),
+                shard_size: Some(4000),
+            },
+        ];
+        for form in forms {
+            for space in [0, 100, 5000] {
+                let dir = tempfile::tempdir().unwrap();
+                let output = dir.path().join("out");
+                let result = with_disk_space(space, || {
+                    write_output(&output, &form, &tensors, &metadata, false, &zeros)
+                });
+                let message = result.map(|_| ()).unwrap_err().to_string();
+                assert!(
+                    message.contains("out cannot be written") && message.contains("no space left"),
+                    "{message}"
+                );
+                assert!(entries(dir.path()).is_empty(), "{:?}", entries(dir.path()));
+
+                // An existing output survives a failed --force replacement.
+                std::fs::write(&output, "old").unwrap();
+                let result = with_disk_space(space, || {
+                    write_output(&output, &form, &tensors, &metadata, true, &zeros)
+                });
+                assert!(result.is_err());
+                assert_eq!(entries(dir.path()), ["out"]);
+                assert_eq!(std::fs::read_to_string(&output).unwrap(), "old");
+            }
+        }
+    }
+
+    #[test]
+    fn a_failing_computation_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let output = dir.path().join("out.safetensors");
+        let tensors = [tensor("a", 10), tensor("b", 10)];
+        let fail = |t: &TensorPlan| {
+            if t.name == "b" {
+                Err(Error::Verify("boom".into()))
+            } else {
+                zeros(t)
+            }
+        };
+        let result = write_output(
+            &output,
+            &OutputForm::File,
+            &tensors,
+            &BTreeMap::new(),
+            false,
+            &fail,
+        );
+        assert!(result.is_err());
+        assert!(entries(dir.path()).is_empty());
+    }
+
+    #[test]
+    fn leftovers_of_dead_processes_are_swept_and_an_aside_output_restored() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        // A pid that is not running: the largest possible, far above pid_max.
+        let dead = u32::MAX;
+        let live = std::process::id();
+        std::fs::write(d.join(format!(".vcycle-{dead}-abc.tmp")), "partial").unwrap();
+        std::fs::create_dir(d.join(format!(".vcycle-{dead}-def.tmp"))).unwrap();
+        std::fs::write(d.join(format!(".vcycle-{live}-ghi.tmp")), "in progress").unwrap();
+        // Moved aside, new output not yet in place: put back.
+        std::fs::create_dir(d.join(format!(".vcycle-old-{dead}-model"))).unwrap();
+        // Moved aside, new output in place: the aside copy goes.
+        std::fs::write(d.join("file.safetensors"), "new").unwrap();
+        std::fs::write(
+            d.join(format!(".vcycle-old-{dead}-file.safetensors")),
+            "old",
+        )
+        .unwrap();
+        // Not ours.
+        std::fs::write(d.join(".vcycle-notes.tmp"), "user file").unwrap();
+        std::fs::write(d.join(".vcycle-x-1.tmp"), "user file").unwrap();
+        sweep_stale(d);
+        let mut expected = vec![
+            format!(".vcycle-{live}-ghi.tmp"),
+            ".vcycle-notes.tmp".to_string(),
+            ".vcycle-x-1.tmp".to_string(),
+            "file.safetensors".to_string(),
+            "model".to_string(),
+        ];
+        expected.sort();
+        assert_eq!(entries(d), expected);
+        assert_eq!(
+            std::fs::read_to_string(d.join("file.safetensors")).unwrap(),
+            "new"
+        );
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn symlinks_are_resolved_even_dangling_and_through_missing_components() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().canonicalize().unwrap();
+        let input = root.join("in");
+        std::fs::create_dir(&input).unwrap();
+        std::os::unix::fs::symlink("in/new.safetensors", root.join("dangling")).unwrap();
+        std::os::unix::fs::symlink(&input, root.join("link")).unwrap();
+        assert_eq!(
+            resolve(&root.join("dangling")).unwrap(),
+            input.join("new.safetensors")
+        );
+        assert_eq!(resolve(&root.join("link/a/b")).unwrap(), input.join("a/b"));
+        assert_eq!(resolve(&root.join("x/../in/y")).unwrap(), input.join("y"));
+        // A loop ends instead of recursing forever.
+        std::os::unix::fs::symlink("loop", root.join("loop")).unwrap();
+        assert!(resolve(&root.join("loop/out")).is_ok());
+        for output in ["dangling", "link/new", "x/../in/y"] {
+            let message = check_output_path(&[&input], &root.join(output), true)
+                .unwrap_err()
+                .to_string();
+            assert!(message.contains("inside the input"), "{output}: {message}");
+        }
+    }
+
+    #[test]
+    fn side_files_are_written_atomically() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("plan.json");
+        write_file(&path, b"one").unwrap();
+        write_file(&path, b"two").unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "two");
+        assert_eq!(entries(dir.path()), ["plan.json"]);
+    }
 }
