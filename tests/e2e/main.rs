@@ -4,11 +4,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod corpus;
 mod custom_rules;
 mod dryrun;
 mod dtypes;
 mod errors;
 mod interpolate;
+mod malformed;
 mod minilm;
 mod outputs;
 mod roundtrip;
