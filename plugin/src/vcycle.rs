@@ -375,23 +375,20 @@ where
         training: impl SegmentTraining<M>,
     ) -> Result<VCycleOutcome<M>> {
         let state = self.read_state()?;
-        let stale = |e: std::io::Error| Error::Io {
-            path: self.run_dir.clone(),
-            source: e,
-        };
-        // Remove what an interrupted segment or boundary left behind.
-        let checkpoints = self.run_dir.join("checkpoints");
+        // Remove what an interrupted segment or boundary left behind: the checkpoints of an
+        // unfinished boundary and every temporary. The state names a directory only once it
+        // is complete, so a named directory is never half-written.
         let keep: Vec<PathBuf> = (1..=state.completed_segments + 1)
             .map(|s| self.start_checkpoint(s))
             .chain((1..=state.completed_segments).map(|s| self.trained_checkpoint(s)))
             .map(|p| self.run_dir.join(p))
             .collect();
-        for entry in fs::read_dir(&checkpoints).map_err(io(&checkpoints))? {
-            let path = entry.map_err(stale)?.path();
-            if !keep.contains(&path) {
-                remove_path(&path)?;
-            }
-        }
+        clear_leftovers(&self.run_dir.join("checkpoints"), &keep, true)?;
+        let finished = state.completed_segments >= self.segments().len();
+        let final_dir = finished.then(|| self.run_dir.join("final"));
+        clear_leftovers(&self.run_dir, final_dir.as_slice(), false)?;
+        // A kill between the log's and the state's writes leaves the log one record ahead.
+        let state = self.write_state(&state)?;
         for segment in self.segments().iter().skip(state.completed_segments) {
             if segment.dir.exists() {
                 remove_path(&segment.dir)?;
@@ -753,6 +750,49 @@ fn pretty(value: &serde_json::Value, dir: &Path) -> Result<String> {
     serde_json::to_string_pretty(value)
         .map(|s| s + "\n")
         .map_err(json(dir.join(CONFIG_FILE)))
+}
+
+/// The name a leftover temporary of [`hf::write_dir_atomically`] or
+/// [`hf::write_file_atomically`] stands for, and whether it is a replaced original moved aside:
+/// `.NAME.tmp-PID` → (NAME, false), `.NAME.old-PID` → (NAME, true).
+fn leftover_of(entry: &str) -> Option<(&str, bool)> {
+    let (base, pid) = entry.strip_prefix('.')?.rsplit_once('-')?;
+    pid.parse::<u32>().ok()?;
+    match base.rsplit_once('.')? {
+        (name, "tmp") => Some((name, false)),
+        (name, "old") => Some((name, true)),
+        _ => None,
+    }
+}
+
+/// Cleans `dir` after a killed run. A directory of `keep` that is missing but was moved aside
+/// by an interrupted replacement (`.NAME.old-PID`) is put back: the state named it, so it was
+/// complete, and a replacement only starts after the state was written. Then every leftover
+/// temporary goes, and with `only_keep` every other entry not in `keep` too.
+fn clear_leftovers(dir: &Path, keep: &[PathBuf], only_keep: bool) -> Result<()> {
+    let entries = |dir: &Path| -> Result<Vec<PathBuf>> {
+        fs::read_dir(dir)
+            .map_err(io(dir))?
+            .map(|e| e.map(|e| e.path()).map_err(io(dir)))
+            .collect()
+    };
+    for path in entries(dir)? {
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+        if let Some((original, true)) = name.as_deref().and_then(leftover_of) {
+            let original = dir.join(original);
+            if keep.contains(&original) && !original.exists() {
+                fs::rename(&path, &original).map_err(io(&path))?;
+            }
+        }
+    }
+    for path in entries(dir)? {
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+        let temporary = name.as_deref().and_then(leftover_of).is_some();
+        if temporary || (only_keep && !keep.contains(&path)) {
+            remove_path(&path)?;
+        }
+    }
+    Ok(())
 }
 
 fn remove_path(path: &Path) -> Result<()> {

@@ -4,6 +4,7 @@
 
 mod bert_hf;
 mod gpt2_hf;
+mod killed_write;
 mod resume;
 mod support;
 mod vcycle_run;
