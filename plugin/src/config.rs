@@ -10,6 +10,10 @@ use crate::error::{Error, Result};
 pub enum OptimizerStatePolicy {
     /// A fresh optimizer and scheduler at every boundary, as the reference implementation does.
     Reset,
+    /// Adam's (or AdamW's) moments mapped across each boundary with the weights' operators,
+    /// the second moment through its square root, the step count continued; the scheduler is
+    /// still fresh. See [`crate::moments`].
+    Carry,
 }
 
 /// How the transform treats embeddings and the norm before a tied output head

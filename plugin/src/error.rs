@@ -37,6 +37,9 @@ pub enum Error {
     /// The run directory holds a run that cannot be resumed with this configuration.
     #[error("{path}: cannot resume: {message}")]
     Resume { path: PathBuf, message: String },
+    /// An optimizer state could not be read, written or carried across a boundary.
+    #[error("{what}: optimizer state: {message}")]
+    Optimizer { what: String, message: String },
     /// A training segment ended with an error or was interrupted.
     #[error("segment {segment} ({name}): {message}")]
     Training {

@@ -102,10 +102,13 @@ fn sync_path(path: &Path) -> Result<()> {
         .map_err(io(path))
 }
 
+/// Flushes every file under `dir`, subdirectories included, and the directories themselves.
 fn sync_dir_files(dir: &Path) -> Result<()> {
     for entry in fs::read_dir(dir).map_err(io(dir))? {
         let path = entry.map_err(io(dir))?.path();
-        if path.is_file() {
+        if path.is_dir() {
+            sync_dir_files(&path)?;
+        } else if path.is_file() {
             sync_path(&path)?;
         }
     }

@@ -46,6 +46,7 @@ pub mod device;
 pub mod error;
 pub mod gpt2;
 pub mod hf;
+pub mod moments;
 pub mod progress;
 pub mod schedule;
 pub mod text;

@@ -18,8 +18,9 @@ use std::time::Instant;
 use burn::data::dataloader::Progress;
 use burn::optim::grad_clipping::GradientClippingConfig;
 use burn::optim::lr_scheduler::module_lr_scheduler::ModuleLrScheduler;
-use burn::optim::{AdamWConfig, ModuleOptimizer};
+use burn::optim::{AdamWConfig, ModuleOptimizer, OptimizerRecord};
 use burn::tensor::Device;
+use burn::train::checkpoint::KeepLastNCheckpoints;
 use burn::train::metric::{Adaptor, LossInput, LossMetric, Metric, MetricMetadata, Numeric};
 use burn::train::{
     InferenceStep, Learner, LearnerModel, SupervisedTraining, TrainLoader, TrainStep, ValidLoader,
@@ -28,9 +29,10 @@ use serde::{Deserialize, Serialize};
 use vcycle_transform::{ArchChoice, Job, Options, SchemeSpec, Target};
 
 use crate::budget::ExactBatches;
-use crate::config::{LevelConfig, VCycleConfig};
+use crate::config::{LevelConfig, OptimizerStatePolicy, VCycleConfig};
 use crate::error::{Error, Result, io, json};
 use crate::hf::{self, HfModel};
+use crate::moments::{self, Discard, LastRecord, Moments};
 use crate::schedule::WarmupConstantLr;
 
 /// Counts the training FLOPs of one batch (forward and backward).
@@ -233,6 +235,9 @@ pub struct VCycle<M> {
 const STATE_FILE: &str = "state.json";
 const LOG_FILE: &str = "boundaries.json";
 const CONFIG_FILE: &str = "vcycle.json";
+/// The run directory's folder of Adam moments (`optimizer_state = carry`), one directory per
+/// checkpoint that feeds a transform, named as that checkpoint.
+const MOMENTS_DIR: &str = "moments";
 const STATE_FORMAT: u32 = 1;
 
 impl<M> VCycle<M>
@@ -384,6 +389,15 @@ where
             .map(|p| self.run_dir.join(p))
             .collect();
         clear_leftovers(&self.run_dir.join("checkpoints"), &keep, true)?;
+        let moments = self.run_dir.join(MOMENTS_DIR);
+        if moments.is_dir() {
+            let keep: Vec<PathBuf> = keep
+                .iter()
+                .filter_map(|p| p.file_name())
+                .map(|name| moments.join(name))
+                .collect();
+            clear_leftovers(&moments, &keep, true)?;
+        }
         let finished = state.completed_segments >= self.segments().len();
         let final_dir = finished.then(|| self.run_dir.join("final"));
         clear_leftovers(&self.run_dir, final_dir.as_slice(), false)?;
@@ -586,9 +600,10 @@ where
                 Some(m) => m,
                 None => M::load_hf(&start_dir, &self.device)?,
             };
+            let carried = self.carried_moments(segment.index, &current)?;
             let started = Instant::now();
-            let (trained, flops) =
-                self.train_segment(segment, current, &train, &valid, &mut training)?;
+            let (trained, flops, optimizer) =
+                self.train_segment(segment, current, carried, &train, &valid, &mut training)?;
             let seconds = started.elapsed().as_secs_f64();
             state.steps += segment.steps;
             state.train_flops += flops;
@@ -600,6 +615,15 @@ where
             let valid_loss_before = self.valid_loss(&trained, &valid)?;
 
             let last = segment.index == segments.len();
+            // With carry, the moments are saved beside every checkpoint that feeds a transform.
+            let trained_moments = match optimizer {
+                Some(record) if !last => {
+                    let dir = self.moments_dir(&trained_rel);
+                    Moments::from_record(record, &segment.name())?.save(&trained, &dir)?;
+                    Some(dir)
+                }
+                _ => None,
+            };
             let (operator, next, to, valid_loss_after, next_rel) = if last {
                 hf::save_hf(&trained, &final_dir)?;
                 ("end".to_string(), None, None, None, None)
@@ -613,6 +637,11 @@ where
                         let job = Job::coalesce(&trained_dir, &options)?;
                         self.warn(job.warnings());
                         job.write(&next_dir, false)?;
+                        if let Some(trained) = &trained_moments {
+                            let job = moments::coalesce_job(trained, &options);
+                            let next = self.moments_dir(&next_rel);
+                            moments::map(trained, &next, job, |w| self.warn(w))?;
+                        }
                         "coalesce".to_string()
                     }
                     Phase::Bottom | Phase::Up => {
@@ -630,6 +659,13 @@ where
                         let job = Job::grow(&trained_dir, &large_dir, self.config.alpha, &options)?;
                         self.warn(job.warnings());
                         job.write(&next_dir, false)?;
+                        if let Some(trained) = &trained_moments {
+                            let large = self.moments_dir(&self.trained_checkpoint(above));
+                            let job =
+                                moments::grow_job(trained, &large, self.config.alpha, &options);
+                            let next = self.moments_dir(&next_rel);
+                            moments::map(trained, &next, job, |w| self.warn(w))?;
+                        }
                         format!("grow (alpha = {})", self.config.alpha)
                     }
                 };
@@ -694,15 +730,33 @@ where
         }
     }
 
-    /// Runs one segment; returns the trained model (valid mode) and its training FLOPs.
+    /// The moments directory of a checkpoint (relative to the run directory).
+    fn moments_dir(&self, checkpoint: &Path) -> PathBuf {
+        let name = checkpoint.file_name().unwrap_or_default();
+        self.run_dir.join(MOMENTS_DIR).join(name)
+    }
+
+    /// The optimizer state segment `index` starts from: with carry, the moments mapped at the
+    /// boundary before it (none before the first segment).
+    fn carried_moments(&self, index: usize, model: &M) -> Result<Option<OptimizerRecord>> {
+        if self.config.optimizer_state != OptimizerStatePolicy::Carry || index <= 1 {
+            return Ok(None);
+        }
+        let dir = self.moments_dir(&self.start_checkpoint(index));
+        Moments::load_record(&dir, model, &self.device).map(Some)
+    }
+
+    /// Runs one segment, its optimizer starting from `carried` if given; returns the trained
+    /// model (valid mode), its training FLOPs and, with carry, the optimizer's final state.
     fn train_segment(
         &mut self,
         segment: &Segment,
         model: M,
+        carried: Option<OptimizerRecord>,
         train: &TrainLoader<M>,
         valid: &ValidLoader<M>,
         training: &mut impl SegmentTraining<M>,
-    ) -> Result<(M, f64)> {
+    ) -> Result<(M, f64, Option<OptimizerRecord>)> {
         let fail = |message: String| Error::Training {
             segment: segment.index,
             name: segment.name(),
@@ -719,9 +773,22 @@ where
         let loader = ExactBatches::new(train.clone(), segment.batches)
             .with_counter(counter, flops.clone())
             .into_loader();
-        let learner = Learner::new(model, (self.optimizer)(segment), (self.scheduler)(segment));
+        let mut optimizer = (self.optimizer)(segment);
+        if let Some(record) = carried {
+            optimizer = optimizer.load_record(record);
+        }
+        let learner = Learner::new(model, optimizer, (self.scheduler)(segment));
+        let carry = self.config.optimizer_state == OptimizerStatePolicy::Carry;
+        let last_state = LastRecord::default();
+        let mut training = training.training(segment, loader, valid.clone());
+        if carry {
+            // `launch` gives back only the model; the checkpointer Burn calls after every epoch
+            // hands over the optimizer state (the user's checkpointers are replaced).
+            training = training
+                .with_custom_checkpointers(Discard, last_state.clone(), Discard)
+                .with_checkpointing_strategy(KeepLastNCheckpoints::new(1));
+        }
         let result = training
-            .training(segment, loader, valid.clone())
             .num_epochs(1)
             .label(&segment.name())
             .launch(learner);
@@ -742,7 +809,11 @@ where
             )));
         }
         let flops = flops.lock().map(|f| *f).unwrap_or(f64::NAN);
-        Ok((result.model, flops))
+        let optimizer = last_state.take();
+        if carry && optimizer.is_none() {
+            return Err(fail("Burn checkpointed no optimizer state to carry".into()));
+        }
+        Ok((result.model, flops, optimizer))
     }
 }
 

@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod bert_hf;
+mod carry;
 mod gpt2_hf;
 mod killed_write;
 mod resume;

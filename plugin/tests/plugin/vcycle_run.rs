@@ -82,6 +82,8 @@ fn tiny_two_level_cycle_end_to_end() {
     assert_eq!(final_model.config(), outcome.model.config());
     // The user's SupervisedTraining ran in the segment's artifact directory.
     assert!(run.join("segments/02-bottom-L2").is_dir());
+    // The default optimizer-state policy (reset) keeps no moments.
+    assert!(!run.join("moments").exists());
 }
 
 /// Growing with α = 0 gives back the large model saved before coalescing, exactly.
