@@ -156,7 +156,7 @@ impl Moments {
     }
 
     /// An optimizer record that starts `model`'s parameters from the moments saved in `dir`
-    /// (v = the square of `sqrt_v`), for [`ModuleOptimizer::load_record`].
+    /// (v = the square of `sqrt_v`), for [`burn::optim::ModuleOptimizer::load_record`].
     pub fn load_record<M: HfModel>(
         dir: &Path,
         model: &M,
