@@ -40,8 +40,13 @@ impl From<EmbeddingRuleChoice> for EmbeddingRule {
 /// with the same schemes.
 #[derive(Config, Debug, PartialEq)]
 pub struct LevelConfig {
-    /// Peak learning rate of this level's segments (down and up).
+    /// Peak learning rate of this level's segments (down and bottom; up too unless
+    /// `up_learning_rate` is set).
     pub learning_rate: f64,
+    /// Peak learning rate of this level's up segments, after growing back to it (None:
+    /// `learning_rate`).
+    #[config(default = "None")]
+    pub up_learning_rate: Option<f64>,
     /// Linear warm-up steps at the start of each of this level's segments.
     #[config(default = 0)]
     pub warmup_steps: usize,
@@ -92,6 +97,11 @@ pub struct VCycleConfig {
     /// Validation batches for the boundary log's losses (None: the whole validation loader).
     #[config(default = "None")]
     pub boundary_valid_batches: Option<usize>,
+    /// Optimizer steps between validation passes inside a segment: each segment runs as Burn
+    /// epochs of this many steps (the last takes the remainder) and Burn validates after each,
+    /// so the metrics give a validation curve. None: one epoch, validated at its end.
+    #[config(default = "None")]
+    pub eval_every: Option<usize>,
 }
 
 impl VCycleConfig {
@@ -110,13 +120,17 @@ impl VCycleConfig {
         if self.batches_per_step == 0 {
             return bad("batches_per_step must be at least 1".into());
         }
+        if self.eval_every == Some(0) {
+            return bad("eval_every must be at least 1 step".into());
+        }
         for (i, level) in self.levels.iter().enumerate() {
             let n = i + 1;
-            if !(level.learning_rate.is_finite() && level.learning_rate > 0.0) {
-                return bad(format!(
-                    "level {n}: the learning rate must be positive, got {}",
-                    level.learning_rate
-                ));
+            for lr in std::iter::once(level.learning_rate).chain(level.up_learning_rate) {
+                if !(lr.is_finite() && lr > 0.0) {
+                    return bad(format!(
+                        "level {n}: learning rates must be positive, got {lr}"
+                    ));
+                }
             }
             if level.heads == Some(0) || level.layers == Some(0) {
                 return bad(format!("level {n}: heads and layers must be positive"));

@@ -58,10 +58,10 @@ pub use config::{EmbeddingRuleChoice, LevelConfig, OptimizerStatePolicy, VCycleC
 pub use error::{Error, Result};
 pub use gpt2::{Gpt2, Gpt2Config};
 pub use hf::{HfModel, save_hf};
-pub use progress::ProgressLine;
+pub use progress::{ProgressLine, ValidHistory, ValidPoint};
 pub use schedule::WarmupConstantLr;
 pub use text::{ByteWindows, LmBatch, LmBatcher, MlmBatch, MlmBatcher};
 pub use vcycle::{
     BoundaryRecord, FlopCounter, ModelSize, Phase, Segment, SegmentTraining, VCycle, VCycleModel,
-    VCycleOutcome,
+    VCycleOutcome, default_optimizer,
 };

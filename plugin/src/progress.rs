@@ -2,8 +2,11 @@
 //! count and the latest numeric metrics, and one line at the end of each split. Works in a
 //! terminal and in CI logs alike (Burn's TUI needs a terminal; its plain renderer prints a line
 //! per batch). Pass it with `SupervisedTraining::renderer(Box::new(ProgressLine::new()))`.
+//! With [`ProgressLine::recording`] it also keeps every validation pass's epoch means in a
+//! [`ValidHistory`] shared across trainings (the V-cycle's segments): a validation curve.
 
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use burn::train::LearnerSummary;
@@ -13,6 +16,83 @@ use burn::train::renderer::{
     EvaluationName, MetricState, MetricsRenderer, MetricsRendererEvaluation,
     MetricsRendererTraining,
 };
+use serde::Serialize;
+
+/// One validation pass, as a [`ValidHistory`] records it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ValidPoint {
+    /// The training's label (the V-cycle's segment name, e.g. `03-up-L1`).
+    pub label: String,
+    /// 1-based validation pass within that training (its epoch).
+    pub pass: usize,
+    /// The pass's means of the numeric validation metrics, by metric name (e.g. `Loss`).
+    pub metrics: Vec<(String, f64)>,
+    /// Seconds since the history was created, less the time spent in validation passes: the
+    /// training's own wall time (boundary transforms included).
+    pub seconds: f64,
+}
+
+impl ValidPoint {
+    /// The mean of the metric called `name`.
+    pub fn metric(&self, name: &str) -> Option<f64> {
+        self.metrics.iter().find(|(n, _)| n == name).map(|m| m.1)
+    }
+}
+
+/// Validation passes recorded by [`ProgressLine`]s, in order; clones share the record.
+#[derive(Clone)]
+pub struct ValidHistory(Arc<Mutex<HistoryState>>);
+
+struct HistoryState {
+    clock: Instant,
+    valid_seconds: f64,
+    points: Vec<ValidPoint>,
+}
+
+impl Default for ValidHistory {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ValidHistory {
+    /// An empty history whose clock starts now.
+    pub fn new() -> Self {
+        ValidHistory(Arc::new(Mutex::new(HistoryState {
+            clock: Instant::now(),
+            valid_seconds: 0.0,
+            points: Vec::new(),
+        })))
+    }
+
+    /// The passes so far.
+    pub fn points(&self) -> Vec<ValidPoint> {
+        self.0.lock().map(|h| h.points.clone()).unwrap_or_default()
+    }
+
+    /// Training seconds so far: time since creation less the validation passes.
+    pub fn seconds(&self) -> f64 {
+        self.0
+            .lock()
+            .map(|h| h.clock.elapsed().as_secs_f64() - h.valid_seconds)
+            .unwrap_or(f64::NAN)
+    }
+
+    fn push(&self, label: &str, metrics: Vec<(String, f64)>, validating: Duration) {
+        if let Ok(mut h) = self.0.lock() {
+            let validating = validating.as_secs_f64();
+            let seconds = h.clock.elapsed().as_secs_f64() - h.valid_seconds - validating;
+            h.valid_seconds += validating;
+            let pass = h.points.iter().filter(|p| p.label == label).count() + 1;
+            h.points.push(ValidPoint {
+                label: label.to_string(),
+                pass,
+                metrics,
+                seconds,
+            });
+        }
+    }
+}
 
 /// Prints progress lines to stdout.
 pub struct ProgressLine {
@@ -27,6 +107,9 @@ pub struct ProgressLine {
     names: HashMap<MetricId, String>,
     train: Vec<(String, f64)>,
     valid: Vec<(String, f64)>,
+    history: Option<ValidHistory>,
+    valid_started: Option<Instant>,
+    valid_means: Vec<(String, f64)>,
 }
 
 impl Default for ProgressLine {
@@ -50,7 +133,16 @@ impl ProgressLine {
             names: HashMap::new(),
             train: Vec::new(),
             valid: Vec::new(),
+            history: None,
+            valid_started: None,
+            valid_means: Vec::new(),
         }
+    }
+
+    /// Also records every validation pass's metric means into `history`.
+    pub fn recording(mut self, history: ValidHistory) -> Self {
+        self.history = Some(history);
+        self
     }
 
     /// Prints nothing (for tests).
@@ -119,6 +211,14 @@ impl MetricsRendererTraining for ProgressLine {
     }
 
     fn update_valid(&mut self, state: MetricState) {
+        if let MetricState::Numeric(entry, Some(NumericEntry::Final(mean))) = &state {
+            let name = self
+                .names
+                .get(&entry.metric_id)
+                .cloned()
+                .unwrap_or_else(|| "metric".into());
+            self.valid_means.push((name, *mean));
+        }
         Self::record(&self.names, &mut self.valid, state);
     }
 
@@ -164,6 +264,8 @@ impl TrainingProgressLogger for ProgressLine {
         self.last = Some(Instant::now());
         if split == "valid" {
             self.valid.clear();
+            self.valid_means.clear();
+            self.valid_started = Some(Instant::now());
         }
     }
 
@@ -178,6 +280,15 @@ impl TrainingProgressLogger for ProgressLine {
 
     fn end_split(&mut self) {
         self.print();
+        if self.split == "valid"
+            && let (Some(history), Some(started)) = (&self.history, self.valid_started.take())
+        {
+            history.push(
+                &self.label,
+                std::mem::take(&mut self.valid_means),
+                started.elapsed(),
+            );
+        }
     }
 
     fn end(&mut self) {}

@@ -78,6 +78,9 @@ pub struct Segment {
     pub steps: usize,
     /// Training batches the segment's data loader yields (steps × batches per step).
     pub batches: usize,
+    /// Optimizer steps of each of the segment's Burn epochs (one epoch unless the config's
+    /// `eval_every` splits it); Burn validates after each.
+    pub epoch_steps: Vec<usize>,
     pub learning_rate: f64,
     pub warmup_steps: usize,
     /// The artifact directory for this segment's `SupervisedTraining` (metrics, logs, Burn
@@ -94,8 +97,8 @@ impl Segment {
 
 /// Builds the user's `SupervisedTraining` for a segment: metrics, renderer, training strategy
 /// (devices), checkpointing — everything the user would configure without the V-cycle. The
-/// driver sets `num_epochs(1)` on the result: the data loader it passes yields exactly the
-/// segment's budget. Any `FnMut(&Segment, TrainLoader<M>, ValidLoader<M>) -> SupervisedTraining<M>`
+/// driver sets `num_epochs` on the result (one per entry of `Segment::epoch_steps`): the data
+/// loader it passes yields exactly the segment's budget. Any `FnMut(&Segment, TrainLoader<M>, ValidLoader<M>) -> SupervisedTraining<M>`
 /// is one.
 pub trait SegmentTraining<M: LearnerModel> {
     fn training(
@@ -259,11 +262,7 @@ where
             config,
             run_dir: run_dir.into(),
             device,
-            optimizer: Box::new(|_| {
-                AdamWConfig::new()
-                    .with_grad_clipping(Some(GradientClippingConfig::Norm(1.0)))
-                    .init()
-            }),
+            optimizer: Box::new(|_| default_optimizer()),
             scheduler: Box::new(|s| WarmupConstantLr::new(s.learning_rate, s.warmup_steps).into()),
             quiet: false,
             _model: PhantomData,
@@ -314,6 +313,20 @@ where
                     (Phase::Up, 2 * k - index, c.up_steps)
                 };
                 let lc = &c.levels[level - 1];
+                let learning_rate = match phase {
+                    Phase::Up => lc.up_learning_rate.unwrap_or(lc.learning_rate),
+                    Phase::Down | Phase::Bottom => lc.learning_rate,
+                };
+                let epoch_steps = match c.eval_every {
+                    Some(every) if every > 0 && steps > every => {
+                        let mut chunks = vec![every; steps / every];
+                        if steps % every > 0 {
+                            chunks.push(steps % every);
+                        }
+                        chunks
+                    }
+                    _ => vec![steps],
+                };
                 let mut segment = Segment {
                     index,
                     count,
@@ -321,7 +334,8 @@ where
                     level,
                     steps,
                     batches: steps * c.batches_per_step,
-                    learning_rate: lc.learning_rate,
+                    epoch_steps,
+                    learning_rate,
                     warmup_steps: lc.warmup_steps,
                     dir: PathBuf::new(),
                 };
@@ -770,7 +784,12 @@ where
             counted.fetch_add(1, Ordering::Relaxed);
             count(batch)
         });
-        let loader = ExactBatches::new(train.clone(), segment.batches)
+        let passes = segment
+            .epoch_steps
+            .iter()
+            .map(|steps| steps * self.config.batches_per_step)
+            .collect();
+        let loader = ExactBatches::in_passes(train.clone(), passes)
             .with_counter(counter, flops.clone())
             .into_loader();
         let mut optimizer = (self.optimizer)(segment);
@@ -789,7 +808,7 @@ where
                 .with_checkpointing_strategy(KeepLastNCheckpoints::new(1));
         }
         let result = training
-            .num_epochs(1)
+            .num_epochs(segment.epoch_steps.len())
             .label(&segment.name())
             .launch(learner);
         if let Some(error) = result.error {
@@ -815,6 +834,14 @@ where
         }
         Ok((result.model, flops, optimizer))
     }
+}
+
+/// The driver's default optimizer: AdamW (Burn's defaults) with gradient-norm clipping at 1.0.
+/// Public so a baseline without the V-cycle can train with exactly the same one.
+pub fn default_optimizer() -> ModuleOptimizer {
+    AdamWConfig::new()
+        .with_grad_clipping(Some(GradientClippingConfig::Norm(1.0)))
+        .init()
 }
 
 fn pretty(value: &serde_json::Value, dir: &Path) -> Result<String> {

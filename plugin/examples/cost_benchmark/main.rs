@@ -1,0 +1,282 @@
+//! What the V-cycle saves: a byte-level GPT-2 trained on the Rust Book (data/rust-book.txt)
+//! as a plain baseline and as V-cycles of 2 and 3 levels with the baseline's training FLOPs,
+//! over several seeds; the FLOPs and wall time each needs to reach the baseline's final
+//! validation loss, the sweep of the knobs that matter, plots and raw numbers.
+//!
+//! ```sh
+//! cargo run --release -p vcycle-plugin --example cost_benchmark -- --quick
+//! cargo run --release -p vcycle-plugin --example cost_benchmark -- --sweep --out docs/cost-benchmark
+//! ```
+//!
+//! Each run is a child process (this program again, with `--child`), so runs can go in
+//! parallel (`--jobs`) and none inherits another's allocator or thread state.
+
+mod plan;
+mod plot;
+mod report;
+mod run;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::Parser;
+use vcycle_plugin::device;
+
+use crate::plan::{Scale, Variant};
+use crate::report::{Report, Summary};
+use crate::run::RunResult;
+
+#[derive(Parser)]
+#[command(about = "Training cost of the V-cycle against a plain baseline (FLOPs and wall time)")]
+struct Args {
+    /// A short budget (a few minutes) instead of the full one.
+    #[arg(long)]
+    quick: bool,
+    /// Seeds of every headline run.
+    #[arg(long, default_value_t = 3)]
+    seeds: u64,
+    /// Also run the sweep (α, bottom share, learning rate after growing).
+    #[arg(long)]
+    sweep: bool,
+    /// Seeds of every sweep run.
+    #[arg(long, default_value_t = 1)]
+    sweep_seeds: u64,
+    /// Where results.json, table.md and the plots go.
+    #[arg(long, default_value = "target/cost-benchmark")]
+    out: PathBuf,
+    /// Where the runs' checkpoints and logs go.
+    #[arg(long, default_value = "target/cost-benchmark-work")]
+    work: PathBuf,
+    /// Runs in parallel (child processes).
+    #[arg(long, default_value_t = 1)]
+    jobs: usize,
+    /// cpu, tch-cpu, tch-cuda:N (feature tch), cuda:N (feature cuda).
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../data/rust-book.txt"))]
+    corpus: PathBuf,
+    /// Internal: run one variant (JSON) and write its result to --child-out.
+    #[arg(long, hide = true, requires = "child_out")]
+    child: Option<String>,
+    #[arg(long, hide = true)]
+    child_seed: Option<u64>,
+    #[arg(long, hide = true)]
+    child_out: Option<PathBuf>,
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let scale = if args.quick {
+        Scale::quick()
+    } else {
+        Scale::full()
+    };
+    if let (Some(variant), Some(out)) = (&args.child, &args.child_out) {
+        let variant: Variant = serde_json::from_str(variant).context("--child")?;
+        let device = device::parse(&args.device)?;
+        let result = run::run(
+            &variant,
+            &scale,
+            args.child_seed.unwrap_or(0),
+            &args.corpus,
+            &device,
+            &args.work,
+        )?;
+        std::fs::write(out, serde_json::to_string(&result)?)
+            .with_context(|| format!("writing {}", out.display()))?;
+        return Ok(());
+    }
+
+    let headline = plan::headline();
+    let sweep = if args.sweep {
+        plan::sweep()
+    } else {
+        Vec::new()
+    };
+    for v in headline.iter().chain(&sweep) {
+        let b = v.budget(&scale)?;
+        println!(
+            "{:<22} steps: down {:>4} × {}, bottom {:>5}, up {:>4} × {} | {:.3e} FLOPs",
+            v.name,
+            b.down,
+            v.levels.saturating_sub(1),
+            b.bottom,
+            b.up,
+            v.levels.saturating_sub(1),
+            b.flops
+        );
+    }
+    let mut jobs: Vec<(Variant, u64)> = Vec::new();
+    for seed in 0..args.seeds {
+        jobs.extend(headline.iter().map(|v| (v.clone(), seed)));
+    }
+    for seed in 0..args.sweep_seeds.min(args.seeds) {
+        jobs.extend(sweep.iter().map(|v| (v.clone(), seed)));
+    }
+    std::fs::create_dir_all(&args.work)
+        .with_context(|| format!("creating {}", args.work.display()))?;
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
+    let started = Instant::now();
+    let runs = run_all(&args, &jobs)?;
+    println!(
+        "{} runs in {:.0} s ({} in parallel)",
+        runs.len(),
+        started.elapsed().as_secs_f64(),
+        args.jobs
+    );
+
+    let variants: Vec<Variant> = headline.iter().chain(&sweep).cloned().collect();
+    let summaries = report::summarize(&variants, &runs);
+    write_outputs(&args, &scale, &headline, &summaries, &runs)
+}
+
+/// Runs every job as a child process, `--jobs` at a time; results in job order.
+fn run_all(args: &Args, jobs: &[(Variant, u64)]) -> Result<Vec<RunResult>> {
+    let exe = std::env::current_exe().context("locating this program")?;
+    let logs = args.work.join("logs");
+    std::fs::create_dir_all(&logs).with_context(|| format!("creating {}", logs.display()))?;
+    let result_path = |v: &Variant, seed: u64| logs.join(format!("{}-seed{seed}.json", v.slug()));
+    let mut pending = jobs.iter().enumerate();
+    let mut running: Vec<(usize, Child, Instant)> = Vec::new();
+    let mut done = 0;
+    loop {
+        while running.len() < args.jobs.max(1) {
+            let Some((i, (variant, seed))) = pending.next() else {
+                break;
+            };
+            let log =
+                std::fs::File::create(logs.join(format!("{}-seed{seed}.log", variant.slug())))?;
+            let mut cmd = Command::new(&exe);
+            cmd.arg("--child")
+                .arg(serde_json::to_string(variant)?)
+                .arg("--child-seed")
+                .arg(seed.to_string())
+                .arg("--child-out")
+                .arg(result_path(variant, *seed))
+                .arg("--device")
+                .arg(&args.device)
+                .arg("--corpus")
+                .arg(&args.corpus)
+                .arg("--work")
+                .arg(&args.work)
+                .stdout(log.try_clone()?)
+                .stderr(log);
+            if args.quick {
+                cmd.arg("--quick");
+            }
+            running.push((i, cmd.spawn().context("starting a run")?, Instant::now()));
+        }
+        if running.is_empty() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        let mut still = Vec::new();
+        for (i, mut child, started) in running {
+            match child.try_wait()? {
+                None => still.push((i, child, started)),
+                Some(status) => {
+                    let (variant, seed) = &jobs[i];
+                    if !status.success() {
+                        bail!(
+                            "run {} seed {seed} failed ({status}); its log: {}",
+                            variant.name,
+                            logs.join(format!("{}-seed{seed}.log", variant.slug()))
+                                .display()
+                        );
+                    }
+                    done += 1;
+                    let result = read_result(&result_path(variant, *seed))?;
+                    println!(
+                        "[{done}/{}] {:<22} seed {seed}: final valid loss {:.4}, {:.3e} FLOPs, {:.0} s training ({:.0} s with validation)",
+                        jobs.len(),
+                        variant.name,
+                        result.final_loss,
+                        result.flops,
+                        result.seconds,
+                        started.elapsed().as_secs_f64()
+                    );
+                }
+            }
+        }
+        running = still;
+    }
+    jobs.iter()
+        .map(|(v, seed)| read_result(&result_path(v, *seed)))
+        .collect()
+}
+
+fn read_result(path: &Path) -> Result<RunResult> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+}
+
+fn write_outputs(
+    args: &Args,
+    scale: &Scale,
+    headline: &[Variant],
+    summaries: &[Summary],
+    runs: &[RunResult],
+) -> Result<()> {
+    let table = report::table(summaries);
+    println!("\n{table}");
+    let threads = std::thread::available_parallelism().map_or(1, usize::from);
+    let report = Report {
+        scale,
+        device: &args.device,
+        threads,
+        summaries,
+        runs,
+    };
+    let json = args.out.join("results.json");
+    std::fs::write(&json, serde_json::to_string_pretty(&report)? + "\n")
+        .with_context(|| format!("writing {}", json.display()))?;
+    let md = args.out.join("table.md");
+    std::fs::write(&md, &table).with_context(|| format!("writing {}", md.display()))?;
+
+    plot::register_font()?;
+    let names: Vec<String> = headline.iter().map(|v| v.name.clone()).collect();
+    let headline_runs: Vec<RunResult> = runs
+        .iter()
+        .filter(|r| names.contains(&r.variant.name))
+        .cloned()
+        .collect();
+    let target = report::Spread::of(
+        &runs
+            .iter()
+            .filter(|r| r.variant.levels == 1)
+            .map(|r| r.final_loss)
+            .collect::<Vec<_>>(),
+    )
+    .map(|s| s.mean);
+    let what = format!(
+        "GPT {}x{} heads, width {}, {} baseline steps, {} seeds",
+        scale.layers, scale.heads, scale.hidden, scale.baseline_steps, args.seeds
+    );
+    plot::plot(
+        &headline_runs,
+        &names,
+        plot::Axis::Flops,
+        target,
+        &format!("Validation loss vs training FLOPs ({what})"),
+        &args.out.join("loss_vs_flops"),
+    )?;
+    plot::plot(
+        &headline_runs,
+        &names,
+        plot::Axis::Seconds,
+        target,
+        &format!("Validation loss vs wall time ({what})"),
+        &args.out.join("loss_vs_time"),
+    )?;
+    println!(
+        "wrote {}, {}, loss_vs_flops.{{png,svg}}, loss_vs_time.{{png,svg}} in {}",
+        json.display(),
+        md.display(),
+        args.out.display()
+    );
+    Ok(())
+}

@@ -1,0 +1,236 @@
+//! What the benchmark trains: the scale (model, batch, budget) and the variants (baseline and
+//! V-cycles), with the step budgets that give every variant the baseline's training FLOPs.
+
+use anyhow::{Result, bail};
+use serde::{Deserialize, Serialize};
+use vcycle_plugin::Gpt2Config;
+
+/// Model, data and budget shared by every run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Scale {
+    /// Optimizer steps of the baseline; the V-cycles get the same training FLOPs.
+    pub baseline_steps: usize,
+    /// Steps between validation passes.
+    pub eval_every: usize,
+    pub batch: usize,
+    pub seq: usize,
+    pub hidden: usize,
+    pub layers: usize,
+    pub heads: usize,
+    pub ffn: usize,
+    /// Bytes of the held-out split used for validation.
+    pub valid_bytes: usize,
+    /// Warm-up steps of every segment (and of the baseline).
+    pub warmup: usize,
+}
+
+impl Scale {
+    /// The full benchmark: sized to run its 9 headline runs plus the sweep in under an hour on
+    /// 2 cores (flex backend, release).
+    pub fn full() -> Self {
+        Scale {
+            baseline_steps: 800,
+            eval_every: 40,
+            batch: 16,
+            seq: 64,
+            hidden: 128,
+            layers: 4,
+            heads: 4,
+            ffn: 512,
+            valid_bytes: 16 * 1024,
+            warmup: 20,
+        }
+    }
+
+    /// A few minutes: the same model, a short budget.
+    pub fn quick() -> Self {
+        Scale {
+            baseline_steps: 160,
+            eval_every: 20,
+            ..Self::full()
+        }
+    }
+
+    /// The GPT of a level with `heads` heads and `layers` layers: width and FFN shrink with the
+    /// heads (the transform merges each head's hidden and FFN block with it).
+    pub fn model(&self, heads: usize, layers: usize) -> Gpt2Config {
+        Gpt2Config::new(
+            256,
+            self.seq,
+            self.hidden * heads / self.heads,
+            layers,
+            heads,
+            self.ffn * heads / self.heads,
+        )
+    }
+
+    /// Training FLOPs of one step of that model (the plugin's analytic count).
+    pub fn step_flops(&self, heads: usize, layers: usize) -> f64 {
+        self.model(heads, layers).train_flops(self.batch, self.seq)
+    }
+}
+
+/// One way of training: the baseline (1 level) or a V-cycle.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Variant {
+    /// Shown in tables and plots.
+    pub name: String,
+    /// 1 = the baseline; k ≥ 2 = a k-level V-cycle (each level halves heads and layers).
+    pub levels: usize,
+    /// Peak learning rate of the full model (baseline and level 1).
+    pub lr: f64,
+    /// Peak learning rate of the smaller levels.
+    pub small_lr: f64,
+    /// Level 1's rate after growing back, as a multiple of `lr`.
+    pub up_lr_factor: f64,
+    /// Interpolation weight of the de-coalesced model when growing.
+    pub alpha: f64,
+    /// Share of the baseline's steps trained at each level on the way down.
+    pub down_share: f64,
+    /// Share of the FLOPs budget spent at the bottom level.
+    pub bottom_share: f64,
+    pub width_scheme: String,
+    pub depth_scheme: String,
+    /// Carry Adam's moments across boundaries instead of resetting them.
+    pub carry_moments: bool,
+}
+
+impl Variant {
+    pub fn baseline() -> Self {
+        Variant {
+            name: "baseline".into(),
+            levels: 1,
+            lr: 2e-3,
+            small_lr: 3e-3,
+            up_lr_factor: 1.0,
+            alpha: 0.5,
+            down_share: 0.1,
+            bottom_share: 0.15,
+            width_scheme: "strided".into(),
+            depth_scheme: "strided".into(),
+            carry_moments: false,
+        }
+    }
+
+    /// A k-level V-cycle with the plugin's defaults.
+    pub fn vcycle(levels: usize) -> Self {
+        Variant {
+            name: format!("{levels} levels"),
+            levels,
+            ..Self::baseline()
+        }
+    }
+
+    /// A file-name form of the name.
+    pub fn slug(&self) -> String {
+        let mut slug = String::new();
+        for c in self.name.chars() {
+            if c.is_ascii_alphanumeric() || c == '.' {
+                slug.push(c.to_ascii_lowercase());
+            } else if !slug.ends_with('-') {
+                slug.push('-');
+            }
+        }
+        slug.trim_matches('-').to_string()
+    }
+
+    /// Heads and layers of each level, the full model first.
+    pub fn sizes(&self, scale: &Scale) -> Result<Vec<(usize, usize)>> {
+        let mut sizes = vec![(scale.heads, scale.layers)];
+        for level in 2..=self.levels {
+            let (h, l) = sizes[level - 2];
+            if h < 2 || l < 2 || h % 2 != 0 || l % 2 != 0 {
+                bail!(
+                    "{}: level {level} cannot halve {h} heads and {l} layers",
+                    self.name
+                );
+            }
+            sizes.push((h / 2, l / 2));
+        }
+        Ok(sizes)
+    }
+
+    /// Steps (down at each level above the bottom, bottom, up at each level above the bottom)
+    /// that spend `bottom_share` of the baseline's FLOPs at the bottom and the baseline's FLOPs
+    /// in all.
+    pub fn budget(&self, scale: &Scale) -> Result<Budget> {
+        let sizes = self.sizes(scale)?;
+        let flops: Vec<f64> = sizes.iter().map(|&(h, l)| scale.step_flops(h, l)).collect();
+        let total = scale.baseline_steps as f64 * flops[0];
+        if self.levels == 1 {
+            return Ok(Budget {
+                down: 0,
+                bottom: scale.baseline_steps,
+                up: 0,
+                flops: total,
+            });
+        }
+        let above: f64 = flops[..flops.len() - 1].iter().sum();
+        let bottom_flops = flops[flops.len() - 1];
+        let down = (self.down_share * scale.baseline_steps as f64).round() as usize;
+        let bottom = (self.bottom_share * total / bottom_flops).round() as usize;
+        let up = ((total - bottom as f64 * bottom_flops) / above).round() as isize - down as isize;
+        if up < 1 || bottom < 1 {
+            bail!(
+                "{}: the budget leaves {up} steps after growing and {bottom} at the bottom",
+                self.name
+            );
+        }
+        let up = up as usize;
+        Ok(Budget {
+            down,
+            bottom,
+            up,
+            flops: (down + up) as f64 * above + bottom as f64 * bottom_flops,
+        })
+    }
+}
+
+/// Optimizer steps of a variant's segments.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Budget {
+    pub down: usize,
+    pub bottom: usize,
+    pub up: usize,
+    /// Planned training FLOPs.
+    pub flops: f64,
+}
+
+/// The headline runs: the baseline and V-cycles of 2 and 3 levels.
+pub fn headline() -> Vec<Variant> {
+    vec![Variant::baseline(), Variant::vcycle(2), Variant::vcycle(3)]
+}
+
+/// The knobs that matter and the options beyond the paper, each changed alone from the
+/// 2-level defaults.
+pub fn sweep() -> Vec<Variant> {
+    let base = Variant::vcycle(2);
+    let with = |name: &str, change: &dyn Fn(&mut Variant)| {
+        let mut v = base.clone();
+        v.name = format!("2 levels, {name}");
+        change(&mut v);
+        v
+    };
+    vec![
+        with("alpha 0.25", &|v| v.alpha = 0.25),
+        with("bottom 5%", &|v| v.bottom_share = 0.05),
+        with("bottom 30%", &|v| v.bottom_share = 0.3),
+        with("up lr x0.5", &|v| v.up_lr_factor = 0.5),
+        with("Adam moments carried", &|v| v.carry_moments = true),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_variant_gets_the_baseline_flops() {
+        let scale = Scale::full();
+        let target = scale.baseline_steps as f64 * scale.step_flops(4, 4);
+        for v in headline().into_iter().chain(sweep()) {
+            let b = v.budget(&scale).unwrap();
+            assert!((b.flops / target - 1.0).abs() < 0.01, "{}: {b:?}", v.name);
+        }
+    }
+}

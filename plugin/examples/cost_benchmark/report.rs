@@ -1,0 +1,219 @@
+//! From runs to the headline: FLOPs and wall time each variant needs to reach the baseline's
+//! final validation loss, as ratios to the baseline's, paired by seed, mean and spread.
+
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use crate::plan::{Scale, Variant};
+use crate::run::{Point, RunResult};
+
+/// A variant's figures over its seeds.
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    pub variant: Variant,
+    pub seeds: usize,
+    /// Per seed: FLOPs to reach the same seed's baseline final loss / the baseline's FLOPs
+    /// (None: never reached).
+    pub flops_ratios: Vec<Option<f64>>,
+    /// The same for training wall time.
+    pub time_ratios: Vec<Option<f64>>,
+    pub final_losses: Vec<f64>,
+}
+
+/// Mean and sample standard deviation.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Spread {
+    pub mean: f64,
+    pub std: f64,
+    pub n: usize,
+}
+
+impl Spread {
+    pub fn of(values: &[f64]) -> Option<Spread> {
+        let n = values.len();
+        if n == 0 {
+            return None;
+        }
+        let mean = values.iter().sum::<f64>() / n as f64;
+        let var = if n > 1 {
+            values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1) as f64
+        } else {
+            0.0
+        };
+        Some(Spread {
+            mean,
+            std: var.sqrt(),
+            n,
+        })
+    }
+}
+
+impl Summary {
+    pub fn flops(&self) -> Option<Spread> {
+        Spread::of(
+            &self
+                .flops_ratios
+                .iter()
+                .flatten()
+                .copied()
+                .collect::<Vec<_>>(),
+        )
+    }
+
+    pub fn time(&self) -> Option<Spread> {
+        Spread::of(
+            &self
+                .time_ratios
+                .iter()
+                .flatten()
+                .copied()
+                .collect::<Vec<_>>(),
+        )
+    }
+
+    pub fn final_loss(&self) -> Option<Spread> {
+        Spread::of(&self.final_losses)
+    }
+
+    fn reached(&self) -> usize {
+        self.flops_ratios.iter().flatten().count()
+    }
+}
+
+/// The first point where the full model's loss reaches `target`, linearly interpolated between
+/// consecutive full-model passes: (FLOPs, seconds).
+pub fn reach(points: &[Point], target: f64) -> Option<(f64, f64)> {
+    let mut previous: Option<&Point> = None;
+    for p in points {
+        if p.level == 1 && p.loss <= target {
+            return Some(match previous {
+                Some(q) if q.level == 1 && q.loss > target => {
+                    let t = (q.loss - target) / (q.loss - p.loss);
+                    (
+                        q.flops + t * (p.flops - q.flops),
+                        q.seconds + t * (p.seconds - q.seconds),
+                    )
+                }
+                _ => (p.flops, p.seconds),
+            });
+        }
+        previous = Some(p);
+    }
+    None
+}
+
+/// Summaries of every variant in `variants`, paired with the baseline run of the same seed.
+pub fn summarize(variants: &[Variant], runs: &[RunResult]) -> Vec<Summary> {
+    let baseline = |seed: u64| {
+        runs.iter()
+            .find(|r| r.variant.levels == 1 && r.variant.name == "baseline" && r.seed == seed)
+    };
+    variants
+        .iter()
+        .map(|variant| {
+            let mine: Vec<&RunResult> = runs.iter().filter(|r| &r.variant == variant).collect();
+            let mut flops_ratios = Vec::new();
+            let mut time_ratios = Vec::new();
+            for run in &mine {
+                let Some(base) = baseline(run.seed) else {
+                    continue;
+                };
+                let reached = reach(&run.points, base.final_loss);
+                flops_ratios.push(reached.map(|(f, _)| f / base.flops));
+                time_ratios.push(reached.map(|(_, s)| s / base.seconds));
+            }
+            Summary {
+                variant: variant.clone(),
+                seeds: mine.len(),
+                flops_ratios,
+                time_ratios,
+                final_losses: mine.iter().map(|r| r.final_loss).collect(),
+            }
+        })
+        .collect()
+}
+
+fn ratio_cell(spread: Option<Spread>, reached: usize, of: usize) -> String {
+    match spread {
+        Some(s) if reached == of => format!("{:.3} ± {:.3}", s.mean, s.std),
+        Some(s) => format!("{:.3} ± {:.3} ({reached} of {of} seeds)", s.mean, s.std),
+        None => format!("not reached (0 of {of})"),
+    }
+}
+
+/// The Markdown table: one row per variant.
+pub fn table(summaries: &[Summary]) -> String {
+    let mut out = String::from(
+        "| run | seeds | FLOPs to baseline's final loss (ratio) | wall time to it (ratio) | FLOPs saved | final valid loss, equal FLOPs |\n\
+         |---|---|---|---|---|---|\n",
+    );
+    for s in summaries {
+        let of = s.flops_ratios.len();
+        let saved = match s.flops() {
+            Some(f) if s.reached() == of && of > 0 => format!("{:.1}%", 100.0 * (1.0 - f.mean)),
+            _ => "—".into(),
+        };
+        let loss = s
+            .final_loss()
+            .map_or("—".into(), |l| format!("{:.4} ± {:.4}", l.mean, l.std));
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} | {} |",
+            s.variant.name,
+            s.seeds,
+            ratio_cell(s.flops(), s.reached(), of),
+            ratio_cell(s.time(), s.time_ratios.iter().flatten().count(), of),
+            saved,
+            loss
+        );
+    }
+    out
+}
+
+/// Everything the benchmark measured, as written to `results.json`.
+#[derive(Serialize)]
+pub struct Report<'a> {
+    pub scale: &'a Scale,
+    pub device: &'a str,
+    pub threads: usize,
+    pub summaries: &'a [Summary],
+    pub runs: &'a [RunResult],
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(flops: f64, loss: f64, level: usize) -> Point {
+        Point {
+            steps: 0,
+            flops,
+            seconds: flops * 2.0,
+            loss,
+            level,
+        }
+    }
+
+    #[test]
+    fn reach_interpolates_between_full_model_passes_only() {
+        let points = [
+            p(1.0, 3.0, 1),
+            p(2.0, 1.0, 2),
+            p(3.0, 2.0, 1),
+            p(4.0, 1.0, 1),
+        ];
+        // The small model's 1.0 does not count; between 3 (loss 2) and 4 (loss 1), 1.5 is hit
+        // half-way.
+        assert_eq!(reach(&points, 1.5), Some((3.5, 7.0)));
+        assert_eq!(reach(&points, 0.5), None);
+        assert_eq!(reach(&points, 3.0), Some((1.0, 2.0)));
+    }
+
+    #[test]
+    fn spread_is_mean_and_sample_deviation() {
+        let s = Spread::of(&[1.0, 2.0, 3.0]).unwrap();
+        assert_eq!((s.mean, s.std, s.n), (2.0, 1.0, 3));
+        assert!(Spread::of(&[]).is_none());
+    }
+}

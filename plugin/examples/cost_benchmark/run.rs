@@ -1,0 +1,270 @@
+//! One run: the baseline or a V-cycle, trained on the bundled corpus, with its validation curve
+//! on the FLOPs and wall-time axes.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use anyhow::{Context, Result, bail};
+use burn::data::dataloader::DataLoaderBuilder;
+use burn::tensor::Device;
+use burn::train::metric::LossMetric;
+use burn::train::{Learner, SupervisedTraining};
+use serde::{Deserialize, Serialize};
+use vcycle_plugin::text::{ByteWindows, LmBatch, LmBatcher, split_train_valid};
+use vcycle_plugin::{
+    ExactBatches, LevelConfig, OptimizerStatePolicy, ProgressLine, Segment, VCycle, VCycleConfig,
+    VCycleModel, ValidHistory, WarmupConstantLr, default_optimizer,
+};
+
+use crate::plan::{Scale, Variant};
+
+/// One validation pass of a run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Point {
+    pub steps: usize,
+    /// Training FLOPs so far.
+    pub flops: f64,
+    /// Training wall-clock seconds so far (validation passes excluded, boundaries included).
+    pub seconds: f64,
+    pub loss: f64,
+    /// 1 = the full model.
+    pub level: usize,
+}
+
+/// What a run measured.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunResult {
+    pub variant: Variant,
+    pub seed: u64,
+    pub points: Vec<Point>,
+    pub steps: usize,
+    pub flops: f64,
+    pub seconds: f64,
+    pub final_loss: f64,
+}
+
+/// Trains `variant` from seed `seed`, with run files under `work`.
+pub fn run(
+    variant: &Variant,
+    scale: &Scale,
+    seed: u64,
+    corpus: &Path,
+    device: &Device,
+    work: &Path,
+) -> Result<RunResult> {
+    let text = std::fs::read(corpus)
+        .with_context(|| format!("reading the corpus {}", corpus.display()))?;
+    let (train, mut valid) = split_train_valid(&text, 20, 2048);
+    valid.truncate(scale.valid_bytes);
+    let train = DataLoaderBuilder::new(LmBatcher)
+        .batch_size(scale.batch)
+        .shuffle(seed)
+        .set_device(device.clone())
+        .build(ByteWindows::new(train, scale.seq, scale.seq / 2));
+    let valid = DataLoaderBuilder::new(LmBatcher)
+        .batch_size(scale.batch)
+        .set_device(device.clone())
+        .build(ByteWindows::new(valid, scale.seq, scale.seq));
+
+    let train_device = device.clone().autodiff();
+    train_device.seed(seed);
+    let model = scale.model(scale.heads, scale.layers).init(&train_device)?;
+    let dir = work.join(format!("{}-seed{seed}", variant.slug()));
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
+    }
+    let history = ValidHistory::new();
+    let points = if variant.levels == 1 {
+        baseline(model, scale, train, valid, &dir, &history)?
+    } else {
+        vcycle(
+            variant,
+            scale,
+            model,
+            train,
+            valid,
+            &dir,
+            &history,
+            &train_device,
+        )?
+    };
+    let last = points
+        .last()
+        .context("the run recorded no validation pass")?;
+    Ok(RunResult {
+        variant: variant.clone(),
+        seed,
+        steps: last.steps,
+        flops: last.flops,
+        seconds: history.seconds(),
+        final_loss: last.loss,
+        points,
+    })
+}
+
+type Loader = Arc<dyn burn::data::dataloader::DataLoader<LmBatch>>;
+
+/// The training every run shares: loss metrics and a silent progress line that records the
+/// validation passes.
+fn training(
+    dir: &Path,
+    train: Loader,
+    valid: Loader,
+    history: &ValidHistory,
+) -> SupervisedTraining<vcycle_plugin::Gpt2> {
+    SupervisedTraining::new(dir, train, valid)
+        .metric_valid_numeric(LossMetric::new())
+        .renderer(Box::new(ProgressLine::quiet().recording(history.clone())))
+}
+
+/// `steps` split into chunks of `every`.
+fn chunks(steps: usize, every: usize) -> Vec<usize> {
+    let mut out = vec![every; steps / every];
+    if steps % every > 0 {
+        out.push(steps % every);
+    }
+    out
+}
+
+fn loss_of(point: &vcycle_plugin::ValidPoint) -> Result<f64> {
+    point.metric("Loss").with_context(|| {
+        format!(
+            "no validation loss in pass {} of {}",
+            point.pass, point.label
+        )
+    })
+}
+
+/// The full model alone, with the V-cycle's optimizer and level 1's schedule.
+fn baseline(
+    model: vcycle_plugin::Gpt2,
+    scale: &Scale,
+    train: Loader,
+    valid: Loader,
+    dir: &Path,
+    history: &ValidHistory,
+) -> Result<Vec<Point>> {
+    let variant = Variant::baseline();
+    let passes = chunks(scale.baseline_steps, scale.eval_every);
+    let flops = Arc::new(Mutex::new(0.0));
+    let loader = ExactBatches::in_passes(train, passes.clone())
+        .with_counter(model.flop_counter(), flops.clone())
+        .into_loader();
+    let scheduler: burn::optim::lr_scheduler::module_lr_scheduler::ModuleLrScheduler =
+        WarmupConstantLr::new(variant.lr, scale.warmup).into();
+    let learner = Learner::new(model, default_optimizer(), scheduler);
+    let result = training(dir, loader, valid, history)
+        .num_epochs(passes.len())
+        .label("baseline")
+        .launch(learner);
+    if let Some(error) = result.error {
+        bail!("baseline training failed: {error}");
+    }
+    let total = flops.lock().map(|f| *f).unwrap_or(f64::NAN);
+    let per_step = total / scale.baseline_steps as f64;
+    let recorded = history.points();
+    if recorded.len() != passes.len() {
+        bail!(
+            "{} validation passes recorded, {} expected",
+            recorded.len(),
+            passes.len()
+        );
+    }
+    let mut steps = 0;
+    passes
+        .iter()
+        .zip(&recorded)
+        .map(|(pass, point)| {
+            steps += pass;
+            Ok(Point {
+                steps,
+                flops: steps as f64 * per_step,
+                seconds: point.seconds,
+                loss: loss_of(point)?,
+                level: 1,
+            })
+        })
+        .collect()
+}
+
+#[allow(clippy::too_many_arguments)]
+fn vcycle(
+    variant: &Variant,
+    scale: &Scale,
+    model: vcycle_plugin::Gpt2,
+    train: Loader,
+    valid: Loader,
+    dir: &Path,
+    history: &ValidHistory,
+    device: &Device,
+) -> Result<Vec<Point>> {
+    let budget = variant.budget(scale)?;
+    let sizes = variant.sizes(scale)?;
+    let levels = sizes
+        .iter()
+        .enumerate()
+        .map(|(i, &(heads, layers))| {
+            if i == 0 {
+                LevelConfig::new(variant.lr)
+                    .with_up_learning_rate(Some(variant.lr * variant.up_lr_factor))
+                    .with_warmup_steps(scale.warmup)
+            } else {
+                LevelConfig::new(variant.small_lr)
+                    .with_warmup_steps(scale.warmup)
+                    .with_heads(Some(heads))
+                    .with_layers(Some(layers))
+                    .with_width_scheme(variant.width_scheme.clone())
+                    .with_depth_scheme(variant.depth_scheme.clone())
+            }
+        })
+        .collect();
+    let optimizer_state = if variant.carry_moments {
+        OptimizerStatePolicy::Carry
+    } else {
+        OptimizerStatePolicy::Reset
+    };
+    let config = VCycleConfig::new(levels, budget.down, budget.bottom, budget.up)
+        .with_alpha(variant.alpha)
+        .with_optimizer_state(optimizer_state)
+        .with_eval_every(Some(scale.eval_every))
+        .with_boundary_valid_batches(Some(4));
+    let mut driver = VCycle::new(config, PathBuf::from(dir), device.clone())?.quiet(true);
+    let segments = driver.segments();
+    let outcome = driver.run(model, train, valid, |segment: &Segment, train, valid| {
+        training(&segment.dir, train, valid, history)
+    })?;
+
+    // FLOPs are constant per step within a segment: spread each segment's share evenly.
+    let mut points = Vec::new();
+    let (mut steps_before, mut flops_before) = (0, 0.0);
+    let recorded = history.points();
+    for (segment, boundary) in segments.iter().zip(&outcome.boundaries) {
+        let per_step = (boundary.train_flops - flops_before) / segment.steps as f64;
+        let mut steps = steps_before;
+        let passes: Vec<_> = recorded
+            .iter()
+            .filter(|p| p.label == segment.name())
+            .collect();
+        if passes.len() != segment.epoch_steps.len() {
+            bail!(
+                "{}: {} validation passes recorded, {} expected",
+                segment.name(),
+                passes.len(),
+                segment.epoch_steps.len()
+            );
+        }
+        for (epoch_steps, point) in segment.epoch_steps.iter().zip(passes) {
+            steps += epoch_steps;
+            points.push(Point {
+                steps,
+                flops: flops_before + (steps - steps_before) as f64 * per_step,
+                seconds: point.seconds,
+                loss: loss_of(point)?,
+                level: segment.level,
+            });
+        }
+        steps_before = boundary.steps;
+        flops_before = boundary.train_flops;
+    }
+    Ok(points)
+}

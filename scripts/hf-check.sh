@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Converts the fixtures (and the real MiniLM, when scripts/fetch-minilm.sh has fetched it) with
+# vcycle, writes a manifest of checks for scripts/hf_check.py, and runs it when python3 has
+# HuggingFace transformers; otherwise it says how to run it on a machine that has it.
+#
+#   scripts/hf-check.sh [OUT_DIR] [PLUGIN_RUN_DIR]
+#
+# PLUGIN_RUN_DIR: a finished run of the Burn plugin on the bundled corpus (e.g. a cost_benchmark
+# run under target/cost-benchmark-work/): its final model must give, under transformers, the
+# validation loss the plugin logged.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out="${1:-.hfcheck}"
+run="${2:-}"
+vcycle="${VCYCLE:-target/release/vcycle}"
+[ -x "$vcycle" ] || cargo build --release -q -p vcycle-transform --bin vcycle
+rm -rf "$out"
+mkdir -p "$out"
+rel() { python3 -c 'import os,sys; print(os.path.relpath(sys.argv[1], sys.argv[2]))' "$1" "$out"; }
+checks=()
+add() { checks+=("$1"); }
+convert() { # NAME INPUT ARGS... : one conversion into $out/NAME
+  local name=$1 input=$2; shift 2
+  "$vcycle" "$@" "$input" -o "$out/$name" >/dev/null
+}
+for model in gpt2-tiny bert-tiny llama-tiny llama-tied-tiny vit-tiny; do
+  src="fixtures/$model"
+  convert "$model-wide" "$src" decoalesce --heads 8
+  add "{\"kind\": \"same-function\", \"a\": \"$(rel "$src")\", \"b\": \"$model-wide\"}"
+  convert "$model-small" "$src" coalesce --heads 2 --layers 2
+  add "{\"kind\": \"loads\", \"a\": \"$model-small\"}"
+  convert "$model-deep" "$src" decoalesce --layers 8
+  add "{\"kind\": \"loads\", \"a\": \"$model-deep\"}"
+done
+if [ -d .local/minilm ]; then
+  convert minilm-wide .local/minilm decoalesce --heads 24
+  add "{\"kind\": \"same-function\", \"a\": \"$(rel .local/minilm)\", \"b\": \"minilm-wide\"}"
+  convert minilm-small .local/minilm coalesce --heads 6 --layers 3
+  add "{\"kind\": \"loads\", \"a\": \"minilm-small\"}"
+fi
+if [ -n "$run" ]; then
+  cp -r "$run/final" "$out/plugin-final"
+  expected=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))[-1]["valid_loss_before"])' "$run/boundaries.json")
+  config="$run/vcycle.json"
+  windows=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["boundary_valid_batches"])' "$config")
+  add "{\"kind\": \"valid-loss\", \"a\": \"plugin-final\", \"corpus\": \"$(rel data/rust-book.txt)\", \"every\": 20, \"block\": 2048, \"valid_bytes\": ${VALID_BYTES:-16384}, \"seq\": ${SEQ:-64}, \"windows\": $((windows * ${BATCH:-16})), \"expected\": $expected}"
+fi
+(IFS=,; echo "[${checks[*]}]") | python3 -m json.tool > "$out/manifest.json"
+echo "wrote ${#checks[@]} checks to $out/manifest.json"
+if python3 -c 'import transformers, torch' 2>/dev/null; then
+  python3 scripts/hf_check.py "$out/manifest.json" --report "$out/report.json"
+else
+  echo "python3 has no transformers here: run  python3 scripts/hf_check.py $out/manifest.json  where it has"
+fi
