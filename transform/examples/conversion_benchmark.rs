@@ -17,10 +17,14 @@ use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
+use ndarray::Array2;
 use safetensors::Dtype;
 use serde_json::{Value, json};
+use vcycle_transform::execute::{self, Inputs};
 use vcycle_transform::fixture::{self, FixtureSpec};
-use vcycle_transform::{Checkpoint, Dims, Job, Options, Target};
+use vcycle_transform::ops::Gather;
+use vcycle_transform::plan::{DepthOp, TensorPlan};
+use vcycle_transform::{Checkpoint, Dims, Job, Operator, Options, Plan, Target, dtype};
 
 /// Hidden first argument of the measuring child process.
 const CHILD: &str = "--measure-child";
@@ -228,6 +232,8 @@ fn bench_model(root: &Path, model: &Model) -> Result<Vec<Value>> {
         let (Some(conversion), Some(copy)) = (conversion, copy) else {
             bail!("no measurement");
         };
+        let input_args: Vec<String> = inputs.iter().map(|p| p.display().to_string()).collect();
+        let dense = dense_comparison(op, &input_args, [&shrink[0], &shrink[1], &shrink[2]])?;
         let mut all = inputs.clone();
         all.push(output.clone());
         let largest = largest_tensor(&all)?;
@@ -255,7 +261,11 @@ fn bench_model(root: &Path, model: &Model) -> Result<Vec<Value>> {
             "largest_tensor_bytes": largest,
             "rss_limit_bytes": rss_limit,
             "rss_ok": rss <= rss_limit,
+            "dense": dense,
         }));
+        if let Some(row) = rows.last() {
+            eprintln!("{row}");
+        }
     }
     for dir in [&small, &grown_plain, &grown] {
         std::fs::remove_dir_all(dir).ok();
@@ -304,35 +314,38 @@ fn run_child(args: &[String]) -> Result<Value> {
     Ok(serde_json::from_str(line)?)
 }
 
+/// The conversion `op` of the benchmark: coalesce to `small` sizes, decoalesce back to twice
+/// the small model's, or grow with α = 0.5.
+fn job(op: &str, inputs: &[String], small: [&String; 3]) -> Result<Job> {
+    let [heads, kv, layers] = small;
+    let options = Options {
+        target: Target {
+            heads: Some(heads.parse()?),
+            kv_heads: Some(kv.parse()?),
+            layers: Some(layers.parse()?),
+            ..Target::default()
+        },
+        ..Options::default()
+    };
+    Ok(match (op, inputs) {
+        ("coalesce", [input]) => Job::coalesce(Path::new(input), &options)?,
+        ("decoalesce", [input]) => Job::decoalesce(Path::new(input), &decoalesce_options(input)?)?,
+        ("grow", [small, large]) => {
+            Job::grow(Path::new(small), Path::new(large), 0.5, &Options::default())?
+        }
+        _ => bail!("bad conversion {op} {inputs:?}"),
+    })
+}
+
 /// The measuring child: runs one conversion (or copy) and prints its time and peak memory.
 fn child(args: &[String]) -> Result<()> {
     let start = Instant::now();
     match args {
-        [op, output, heads, kv, layers, inputs @ ..] if op != "copy" => {
-            let options = Options {
-                target: Target {
-                    heads: Some(heads.parse()?),
-                    kv_heads: Some(kv.parse()?),
-                    layers: Some(layers.parse()?),
-                    ..Target::default()
-                },
-                ..Options::default()
-            };
-            let output = Path::new(output);
-            let job = match (op.as_str(), inputs) {
-                ("coalesce", [input]) => Job::coalesce(Path::new(input), &options)?,
-                ("decoalesce", [input]) => {
-                    Job::decoalesce(Path::new(input), &decoalesce_options(input)?)?
-                }
-                ("grow", [small, large]) => {
-                    Job::grow(Path::new(small), Path::new(large), 0.5, &Options::default())?
-                }
-                _ => bail!("bad child arguments {args:?}"),
-            };
-            job.write(output, true)?;
-        }
         [op, output, bytes, inputs @ ..] if op == "copy" => {
             copy(inputs, Path::new(output), bytes.parse()?)?;
+        }
+        [op, output, heads, kv, layers, inputs @ ..] => {
+            job(op, inputs, [heads, kv, layers])?.write(Path::new(output), true)?;
         }
         _ => bail!("bad child arguments {args:?}"),
     }
@@ -355,6 +368,131 @@ fn child(args: &[String]) -> Result<()> {
         })
     );
     Ok(())
+}
+
+/// The operator on the largest tensors (the largest transformed 2-D tensor, and the largest
+/// whose both axes change), timed two ways on one thread each: the streaming executor, and
+/// the same operator as dense matrix products, small = M₀·W·M₁ᵀ with averaging, summing,
+/// duplicating or splitting matrices M (ndarray `dot` in f32, after the same decoding).
+fn dense_comparison(op: &str, inputs: &[String], small: [&String; 3]) -> Result<Value> {
+    let job = job(op, inputs, small)?;
+    let plan = job.plan();
+    let checkpoints = inputs
+        .iter()
+        .map(Checkpoint::open)
+        .collect::<Result<Vec<_>, _>>()?;
+    let Some(primary) = checkpoints.first() else {
+        bail!("no input");
+    };
+    let exec_inputs = Inputs {
+        primary,
+        large: checkpoints.get(1),
+    };
+    let changed = |t: &&TensorPlan, both: bool| {
+        let gathered = plan.axis_gathers(t).iter().filter(|g| g.is_some()).count();
+        t.shape.len() == 2 && if both { gathered == 2 } else { gathered > 0 }
+    };
+    let bytes = |t: &&TensorPlan| t.shape.iter().product::<usize>();
+    let mut chosen: Vec<&TensorPlan> = Vec::new();
+    for both in [false, true] {
+        let largest = plan
+            .tensors
+            .iter()
+            .filter(|t| changed(t, both))
+            .max_by_key(bytes);
+        if let Some(t) = largest
+            && !chosen.iter().any(|c| c.name == t.name)
+        {
+            chosen.push(t);
+        }
+    }
+    let one_thread = rayon::ThreadPoolBuilder::new().num_threads(1).build()?;
+    let (mut streaming, mut dense_s) = (0.0, 0.0);
+    for t in &chosen {
+        let start = Instant::now();
+        let mut streamed = Vec::new();
+        one_thread.install(|| {
+            execute::stream(plan, t, exec_inputs, &mut |b| {
+                streamed.extend_from_slice(b);
+                Ok(())
+            })
+        })?;
+        streaming += start.elapsed().as_secs_f64();
+        let start = Instant::now();
+        let product = dense(plan, t, exec_inputs)?;
+        dense_s += start.elapsed().as_secs_f64();
+        if product.len() != streamed.len() {
+            bail!(
+                "dense {} has {} bytes, streamed {}",
+                t.name,
+                product.len(),
+                streamed.len()
+            );
+        }
+    }
+    Ok(json!({
+        "tensors": chosen.iter().map(|t| format!("{} {:?}", t.name, t.shape)).collect::<Vec<_>>(),
+        "streaming_s": streaming,
+        "dense_s": dense_s,
+        "dense_ratio": dense_s / streaming,
+    }))
+}
+
+/// One tensor by dense matrix products.
+fn dense(plan: &Plan, t: &TensorPlan, inputs: Inputs<'_>) -> Result<Vec<u8>> {
+    let matrix = |name: &str, checkpoint: &Checkpoint| -> Result<Array2<f32>> {
+        let info = checkpoint.info(name).context("no such tensor")?;
+        let values = checkpoint
+            .bytes(name)
+            .and_then(|b| dtype::decode(info.dtype, b))
+            .context("not a float tensor")?;
+        let [rows, cols] = info.shape[..] else {
+            bail!("{name} is not 2-D");
+        };
+        Ok(Array2::from_shape_vec(
+            (rows, cols),
+            values.iter().map(|&v| v as f32).collect(),
+        )?)
+    };
+    let sources = match t.depth {
+        DepthOp::Mean => t.sources.as_slice(),
+        _ => t.sources.get(..1).unwrap_or_default(),
+    };
+    let mut w: Option<Array2<f32>> = None;
+    for name in sources {
+        let m = matrix(name, inputs.primary)?;
+        w = Some(match w {
+            Some(sum) => sum + m,
+            None => m,
+        });
+    }
+    let mut w = w.context("no source")? / sources.len() as f32;
+    let gathers = plan.axis_gathers(t);
+    let operator = |g: &Gather| {
+        let mut m = Array2::<f32>::zeros((g.output_len(), g.input_len()));
+        for i in 0..g.output_len() {
+            if let Some((sources, divisor)) = g.source(i) {
+                for &j in sources {
+                    m[[i, j]] += 1.0 / divisor as f32;
+                }
+            }
+        }
+        m
+    };
+    if let Some(Some(g)) = gathers.first() {
+        w = operator(g).dot(&w);
+    }
+    if let Some(Some(g)) = gathers.get(1) {
+        w = w.dot(&operator(g).t());
+    }
+    if let (Some(with), Some(large), Operator::Grow { alpha } | Operator::Interpolate { alpha }) =
+        (&t.interpolate_with, inputs.large, plan.operator)
+    {
+        let alpha = alpha as f32;
+        w = matrix(with, large)? * (1.0 - alpha) + w * alpha;
+    }
+    let values: Vec<f64> = w.iter().map(|&v| f64::from(v)).collect();
+    dtype::encode(t.dtype, &values).context("not a float dtype")
 }
 
 /// De-coalescing the small model back to the large one's sizes: twice the heads and layers of
@@ -422,7 +560,7 @@ fn copy(inputs: &[String], output: &Path, out_bytes: u64) -> Result<()> {
 
 fn print_table(rows: &[Value]) {
     println!(
-        "\n{:<11} {:<11} {:<5} {:>9} {:>7} {:>6} {:>7} {:>16} {:>10} {:>10}",
+        "\n{:<10} {:<10} {:<5} {:>9} {:>6} {:>5} {:>6} {:>12} {:>7} {:>12} {:>12}",
         "operation",
         "model",
         "dtype",
@@ -430,9 +568,14 @@ fn print_table(rows: &[Value]) {
         "wall s",
         "GB/s",
         "copy s",
-        "ratio (<= 1.5)",
+        "vs copy",
         "peak MB",
-        "limit MB",
+        "RSS limit MB",
+        "dense/ours",
+    );
+    println!(
+        "{:>60} {:>20} {:>12}",
+        "(target <= 1.5)", "(2 x largest + 100)", "(1 thread)"
     );
     for r in rows {
         let gb = (r["input_bytes"].as_u64().unwrap_or(0) + r["output_bytes"].as_u64().unwrap_or(0))
@@ -446,7 +589,7 @@ fn print_table(rows: &[Value]) {
             }
         };
         println!(
-            "{:<11} {:<11} {:<5} {:>9.2} {:>7.2} {:>6.2} {:>7.2} {:>11.2} {:<4} {:>10.0} {:>6.0} {}",
+            "{:<10} {:<10} {:<5} {:>9.2} {:>6.2} {:>5.2} {:>6.2} {:>7.2} {:<4} {:>7.0} {:>7.0} {:<4} {:>11.1}x",
             r["operation"].as_str().unwrap_or(""),
             r["model"].as_str().unwrap_or(""),
             r["dtype"].as_str().unwrap_or(""),
@@ -459,6 +602,26 @@ fn print_table(rows: &[Value]) {
             r["peak_rss_bytes"].as_u64().unwrap_or(0) as f64 / 1e6,
             r["rss_limit_bytes"].as_u64().unwrap_or(0) as f64 / 1e6,
             verdict(&r["rss_ok"]),
+            r["dense"]["dense_ratio"].as_f64().unwrap_or(f64::NAN),
+        );
+    }
+    println!(
+        "\ndense/ours: time of the dense-matrix operator over the streaming executor's on these tensors:"
+    );
+    for r in rows {
+        println!(
+            "  {:<10} {:<10} {:<5} {}",
+            r["operation"].as_str().unwrap_or(""),
+            r["model"].as_str().unwrap_or(""),
+            r["dtype"].as_str().unwrap_or(""),
+            r["dense"]["tensors"]
+                .as_array()
+                .map(|t| t
+                    .iter()
+                    .filter_map(Value::as_str)
+                    .collect::<Vec<_>>()
+                    .join(", "))
+                .unwrap_or_default()
         );
     }
 }

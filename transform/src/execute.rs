@@ -168,8 +168,11 @@ struct Rows<'a> {
     tensor: &'a TensorPlan,
     /// The depth group's layers (one unless they are averaged).
     layers: Vec<Source<'a>>,
-    /// The gather of each axis (None: unchanged).
-    gathers: Vec<Option<Gather>>,
+    /// The gather of axis 0 (None: unchanged).
+    rows_gather: Option<Gather>,
+    /// The gather of each further axis as a gather of blocks and the block size (None:
+    /// unchanged); see [`Gather::blocks`].
+    row_gathers: Vec<Option<(Gather, usize)>>,
     /// The shape of an input row (axes 1..).
     in_row_shape: Vec<usize>,
     in_row_len: usize,
@@ -188,6 +191,7 @@ struct Scratch {
     row: Vec<f64>,
     tmp: Vec<f64>,
     shape: Vec<usize>,
+    split_shape: Vec<usize>,
     large: Vec<f64>,
 }
 
@@ -196,44 +200,58 @@ impl Rows<'_> {
     fn compute(&self, i: usize, s: &mut Scratch, out: &mut [u8]) -> Result<()> {
         let n = self.in_row_len;
         let single = [i];
-        let (sources, divisor) = match self.gathers.first().and_then(Option::as_ref) {
+        let (sources, divisor) = match &self.rows_gather {
             Some(g) => g.source(i).ok_or_else(|| self.bad_row(i))?,
             None => (&single[..], 1.0),
         };
-        s.rows.resize(sources.len() * n, 0.0);
-        s.layers.resize_with(self.layers.len(), Vec::new);
-        for (&j, dst) in sources.iter().zip(s.rows.chunks_exact_mut(n.max(1))) {
-            match self.layers.as_slice() {
-                [layer] => layer.decode_row(j, dst)?,
-                layers => {
-                    for (layer, buf) in layers.iter().zip(&mut s.layers) {
-                        buf.resize(n, 0.0);
-                        layer.decode_row(j, buf)?;
+        s.row.resize(n, 0.0);
+        match (sources, divisor, self.layers.as_slice()) {
+            // One row of one layer, as it is: decoded straight into place.
+            ([j], 1.0, [layer]) => layer.decode_row(*j, &mut s.row)?,
+            _ => {
+                s.rows.resize(sources.len() * n, 0.0);
+                s.layers.resize_with(self.layers.len(), Vec::new);
+                for (&j, dst) in sources.iter().zip(s.rows.chunks_exact_mut(n.max(1))) {
+                    match self.layers.as_slice() {
+                        [layer] => layer.decode_row(j, dst)?,
+                        layers => {
+                            for (layer, buf) in layers.iter().zip(&mut s.layers) {
+                                buf.resize(n, 0.0);
+                                layer.decode_row(j, buf)?;
+                            }
+                            let refs: Vec<&[f64]> = s.layers.iter().map(Vec::as_slice).collect();
+                            ops::mean_into(dst, &refs);
+                        }
                     }
-                    let refs: Vec<&[f64]> = s.layers.iter().map(Vec::as_slice).collect();
-                    ops::mean_into(dst, &refs);
                 }
+                let row_of = |j: usize| {
+                    let k = sources.iter().position(|&x| x == j).unwrap_or(0);
+                    s.rows.get(k * n..(k + 1) * n).unwrap_or_default()
+                };
+                ops::combine(&mut s.row, sources, divisor, row_of);
             }
         }
-        s.row.resize(n, 0.0);
-        let row_of = |j: usize| {
-            let k = sources.iter().position(|&x| x == j).unwrap_or(0);
-            s.rows.get(k * n..(k + 1) * n).unwrap_or_default()
-        };
-        ops::combine(&mut s.row, sources, divisor, row_of);
 
         s.shape.clear();
         s.shape.extend_from_slice(&self.in_row_shape);
-        for (axis, gather) in self.gathers.iter().enumerate().skip(1) {
-            let Some(gather) = gather else {
+        for (k, gather) in self.row_gathers.iter().enumerate() {
+            let Some((gather, block)) = gather else {
                 continue;
             };
-            match gather.apply_into(&s.row, &s.shape, axis - 1, &mut s.tmp) {
+            // Row axis k split into (blocks, block).
+            s.split_shape.clear();
+            s.split_shape
+                .extend_from_slice(s.shape.get(..k).unwrap_or_default());
+            s.split_shape.push(gather.input_len());
+            s.split_shape.push(*block);
+            s.split_shape
+                .extend_from_slice(s.shape.get(k + 1..).unwrap_or_default());
+            match gather.apply_into(&s.row, &s.split_shape, k, &mut s.tmp) {
                 Ok(()) => std::mem::swap(&mut s.row, &mut s.tmp),
                 Err(GatherError::Shape) => {
                     return Err(Error::BadAxis {
                         tensor: self.tensor.name.clone(),
-                        axis,
+                        axis: k + 1,
                         shape: self.tensor.shape.clone(),
                         reason: "the row does not fill the shape".into(),
                     });
@@ -245,8 +263,8 @@ impl Rows<'_> {
                     });
                 }
             }
-            if let Some(size) = s.shape.get_mut(axis - 1) {
-                *size = gather.output_len();
+            if let Some(size) = s.shape.get_mut(k) {
+                *size = gather.output_len() * block;
             }
         }
         if s.row.len() != self.out_row_len {
@@ -287,12 +305,10 @@ fn stream_float(
         .ok_or_else(|| missing(plan, first, inputs.primary))?;
     let rank = in_shape.len();
     let mut shape = in_shape.clone();
-    let mut gathers: Vec<Option<Gather>> = vec![None; rank];
-    for (axis, (axis_plan, rule_axis)) in tensor.axes.iter().zip(&tensor.rule_axes).enumerate() {
-        if axis_plan.op.is_none() {
-            continue;
-        }
-        let Some(gather) = plan.gather_for(rule_axis) else {
+    let mut gathers: Vec<Option<Gather>> = plan.axis_gathers(tensor);
+    gathers.resize(rank, None);
+    for (axis, (gather, rule_axis)) in gathers.iter().zip(&tensor.rule_axes).enumerate() {
+        let Some(gather) = gather else {
             continue;
         };
         if shape.get(axis) != Some(&gather.input_len()) {
@@ -305,9 +321,6 @@ fn stream_float(
         }
         if let Some(size) = shape.get_mut(axis) {
             *size = gather.output_len();
-        }
-        if let Some(slot) = gathers.get_mut(axis) {
-            *slot = Some(gather);
         }
     }
     if shape != tensor.shape {
@@ -360,10 +373,14 @@ fn stream_float(
         }
         _ => None,
     };
+    let mut gathers = gathers.into_iter();
+    let rows_gather = gathers.next().flatten();
+    let row_gathers = gathers.map(|g| g.map(|g| g.blocks())).collect();
     let rows = Rows {
         tensor,
         layers,
-        gathers,
+        rows_gather,
+        row_gathers,
         in_row_shape,
         in_row_len,
         out_row_len,
@@ -376,11 +393,7 @@ fn stream_float(
     }
     let block_rows = (BLOCK_BYTES / out_row_bytes).max(1);
     let task_rows = (TASK_BYTES / out_row_bytes).max(1);
-    // Row i of the output reads row i of its inputs unless axis 0 is gathered: then what a
-    // block consumed can be released as it goes.
-    let rows_in_order = rows.gathers.first().is_none_or(Option::is_none);
-    let mut buffer = Vec::new();
-    for start in (0..out_rows).step_by(block_rows) {
+    let compute_block = |start: usize, buffer: &mut Vec<u8>| -> Result<()> {
         let end = (start + block_rows).min(out_rows);
         buffer.resize((end - start) * out_row_bytes, 0);
         buffer
@@ -392,8 +405,32 @@ fn stream_float(
                     .chunks_exact_mut(out_row_bytes)
                     .enumerate()
                     .try_for_each(|(r, out)| rows.compute(first_row + r, scratch, out))
-            })?;
-        sink(&buffer)?;
+            })
+    };
+    // Row i of the output reads row i of its inputs unless axis 0 is gathered: then what a
+    // block consumed can be released as it goes.
+    let rows_in_order = rows.rows_gather.is_none();
+    let starts: Vec<usize> = (0..out_rows).step_by(block_rows).collect();
+    let (mut ready, mut next) = (Vec::new(), Vec::new());
+    compute_block(0, &mut ready)?;
+    for (k, &start) in starts.iter().enumerate() {
+        // The next block is computed while this one is written.
+        let next_buffer = &mut next;
+        let compute_block = &compute_block;
+        let (written, computed) = std::thread::scope(|scope| {
+            let worker = starts
+                .get(k + 1)
+                .map(|&n| scope.spawn(move || compute_block(n, next_buffer)));
+            (sink(&ready), worker.map(|w| w.join()))
+        });
+        written?;
+        match computed {
+            Some(Ok(result)) => result?,
+            Some(Err(panic)) => std::panic::resume_unwind(panic),
+            None => {}
+        }
+        std::mem::swap(&mut ready, &mut next);
+        let end = (start + block_rows).min(out_rows);
         if rows_in_order {
             for layer in &rows.layers {
                 let range = start * layer.row_bytes..end * layer.row_bytes;

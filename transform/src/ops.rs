@@ -122,6 +122,46 @@ impl Gather {
         Some((self.sources.get(i)?.as_slice(), *self.divisors.get(i)?))
     }
 
+    /// The same gather over blocks of `b` consecutive indices, with the largest such `b`:
+    /// output block k is the gather of whole input blocks, index for index (head-sized blocks
+    /// for the model spaces). Applying the coarse gather to the axis split into (n / b, b)
+    /// does the same operations on the same values, b at a time instead of one.
+    pub fn blocks(&self) -> (Gather, usize) {
+        let g = gcd(self.input_len, self.output_len());
+        // The divisors of g, largest first.
+        let mut sizes: Vec<usize> = (1..)
+            .take_while(|d| d * d <= g)
+            .filter(|d| g.is_multiple_of(*d))
+            .flat_map(|d| [d, g / d])
+            .collect();
+        sizes.sort_unstable_by(|a, b| b.cmp(a));
+        let Some(b) = sizes.into_iter().find(|&b| b > 1 && self.is_blocked(b)) else {
+            return (self.clone(), 1);
+        };
+        let (sources, divisors) = (0..self.output_len() / b)
+            .filter_map(|k| self.source(k * b))
+            .map(|(s, d)| (s.iter().map(|j| j / b).collect(), d))
+            .unzip();
+        (Gather::checked(sources, divisors, self.input_len / b), b)
+    }
+
+    /// Whether every block of `b` output indices reads whole input blocks of `b`, in order.
+    fn is_blocked(&self, b: usize) -> bool {
+        self.sources
+            .chunks(b)
+            .zip(self.divisors.chunks(b))
+            .all(|(rows, divisors)| {
+                let (Some(head), Some(divisor)) = (rows.first(), divisors.first()) else {
+                    return false;
+                };
+                head.iter().all(|j| j % b == 0)
+                    && divisors.iter().all(|d| d == divisor)
+                    && rows.iter().enumerate().all(|(r, row)| {
+                        row.len() == head.len() && row.iter().zip(head).all(|(j, h)| *j == h + r)
+                    })
+            })
+    }
+
     /// Applies the gather along `axis` of a row-major tensor of `shape`; returns the new data
     /// (the caller updates the shape). `shape[axis]` must equal `input_len()` and `data` must
     /// hold the product of `shape` values.
@@ -232,6 +272,10 @@ pub fn combine<'a>(
         }
         [] => {}
     }
+}
+
+fn gcd(a: usize, b: usize) -> usize {
+    if b == 0 { a } else { gcd(b, a % b) }
 }
 
 /// Why a gather could not be applied.
@@ -364,6 +408,35 @@ mod tests {
                 .unwrap(),
             small
         );
+    }
+
+    #[test]
+    fn a_gather_of_whole_blocks_is_applied_block_by_block_with_the_same_result() {
+        // Value u of 12 goes with value u + 6: blocks of 6.
+        let values = grouping(
+            vec![
+                vec![0, 6],
+                vec![1, 7],
+                vec![2, 8],
+                vec![3, 9],
+                vec![4, 10],
+                vec![5, 11],
+            ],
+            12,
+        );
+        let data: Vec<f64> = (0..24).map(|i| f64::from(i) * 0.37 - 2.0).collect();
+        for op in [AxisOp::Mean, AxisOp::Sum, AxisOp::Duplicate, AxisOp::Split] {
+            let gather = Gather::new(op, &values);
+            let (coarse, b) = gather.blocks();
+            assert_eq!(b, 6, "{op:?}");
+            let n = gather.input_len();
+            let whole = gather.apply(&data[..2 * n], &[2, n], 1).unwrap();
+            let blocked = coarse.apply(&data[..2 * n], &[2, n / b, b], 1).unwrap();
+            assert_eq!(whole, blocked, "{op:?}");
+        }
+        // Nothing to block: the gather itself.
+        let odd = grouping(vec![vec![0, 1], vec![2]], 3);
+        assert_eq!(Gather::new(AxisOp::Mean, &odd).blocks().1, 1);
     }
 
     #[test]
