@@ -1,13 +1,14 @@
 //! Conversion speed and memory: `cargo run --release -p vcycle-transform --example
-//! conversion_benchmark [-- --quick]`.
+//! conversion_benchmark [-- --quick] [-- --keep]`.
 //!
 //! Generates synthetic checkpoints under `target/bench` (BERT-Large in f32 and in bf16, and a
 //! Llama-style model of about 1.1B parameters in bf16; `--quick`: small models), then, for
 //! coalesce, decoalesce and grow, measures in a child process each (the benchmark re-invoking
 //! itself) the wall time and peak resident memory (VmHWM, which counts touched pages of
-//! memory-mapped inputs) of the conversion and of a plain copy of the same bytes, and on the
-//! largest tensor the time of the same operator written as dense matrix products. Prints a
-//! table with each figure's target and writes the figures to `target/bench/conversion.json`.
+//! memory-mapped inputs) of the conversion and of a plain copy of the same bytes, best of two
+//! runs each, and on the largest tensors the time of the same operator written as dense
+//! matrix products. Prints a table with each figure's target and writes the figures to
+//! `target/bench/conversion.json`; the generated checkpoints are deleted unless `--keep`.
 //! The inputs are in the page cache (just generated or read): warm-cache figures.
 
 use std::fs::File;
@@ -143,14 +144,26 @@ fn main() -> Result<()> {
     }
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
     std::fs::create_dir_all(&root)?;
+    let load_at_start = load_average();
     let mut rows = Vec::new();
     for model in models(quick) {
         rows.extend(bench_model(&root, &model)?);
     }
+    let load_at_end = load_average();
+    let machine = machine();
+    println!(
+        "\n{} CPUs ({}), 1-minute load average {load_at_start} at the start, {load_at_end} at the end;",
+        machine["cpus"],
+        machine["cpu"].as_str().unwrap_or("")
+    );
+    println!(
+        "inputs in the page cache (warm), outputs written and fsynced; best of 2 runs, each in its own process"
+    );
     print_table(&rows);
     let bf16 = bf16_comparison(&rows);
     let report = json!({
-        "machine": machine(),
+        "machine": machine,
+        "load_average_1min": {"start": load_at_start, "end": load_at_end},
         "cache": "warm: inputs in the page cache; outputs written and fsynced",
         "targets": {
             "wall_vs_copy_at_most": COPY_RATIO_LIMIT,
@@ -172,6 +185,15 @@ fn main() -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The 1-minute load average: other work on the machine slows a conversion (CPU) more than a
+/// copy (disk).
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().map(str::to_string))
+        .unwrap_or_default()
 }
 
 fn machine() -> Value {
