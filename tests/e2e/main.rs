@@ -13,6 +13,7 @@ mod interpolate;
 mod malformed;
 mod minilm;
 mod outputs;
+mod quiet;
 mod roundtrip;
 mod sharded;
 mod snapshots;

@@ -12,6 +12,7 @@ use crate::dtype::NonFinite;
 use crate::error::{Error, Result};
 use crate::execute::{self, Inputs};
 use crate::plan::{self, AlphaRange, Plan, Target};
+use crate::progress::Progress;
 use crate::read::{Checkpoint, Layout};
 use crate::write::{self, OutputForm};
 
@@ -249,6 +250,16 @@ impl Job {
 
     /// Checks the output path, then writes the output atomically.
     pub fn write(&self, output: &Path, force: bool) -> Result<()> {
+        self.write_with_progress(output, force, &())
+    }
+
+    /// [`Job::write`], reporting the bytes written to `progress` as they are written.
+    pub fn write_with_progress(
+        &self,
+        output: &Path,
+        force: bool,
+        progress: &dyn Progress,
+    ) -> Result<()> {
         write::check_output_path(&self.input_paths(), output, force)?;
         let inputs = Inputs {
             primary: &self.primary,
@@ -260,40 +271,59 @@ impl Job {
             .iter()
             .map(|(in_large, name, _)| (*in_large, name.as_str()))
             .collect();
+        progress.start(plan.output_bytes());
         write::write_output(
             output,
             &self.form,
             &plan.tensors,
             &self.metadata,
             force,
-            &|t| {
-                let bytes = execute::compute(plan, t, inputs)?;
-                if let Some(found) = crate::dtype::non_finite(t.dtype, &bytes) {
-                    let from_inputs = t
-                        .sources
-                        .iter()
-                        .map(|s| (false, s.as_str()))
-                        .chain(t.interpolate_with.iter().map(|w| (true, w.as_str())))
-                        .any(|key| non_finite_inputs.contains(&key));
-                    if !from_inputs {
-                        let count = found.nan + found.inf;
-                        if self.strict {
-                            return Err(Error::NonFiniteOutput {
-                                tensor: t.name.clone(),
-                                dtype: t.dtype,
-                                count,
-                                first: found.first,
-                            });
-                        }
-                        if let Ok(mut warnings) = self.output_warnings.lock() {
-                            warnings.push(format!(
-                                "output tensor `{}` holds {count} NaN or infinite values its finite inputs overflowed to ({:?}, first at element {})",
-                                t.name, t.dtype, found.first
-                            ));
-                        }
+            &|t, sink| {
+                let size = crate::dtype::element_size(t.dtype);
+                let mut elements = 0;
+                let mut found: Option<NonFinite> = None;
+                execute::stream(plan, t, inputs, &mut |bytes| {
+                    if let Some(more) = crate::dtype::non_finite(t.dtype, bytes) {
+                        let f = found.get_or_insert(NonFinite {
+                            first: elements + more.first,
+                            ..NonFinite::default()
+                        });
+                        f.nan += more.nan;
+                        f.inf += more.inf;
                     }
+                    elements += bytes.len() / size.max(1);
+                    sink(bytes)?;
+                    progress.advance(bytes.len() as u64);
+                    Ok(())
+                })?;
+                let Some(found) = found else {
+                    return Ok(());
+                };
+                let from_inputs = t
+                    .sources
+                    .iter()
+                    .map(|s| (false, s.as_str()))
+                    .chain(t.interpolate_with.iter().map(|w| (true, w.as_str())))
+                    .any(|key| non_finite_inputs.contains(&key));
+                if from_inputs {
+                    return Ok(());
                 }
-                Ok(bytes)
+                let count = found.nan + found.inf;
+                if self.strict {
+                    return Err(Error::NonFiniteOutput {
+                        tensor: t.name.clone(),
+                        dtype: t.dtype,
+                        count,
+                        first: found.first,
+                    });
+                }
+                if let Ok(mut warnings) = self.output_warnings.lock() {
+                    warnings.push(format!(
+                        "output tensor `{}` holds {count} NaN or infinite values its finite inputs overflowed to ({:?}, first at element {})",
+                        t.name, t.dtype, found.first
+                    ));
+                }
+                Ok(())
             },
         )
     }
@@ -306,8 +336,10 @@ fn scan_non_finite(checkpoint: &Checkpoint) -> Vec<(String, NonFinite)> {
         .iter()
         .filter(|(_, info)| crate::dtype::is_float(info.dtype))
         .filter_map(|(name, info)| {
-            let bytes = checkpoint.bytes(name)?;
-            crate::dtype::non_finite(info.dtype, bytes).map(|found| (name.clone(), found))
+            let found = crate::dtype::non_finite(info.dtype, checkpoint.bytes(name)?);
+            // Scanned pages would otherwise stay in the process's resident memory.
+            checkpoint.release_all(name);
+            found.map(|found| (name.clone(), found))
         })
         .collect()
 }

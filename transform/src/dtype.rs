@@ -4,6 +4,7 @@
 //! round trip coalesce(de-coalesce(θ)) returns θ bit for bit for groups of two.
 
 use half::{bf16, f16};
+use rayon::prelude::*;
 use safetensors::Dtype;
 
 /// Whether the operators can compute on this dtype (other tensors pass through unchanged).
@@ -15,49 +16,114 @@ pub fn is_float(dtype: Dtype) -> bool {
 ///
 /// Returns `None` for a dtype that is not one of f16, bf16, f32, f64.
 pub fn decode(dtype: Dtype, bytes: &[u8]) -> Option<Vec<f64>> {
-    let values = match dtype {
+    let size = float_size(dtype)?;
+    let mut values = vec![0.0; bytes.len() / size];
+    decode_into(dtype, bytes, &mut values)?;
+    Some(values)
+}
+
+/// Decodes little-endian `bytes` of a float `dtype` into `out` (as many values as both hold),
+/// so a caller can reuse one buffer row after row.
+///
+/// Returns `None` for a dtype that is not one of f16, bf16, f32, f64.
+pub fn decode_into(dtype: Dtype, bytes: &[u8], out: &mut [f64]) -> Option<()> {
+    match dtype {
         Dtype::F32 => bytes
             .chunks_exact(4)
-            .map(|c| f64::from(f32::from_le_bytes([c[0], c[1], c[2], c[3]])))
-            .collect(),
-        Dtype::F64 => bytes
-            .chunks_exact(8)
-            .map(|c| f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
-            .collect(),
+            .zip(out)
+            .for_each(|(c, o)| *o = f64::from(f32::from_le_bytes([c[0], c[1], c[2], c[3]]))),
+        Dtype::F64 => bytes.chunks_exact(8).zip(out).for_each(|(c, o)| {
+            *o = f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
+        }),
+        // Through f32, which holds every f16 and bf16 value exactly: the same f64, by a
+        // conversion that vectorises (half's `to_f64` handles each exponent case in turn).
         Dtype::F16 => bytes
             .chunks_exact(2)
-            .map(|c| f16::from_le_bytes([c[0], c[1]]).to_f64())
-            .collect(),
+            .zip(out)
+            .for_each(|(c, o)| *o = f64::from(f16::from_le_bytes([c[0], c[1]]).to_f32())),
         Dtype::BF16 => bytes
             .chunks_exact(2)
-            .map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f64())
-            .collect(),
+            .zip(out)
+            .for_each(|(c, o)| *o = f64::from(bf16::from_le_bytes([c[0], c[1]]).to_f32())),
         _ => return None,
-    };
-    Some(values)
+    }
+    Some(())
 }
 
 /// Encodes f64 values into little-endian bytes of a float `dtype` (round to nearest even).
 ///
 /// Returns `None` for a dtype that is not one of f16, bf16, f32, f64.
 pub fn encode(dtype: Dtype, values: &[f64]) -> Option<Vec<u8>> {
-    let bytes = match dtype {
-        Dtype::F32 => values
-            .iter()
-            .flat_map(|&v| (v as f32).to_le_bytes())
-            .collect(),
-        Dtype::F64 => values.iter().flat_map(|&v| v.to_le_bytes()).collect(),
-        Dtype::F16 => values
-            .iter()
-            .flat_map(|&v| f16::from_f64(v).to_le_bytes())
-            .collect(),
-        Dtype::BF16 => values
-            .iter()
-            .flat_map(|&v| bf16::from_f64(v).to_le_bytes())
-            .collect(),
-        _ => return None,
-    };
+    let size = float_size(dtype)?;
+    let mut bytes = vec![0; values.len() * size];
+    encode_into(dtype, values, &mut bytes)?;
     Some(bytes)
+}
+
+/// Encodes `values` into little-endian bytes of a float `dtype` in `out` (round to nearest
+/// even; as many values as both hold).
+///
+/// Returns `None` for a dtype that is not one of f16, bf16, f32, f64.
+pub fn encode_into(dtype: Dtype, values: &[f64], out: &mut [u8]) -> Option<()> {
+    match dtype {
+        Dtype::F32 => out
+            .chunks_exact_mut(4)
+            .zip(values)
+            .for_each(|(o, &v)| o.copy_from_slice(&(v as f32).to_le_bytes())),
+        Dtype::F64 => out
+            .chunks_exact_mut(8)
+            .zip(values)
+            .for_each(|(o, &v)| o.copy_from_slice(&v.to_le_bytes())),
+        Dtype::F16 => out
+            .chunks_exact_mut(2)
+            .zip(values)
+            .for_each(|(o, &v)| o.copy_from_slice(&f16::from_f64(v).to_le_bytes())),
+        Dtype::BF16 => {
+            // Branch-free over the normal range (so the loop vectorises), then half itself for
+            // the rare zero, subnormal, infinite, NaN or overflowing value.
+            let mut special = false;
+            for (o, &v) in out.chunks_exact_mut(2).zip(values) {
+                let (bits, normal) = f64_to_normal_bf16(v);
+                special |= !normal;
+                o.copy_from_slice(&bits.to_le_bytes());
+            }
+            if special {
+                for (o, &v) in out.chunks_exact_mut(2).zip(values) {
+                    if !f64_to_normal_bf16(v).1 {
+                        o.copy_from_slice(&bf16::from_f64(v).to_le_bytes());
+                    }
+                }
+            }
+        }
+        _ => return None,
+    }
+    Some(())
+}
+
+/// `bf16::from_f64(v).to_bits()`, bit for bit, where the result is a normal bf16 number (the
+/// flag says whether it is), in a few integer operations without branches: half's general
+/// conversion takes a branch per case and was the largest cost of writing bf16.
+///
+/// half rounds from the upper 32 bits of the f64 (sign, 11 exponent bits, the top 20 mantissa
+/// bits): to nearest, ties to even, with the lower bits ignored. That is its f32 → bf16 rounding
+/// of the f32 with the same sign, the exponent rebiased and those 20 mantissa bits; a carry out
+/// of the mantissa increments the exponent in both, up to infinity.
+fn f64_to_normal_bf16(v: f64) -> (u16, bool) {
+    let bits = v.to_bits();
+    let exponent = (bits >> 52) & 0x7ff;
+    // bf16 exponents 1..=254: 1023 - 126 ..= 1023 + 127 in f64.
+    let normal = (897..=1150).contains(&exponent);
+    let upper = (bits >> 32) as u32;
+    let rebiased = (exponent.wrapping_sub(896) as u32 & 0xff) << 23;
+    let x = (upper & 0x8000_0000) | rebiased | ((upper & 0x000f_ffff) << 3);
+    let round_bit = 0x0000_8000u32;
+    let round_up = (x & round_bit != 0) & (x & (3 * round_bit - 1) != 0);
+    (((x >> 16) + u32::from(round_up)) as u16, normal)
+}
+
+/// The element size of a float dtype the operators compute on.
+fn float_size(dtype: Dtype) -> Option<usize> {
+    is_float(dtype).then(|| element_size(dtype))
 }
 
 /// The size of one element in bytes, for any safetensors dtype whose elements are whole bytes.
@@ -74,7 +140,7 @@ pub fn byte_len(dtype: Dtype, shape: &[usize]) -> Option<usize> {
 }
 
 /// NaN and infinite values found in a float tensor.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct NonFinite {
     pub nan: usize,
     pub inf: usize,
@@ -83,7 +149,8 @@ pub struct NonFinite {
 }
 
 /// Counts the NaN and infinite elements of little-endian `bytes` of a float `dtype` from their
-/// bit patterns (no decoding). None when every element is finite or the dtype is not float.
+/// bit patterns (no decoding), in parallel over pieces of the bytes. None when every element is
+/// finite or the dtype is not float.
 pub fn non_finite(dtype: Dtype, bytes: &[u8]) -> Option<NonFinite> {
     // (element size, exponent mask, mantissa mask), as u64 bit patterns.
     let (size, exponent, mantissa): (usize, u64, u64) = match dtype {
@@ -93,18 +160,66 @@ pub fn non_finite(dtype: Dtype, bytes: &[u8]) -> Option<NonFinite> {
         Dtype::F64 => (8, 0x7ff0_0000_0000_0000, 0x000f_ffff_ffff_ffff),
         _ => return None,
     };
-    let mut found: Option<NonFinite> = None;
-    for (i, chunk) in bytes.chunks_exact(size).enumerate() {
+    // A multiple of every element size.
+    const PIECE: usize = 1 << 20;
+    let count = match size {
+        2 => count_non_finite::<2>,
+        4 => count_non_finite::<4>,
+        _ => count_non_finite::<8>,
+    };
+    bytes
+        .par_chunks(PIECE)
+        .enumerate()
+        .map(|(piece, chunk)| {
+            count(chunk, exponent, mantissa).map(|mut f| {
+                f.first += piece * (PIECE / size);
+                f
+            })
+        })
+        .reduce(
+            || None,
+            |a, b| match (a, b) {
+                (Some(a), Some(b)) => Some(NonFinite {
+                    nan: a.nan + b.nan,
+                    inf: a.inf + b.inf,
+                    first: a.first.min(b.first),
+                }),
+                (a, b) => a.or(b),
+            },
+        )
+}
+
+/// [`non_finite`] of one piece, for elements of `N` bytes (a constant, so that reading an
+/// element compiles to one load).
+fn count_non_finite<const N: usize>(
+    bytes: &[u8],
+    exponent: u64,
+    mantissa: u64,
+) -> Option<NonFinite> {
+    let load = |element: &[u8]| {
         let mut le = [0u8; 8];
-        le[..size].copy_from_slice(chunk);
+        le[..N].copy_from_slice(element);
+        u64::from_le_bytes(le)
+    };
+    // Almost every piece is all finite: a count without branches (vectorised) says so.
+    let non_finite = bytes
+        .chunks_exact(N)
+        .map(|e| usize::from(load(e) & exponent == exponent))
+        .sum::<usize>();
+    if non_finite == 0 {
+        return None;
+    }
+    let mut found: Option<NonFinite> = None;
+    for (i, element) in bytes.chunks_exact(N).enumerate() {
+        let mut le = [0u8; 8];
+        le[..N].copy_from_slice(element);
         let bits = u64::from_le_bytes(le);
         if bits & exponent != exponent {
             continue;
         }
         let f = found.get_or_insert(NonFinite {
-            nan: 0,
-            inf: 0,
             first: i,
+            ..NonFinite::default()
         });
         if bits & mantissa == 0 {
             f.inf += 1;
@@ -139,6 +254,50 @@ mod tests {
                     "{dtype:?}"
                 );
             }
+        }
+    }
+
+    #[test]
+    fn bf16_encoding_is_halfs_bit_for_bit() {
+        use rand::{RngExt, SeedableRng};
+        let mut rng = rand::rngs::Xoshiro256PlusPlus::seed_from_u64(7);
+        let edges = [
+            0.0,
+            -0.0,
+            1.0,
+            f64::MAX,
+            f64::MIN_POSITIVE,
+            f64::INFINITY,
+            f64::NAN,
+            f64::from(f32::MAX),
+            f64::from(f32::MIN_POSITIVE),
+            3.3895313892515355e38,
+            1.1754943508222875e-38,
+            9.183549615799121e-41,
+        ];
+        let mut values = edges.to_vec();
+        values.extend((0..1_000_000).map(|_| f64::from_bits(rng.random::<u64>())));
+        // Values near bf16's range and rounding boundaries, where the cases differ.
+        values.extend((0..1_000_000u64).map(|i| {
+            let exponent = 880 + (i % 290);
+            let mantissa = rng.random::<u64>() & 0x000f_ffff_ffff_ffff;
+            // Every third one a tie or near-tie in the upper word, with nothing below it.
+            let mantissa = if i % 3 == 0 {
+                mantissa & !0x000f_ffff_ffff
+            } else {
+                mantissa
+            };
+            f64::from_bits((i % 2) << 63 | exponent << 52 | mantissa)
+        }));
+        for v in values {
+            let mut ours = [0u8; 2];
+            encode_into(Dtype::BF16, &[v], &mut ours).unwrap();
+            assert_eq!(
+                u16::from_le_bytes(ours),
+                bf16::from_f64(v).to_bits(),
+                "{v:e} ({:#x})",
+                v.to_bits()
+            );
         }
     }
 

@@ -1,9 +1,26 @@
-//! Executing a plan: compute one output tensor at a time from memory-mapped inputs.
+//! Executing a plan: stream one output tensor at a time, block of rows by block of rows, from
+//! memory-mapped inputs.
+//!
+//! An output row (one index of axis 0) depends only on its few source rows along axis 0, so a
+//! tensor is computed in blocks of rows whose size does not depend on the model, each block in
+//! parallel, and the input pages it consumed are released (see [`Checkpoint::release`]): the
+//! memory of a conversion stays flat however large the model. Per element, the arithmetic is the
+//! one of applying the operators to the whole tensor in turn (depth mean, then each axis in
+//! order, then interpolation), so results are the same bit for bit.
 
+use rayon::prelude::*;
+use safetensors::Dtype;
+
+use crate::dtype::{self, element_size};
 use crate::error::{Error, Result};
-use crate::ops::{self, GatherError};
+use crate::ops::{self, Gather, GatherError};
 use crate::plan::{DepthOp, Operator, Plan, TensorPlan};
 use crate::read::Checkpoint;
+
+/// Output bytes computed per block: what a tensor in flight holds, whatever its size.
+const BLOCK_BYTES: usize = 4 << 20;
+/// Output bytes per parallel task within a block.
+const TASK_BYTES: usize = 256 << 10;
 
 /// The checkpoints a plan reads.
 #[derive(Clone, Copy)]
@@ -15,13 +32,17 @@ pub struct Inputs<'a> {
     pub large: Option<&'a Checkpoint>,
 }
 
-/// Computes the bytes of one planned output tensor.
-pub fn compute(plan: &Plan, tensor: &TensorPlan, inputs: Inputs<'_>) -> Result<Vec<u8>> {
-    let missing = |name: &str, ckpt: &Checkpoint| Error::MissingTensor {
-        path: ckpt.path().to_path_buf(),
-        tensor: name.to_string(),
-        arch: plan.arch.clone(),
-    };
+/// Where one output tensor's bytes are handed, piece by piece, in order.
+pub type Sink<'s> = dyn FnMut(&[u8]) -> Result<()> + 's;
+
+/// Computes one planned output tensor and hands its bytes to `sink` in order, in blocks of
+/// whole rows.
+pub fn stream(
+    plan: &Plan,
+    tensor: &TensorPlan,
+    inputs: Inputs<'_>,
+    sink: &mut Sink<'_>,
+) -> Result<()> {
     let Some(first) = tensor.sources.first() else {
         return Err(Error::BadAxis {
             tensor: tensor.name.clone(),
@@ -30,72 +51,274 @@ pub fn compute(plan: &Plan, tensor: &TensorPlan, inputs: Inputs<'_>) -> Result<V
             reason: "the plan gives it no source tensor".into(),
         });
     };
-    if !crate::dtype::is_float(tensor.dtype) {
-        let bytes = inputs
-            .primary
-            .bytes(first)
-            .ok_or_else(|| missing(first, inputs.primary))?;
-        if let (Some(with), Some(large)) = (&tensor.interpolate_with, inputs.large) {
-            let large_bytes = large.bytes(with).ok_or_else(|| missing(with, large))?;
-            if large_bytes != bytes {
-                return Err(Error::Incompatible {
-                    tensor: tensor.name.clone(),
-                    reason: "a non-float tensor differs between the two checkpoints".into(),
-                });
-            }
+    let result = if dtype::is_float(tensor.dtype) {
+        stream_float(plan, tensor, first, inputs, sink)
+    } else {
+        stream_raw(plan, tensor, first, inputs, sink)
+    };
+    for source in &tensor.sources {
+        inputs.primary.release_all(source);
+    }
+    if let (Some(with), Some(large)) = (&tensor.interpolate_with, inputs.large) {
+        large.release_all(with);
+    }
+    result
+}
+
+fn missing(plan: &Plan, name: &str, checkpoint: &Checkpoint) -> Error {
+    Error::MissingTensor {
+        path: checkpoint.path().to_path_buf(),
+        tensor: name.to_string(),
+        arch: plan.arch.clone(),
+    }
+}
+
+/// Non-float tensors pass through unchanged (and must be equal in both checkpoints when
+/// interpolating).
+fn stream_raw(
+    plan: &Plan,
+    tensor: &TensorPlan,
+    first: &str,
+    inputs: Inputs<'_>,
+    sink: &mut Sink<'_>,
+) -> Result<()> {
+    let bytes = inputs
+        .primary
+        .bytes(first)
+        .ok_or_else(|| missing(plan, first, inputs.primary))?;
+    if let (Some(with), Some(large)) = (&tensor.interpolate_with, inputs.large) {
+        let large_bytes = large
+            .bytes(with)
+            .ok_or_else(|| missing(plan, with, large))?;
+        if large_bytes != bytes {
+            return Err(Error::Incompatible {
+                tensor: tensor.name.clone(),
+                reason: "a non-float tensor differs between the two checkpoints".into(),
+            });
         }
-        return Ok(bytes.to_vec());
+    }
+    let mut offset = 0;
+    for chunk in bytes.chunks(BLOCK_BYTES) {
+        sink(chunk)?;
+        inputs.primary.release(first, offset..offset + chunk.len());
+        offset += chunk.len();
+    }
+    Ok(())
+}
+
+/// One input tensor of an output tensor: its bytes, its dtype, and the bytes of one row.
+struct Source<'a> {
+    name: &'a str,
+    bytes: &'a [u8],
+    dtype: Dtype,
+    row_bytes: usize,
+}
+
+impl<'a> Source<'a> {
+    fn open(
+        plan: &Plan,
+        checkpoint: &'a Checkpoint,
+        name: &'a str,
+        row_len: usize,
+    ) -> Result<Self> {
+        let info = checkpoint
+            .info(name)
+            .ok_or_else(|| missing(plan, name, checkpoint))?;
+        if !dtype::is_float(info.dtype) {
+            return Err(Error::UnsupportedDtype {
+                tensor: name.to_string(),
+                dtype: info.dtype,
+            });
+        }
+        let bytes = checkpoint
+            .bytes(name)
+            .ok_or_else(|| missing(plan, name, checkpoint))?;
+        Ok(Source {
+            name,
+            bytes,
+            dtype: info.dtype,
+            row_bytes: row_len * element_size(info.dtype),
+        })
     }
 
-    let layers = tensor
-        .sources
-        .iter()
-        .map(|s| inputs.primary.values(s))
-        .collect::<Result<Vec<_>>>()?;
-    let mut data = match tensor.depth {
-        DepthOp::Mean => ops::mean_of(&layers),
-        DepthOp::Single | DepthOp::First => layers.into_iter().next().unwrap_or_default(),
-    };
-    let mut shape = inputs
+    /// Decodes row `j` into `out`.
+    fn decode_row(&self, j: usize, out: &mut [f64]) -> Result<()> {
+        let start = j * self.row_bytes;
+        let row = self
+            .bytes
+            .get(start..start + self.row_bytes)
+            .ok_or_else(|| Error::BadAxis {
+                tensor: self.name.to_string(),
+                axis: 0,
+                shape: Vec::new(),
+                reason: format!(
+                    "row {j} lies beyond the tensor's {} bytes",
+                    self.bytes.len()
+                ),
+            })?;
+        dtype::decode_into(self.dtype, row, out).ok_or(Error::UnsupportedDtype {
+            tensor: self.name.to_string(),
+            dtype: self.dtype,
+        })
+    }
+}
+
+/// Everything the rows of one float output tensor are computed from.
+struct Rows<'a> {
+    tensor: &'a TensorPlan,
+    /// The depth group's layers (one unless they are averaged).
+    layers: Vec<Source<'a>>,
+    /// The gather of axis 0 (None: unchanged).
+    rows_gather: Option<Gather>,
+    /// The gather of each further axis as a gather of blocks and the block size (None:
+    /// unchanged); see [`Gather::blocks`].
+    row_gathers: Vec<Option<(Gather, usize)>>,
+    /// The shape of an input row (axes 1..).
+    in_row_shape: Vec<usize>,
+    in_row_len: usize,
+    out_row_len: usize,
+    /// The saved large tensor interpolated with, and α.
+    large: Option<(Source<'a>, f64)>,
+}
+
+/// Buffers of one worker, reused row after row.
+#[derive(Default)]
+struct Scratch {
+    /// The decoded (and depth-averaged) source rows of the output row.
+    rows: Vec<f64>,
+    /// One decoded layer row each.
+    layers: Vec<Vec<f64>>,
+    row: Vec<f64>,
+    tmp: Vec<f64>,
+    shape: Vec<usize>,
+    split_shape: Vec<usize>,
+    large: Vec<f64>,
+}
+
+impl Rows<'_> {
+    /// Computes output row `i` into `out` (its bytes).
+    fn compute(&self, i: usize, s: &mut Scratch, out: &mut [u8]) -> Result<()> {
+        let n = self.in_row_len;
+        let single = [i];
+        let (sources, divisor) = match &self.rows_gather {
+            Some(g) => g.source(i).ok_or_else(|| self.bad_row(i))?,
+            None => (&single[..], 1.0),
+        };
+        s.row.resize(n, 0.0);
+        match (sources, divisor, self.layers.as_slice()) {
+            // One row of one layer, as it is: decoded straight into place.
+            ([j], 1.0, [layer]) => layer.decode_row(*j, &mut s.row)?,
+            _ => {
+                s.rows.resize(sources.len() * n, 0.0);
+                s.layers.resize_with(self.layers.len(), Vec::new);
+                for (&j, dst) in sources.iter().zip(s.rows.chunks_exact_mut(n.max(1))) {
+                    match self.layers.as_slice() {
+                        [layer] => layer.decode_row(j, dst)?,
+                        layers => {
+                            for (layer, buf) in layers.iter().zip(&mut s.layers) {
+                                buf.resize(n, 0.0);
+                                layer.decode_row(j, buf)?;
+                            }
+                            let refs: Vec<&[f64]> = s.layers.iter().map(Vec::as_slice).collect();
+                            ops::mean_into(dst, &refs);
+                        }
+                    }
+                }
+                let row_of = |j: usize| {
+                    let k = sources.iter().position(|&x| x == j).unwrap_or(0);
+                    s.rows.get(k * n..(k + 1) * n).unwrap_or_default()
+                };
+                ops::combine(&mut s.row, sources, divisor, row_of);
+            }
+        }
+
+        s.shape.clear();
+        s.shape.extend_from_slice(&self.in_row_shape);
+        for (k, gather) in self.row_gathers.iter().enumerate() {
+            let Some((gather, block)) = gather else {
+                continue;
+            };
+            // Row axis k split into (blocks, block).
+            s.split_shape.clear();
+            s.split_shape
+                .extend_from_slice(s.shape.get(..k).unwrap_or_default());
+            s.split_shape.push(gather.input_len());
+            s.split_shape.push(*block);
+            s.split_shape
+                .extend_from_slice(s.shape.get(k + 1..).unwrap_or_default());
+            match gather.apply_into(&s.row, &s.split_shape, k, &mut s.tmp) {
+                Ok(()) => std::mem::swap(&mut s.row, &mut s.tmp),
+                Err(GatherError::Shape) => {
+                    return Err(Error::BadAxis {
+                        tensor: self.tensor.name.clone(),
+                        axis: k + 1,
+                        shape: self.tensor.shape.clone(),
+                        reason: "the row does not fill the shape".into(),
+                    });
+                }
+                Err(GatherError::OutOfMemory(bytes)) => {
+                    return Err(Error::OutOfMemory {
+                        tensor: self.tensor.name.clone(),
+                        bytes,
+                    });
+                }
+            }
+            if let Some(size) = s.shape.get_mut(k) {
+                *size = gather.output_len() * block;
+            }
+        }
+        if s.row.len() != self.out_row_len {
+            return Err(self.bad_row(i));
+        }
+        if let Some((large, alpha)) = &self.large {
+            s.large.resize(self.out_row_len, 0.0);
+            large.decode_row(i, &mut s.large)?;
+            ops::interpolate_into(&s.large, &mut s.row, *alpha);
+        }
+        dtype::encode_into(self.tensor.dtype, &s.row, out).ok_or(Error::UnsupportedDtype {
+            tensor: self.tensor.name.clone(),
+            dtype: self.tensor.dtype,
+        })
+    }
+
+    fn bad_row(&self, i: usize) -> Error {
+        Error::BadAxis {
+            tensor: self.tensor.name.clone(),
+            axis: 0,
+            shape: self.tensor.shape.clone(),
+            reason: format!("output row {i} cannot be computed from the plan"),
+        }
+    }
+}
+
+fn stream_float(
+    plan: &Plan,
+    tensor: &TensorPlan,
+    first: &str,
+    inputs: Inputs<'_>,
+    sink: &mut Sink<'_>,
+) -> Result<()> {
+    let in_shape = inputs
         .primary
         .info(first)
         .map(|i| i.shape.clone())
-        .unwrap_or_default();
-    for (axis, (axis_plan, rule_axis)) in tensor.axes.iter().zip(&tensor.rule_axes).enumerate() {
-        if axis_plan.op.is_none() {
-            continue;
-        }
-        let Some(gather) = plan.gather_for(rule_axis) else {
+        .ok_or_else(|| missing(plan, first, inputs.primary))?;
+    let rank = in_shape.len();
+    let mut shape = in_shape.clone();
+    let mut gathers: Vec<Option<Gather>> = plan.axis_gathers(tensor);
+    gathers.resize(rank, None);
+    for (axis, (gather, rule_axis)) in gathers.iter().zip(&tensor.rule_axes).enumerate() {
+        let Some(gather) = gather else {
             continue;
         };
         if shape.get(axis) != Some(&gather.input_len()) {
             return Err(Error::BadAxis {
-                tensor: first.clone(),
+                tensor: first.to_string(),
                 axis,
                 shape: shape.clone(),
                 reason: format!("expected size {} for `{rule_axis}`", gather.input_len()),
             });
         }
-        data = match gather.apply(&data, &shape, axis) {
-            Ok(out) => out,
-            Err(GatherError::Shape) => {
-                return Err(Error::BadAxis {
-                    tensor: first.clone(),
-                    axis,
-                    shape: shape.clone(),
-                    reason: format!(
-                        "{} values do not fill the shape for `{rule_axis}`",
-                        data.len()
-                    ),
-                });
-            }
-            Err(GatherError::OutOfMemory(bytes)) => {
-                return Err(Error::OutOfMemory {
-                    tensor: tensor.name.clone(),
-                    bytes,
-                });
-            }
-        };
         if let Some(size) = shape.get_mut(axis) {
             *size = gather.output_len();
         }
@@ -108,25 +331,115 @@ pub fn compute(plan: &Plan, tensor: &TensorPlan, inputs: Inputs<'_>) -> Result<V
             reason: format!("planned shape {:?} was not produced", tensor.shape),
         });
     }
-    if let (Some(with), Some(large), Operator::Interpolate { alpha } | Operator::Grow { alpha }) =
-        (&tensor.interpolate_with, inputs.large, plan.operator)
-    {
-        let large_values = large.values(with)?;
-        if large_values.len() != data.len() {
-            return Err(Error::Incompatible {
-                tensor: tensor.name.clone(),
-                reason: format!(
-                    "{} values in {} but {} computed",
-                    large_values.len(),
-                    large.path().display(),
-                    data.len()
-                ),
+    // A scalar is one row of one value.
+    let in_row_shape = in_shape.get(1..).unwrap_or_default().to_vec();
+    let in_row_len: usize = in_row_shape.iter().product();
+    let out_rows = tensor.shape.first().copied().unwrap_or(1);
+    let out_row_len: usize = tensor.shape.iter().skip(1).product();
+
+    let depth = match tensor.depth {
+        DepthOp::Mean => tensor.sources.as_slice(),
+        DepthOp::Single | DepthOp::First => tensor.sources.get(..1).unwrap_or_default(),
+    };
+    let mut layers = Vec::with_capacity(depth.len());
+    for name in depth {
+        let layer = Source::open(plan, inputs.primary, name, in_row_len)?;
+        let layer_shape = inputs.primary.info(name).map(|i| i.shape.as_slice());
+        if layer_shape != Some(in_shape.as_slice()) {
+            return Err(Error::BadAxis {
+                tensor: name.clone(),
+                axis: 0,
+                shape: layer_shape.unwrap_or_default().to_vec(),
+                reason: format!("averaged with `{first}`, whose shape is {in_shape:?}"),
             });
         }
-        data = ops::interpolate(&large_values, &data, alpha);
+        layers.push(layer);
     }
-    crate::dtype::encode(tensor.dtype, &data).ok_or(Error::UnsupportedDtype {
-        tensor: tensor.name.clone(),
-        dtype: tensor.dtype,
-    })
+    let large = match (&tensor.interpolate_with, inputs.large, plan.operator) {
+        (Some(with), Some(large), Operator::Interpolate { alpha } | Operator::Grow { alpha }) => {
+            let source = Source::open(plan, large, with, out_row_len)?;
+            let numel: usize = tensor.shape.iter().product();
+            let large_numel = large.info(with).map_or(0, |i| i.numel());
+            if large_numel != numel {
+                return Err(Error::Incompatible {
+                    tensor: tensor.name.clone(),
+                    reason: format!(
+                        "{large_numel} values in {} but {numel} computed",
+                        large.path().display(),
+                    ),
+                });
+            }
+            Some((source, alpha))
+        }
+        _ => None,
+    };
+    let mut gathers = gathers.into_iter();
+    let rows_gather = gathers.next().flatten();
+    let row_gathers = gathers.map(|g| g.map(|g| g.blocks())).collect();
+    let rows = Rows {
+        tensor,
+        layers,
+        rows_gather,
+        row_gathers,
+        in_row_shape,
+        in_row_len,
+        out_row_len,
+        large,
+    };
+
+    let out_row_bytes = out_row_len * element_size(tensor.dtype);
+    if out_row_bytes == 0 || out_rows == 0 {
+        return Ok(());
+    }
+    let block_rows = (BLOCK_BYTES / out_row_bytes).max(1);
+    let task_rows = (TASK_BYTES / out_row_bytes).max(1);
+    let compute_block = |start: usize, buffer: &mut Vec<u8>| -> Result<()> {
+        let end = (start + block_rows).min(out_rows);
+        buffer.resize((end - start) * out_row_bytes, 0);
+        buffer
+            .par_chunks_mut(task_rows * out_row_bytes)
+            .enumerate()
+            .try_for_each_init(Scratch::default, |scratch, (task, chunk)| {
+                let first_row = start + task * task_rows;
+                chunk
+                    .chunks_exact_mut(out_row_bytes)
+                    .enumerate()
+                    .try_for_each(|(r, out)| rows.compute(first_row + r, scratch, out))
+            })
+    };
+    // Row i of the output reads row i of its inputs unless axis 0 is gathered: then what a
+    // block consumed can be released as it goes.
+    let rows_in_order = rows.rows_gather.is_none();
+    let starts: Vec<usize> = (0..out_rows).step_by(block_rows).collect();
+    let (mut ready, mut next) = (Vec::new(), Vec::new());
+    compute_block(0, &mut ready)?;
+    for (k, &start) in starts.iter().enumerate() {
+        // The next block is computed while this one is written.
+        let next_buffer = &mut next;
+        let compute_block = &compute_block;
+        let (written, computed) = std::thread::scope(|scope| {
+            let worker = starts
+                .get(k + 1)
+                .map(|&n| scope.spawn(move || compute_block(n, next_buffer)));
+            (sink(&ready), worker.map(|w| w.join()))
+        });
+        written?;
+        match computed {
+            Some(Ok(result)) => result?,
+            Some(Err(panic)) => std::panic::resume_unwind(panic),
+            None => {}
+        }
+        std::mem::swap(&mut ready, &mut next);
+        let end = (start + block_rows).min(out_rows);
+        if rows_in_order {
+            for layer in &rows.layers {
+                let range = start * layer.row_bytes..end * layer.row_bytes;
+                inputs.primary.release(layer.name, range);
+            }
+        }
+        if let (Some((large, _)), Some(checkpoint)) = (&rows.large, inputs.large) {
+            checkpoint.release(large.name, start * large.row_bytes..end * large.row_bytes);
+        }
+    }
+    Ok(())
 }

@@ -371,11 +371,13 @@ pub fn write_dir(spec: &FixtureSpec, dir: &Path) -> Result<()> {
     let metadata = BTreeMap::from([("format".to_string(), "pt".to_string())]);
     let tmp = dir.with_extension("building");
     let _ = std::fs::remove_dir_all(&tmp);
-    crate::write::write_output(&tmp, &form, &plans, &metadata, true, &|t| {
-        Ok(by_name
-            .get(t.name.as_str())
-            .map(|f| f.data.clone())
-            .unwrap_or_default())
+    crate::write::write_output(&tmp, &form, &plans, &metadata, true, &|t, sink| {
+        sink(
+            by_name
+                .get(t.name.as_str())
+                .map(|f| f.data.as_slice())
+                .unwrap_or_default(),
+        )
     })?;
     match std::fs::remove_dir_all(dir) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(Error::io(dir)(e)),

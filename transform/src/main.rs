@@ -1,13 +1,18 @@
 //! `vcycle`: convert safetensors checkpoints between model sizes.
 
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use vcycle_transform::anatomy::Anatomy;
 use vcycle_transform::{
-    AlphaRange, ArchChoice, Checkpoint, EmbeddingRule, Job, Options, Rules, SchemeSpec, Target,
+    AlphaRange, ArchChoice, Checkpoint, EmbeddingRule, Job, Options, Progress, Rules, SchemeSpec,
+    Target,
 };
 
 #[derive(Parser)]
@@ -19,6 +24,9 @@ use vcycle_transform::{
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Print nothing on stderr but errors: no progress bar, warnings or summary line.
+    #[arg(long, short, global = true)]
+    quiet: bool,
 }
 
 #[derive(Subcommand)]
@@ -213,6 +221,7 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
+    let quiet = cli.quiet;
     match cli.command {
         Command::Inspect { model, arch } => {
             let checkpoint = Checkpoint::open(&model)?;
@@ -224,8 +233,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             ))?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Coalesce(args) => resize(args, true),
-        Command::Decoalesce(args) => resize(args, false),
+        Command::Coalesce(args) => resize(args, true, quiet),
+        Command::Decoalesce(args) => resize(args, false, quiet),
         Command::Interpolate {
             large,
             decoalesced,
@@ -244,7 +253,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 alpha_range(allow_extrapolation),
                 &options,
             )?;
-            finish(job, &output)
+            finish(job, &output, quiet)
         }
         Command::Grow {
             small,
@@ -263,7 +272,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 alpha_range(allow_extrapolation),
                 &options,
             )?;
-            finish(job, &output)
+            finish(job, &output, quiet)
         }
         Command::Verify {
             a,
@@ -334,7 +343,7 @@ fn options(
     })
 }
 
-fn resize(args: ResizeArgs, coalescing: bool) -> Result<ExitCode> {
+fn resize(args: ResizeArgs, coalescing: bool, quiet: bool) -> Result<ExitCode> {
     let options = options(
         &args.arch,
         &args.scheme,
@@ -348,13 +357,15 @@ fn resize(args: ResizeArgs, coalescing: bool) -> Result<ExitCode> {
     } else {
         Job::decoalesce(&args.model, &options)?
     };
-    finish(job, &args.output)
+    finish(job, &args.output, quiet)
 }
 
-fn finish(job: Job, output: &OutputArgs) -> Result<ExitCode> {
+fn finish(job: Job, output: &OutputArgs, quiet: bool) -> Result<ExitCode> {
     let job = job.strict(output.strict)?;
-    for warning in job.warnings() {
-        eprintln!("warning: {warning}");
+    if !quiet {
+        for warning in job.warnings() {
+            eprintln!("warning: {warning}");
+        }
     }
     if let Some(path) = &output.plan_json {
         // Refused before anything is written, like the output itself.
@@ -366,21 +377,75 @@ fn finish(job: Job, output: &OutputArgs) -> Result<ExitCode> {
         let Some(out) = &output.output else {
             bail!("no output path: pass -o OUT or --dry-run");
         };
-        job.write(out, output.force)?;
-        for warning in job.output_warnings() {
-            eprintln!("warning: {warning}");
+        let bar = Bar::new(!quiet && std::io::stderr().is_terminal());
+        let written = job.write_with_progress(out, output.force, &bar);
+        bar.bar.finish_and_clear();
+        written?;
+        if !quiet {
+            for warning in job.output_warnings() {
+                eprintln!("warning: {warning}");
+            }
+            eprintln!(
+                "wrote {} ({} tensors, {:.1} MB)",
+                out.display(),
+                job.plan().tensors.len(),
+                job.plan().output_bytes() as f64 / 1e6
+            );
         }
-        eprintln!(
-            "wrote {} ({} tensors, {:.1} MB)",
-            out.display(),
-            job.plan().tensors.len(),
-            job.plan().output_bytes() as f64 / 1e6
-        );
     }
     if let Some(path) = &output.plan_json {
         write_plan_json(&job, path)?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A progress bar on stderr that appears only once a conversion has run for a while (a quick
+/// one prints nothing) and never when stderr is not a terminal or with `--quiet`.
+struct Bar {
+    bar: ProgressBar,
+    enabled: bool,
+    shown: AtomicBool,
+    since: Instant,
+    after: Duration,
+}
+
+impl Bar {
+    fn new(enabled: bool) -> Bar {
+        let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::hidden());
+        if let Ok(style) = ProgressStyle::with_template(
+            "{elapsed_precise} [{wide_bar}] {bytes}/{total_bytes} ({bytes_per_sec}, {eta} left)",
+        ) {
+            bar.set_style(style.progress_chars("=> "));
+        }
+        // VCYCLE_PROGRESS_AFTER_MS moves the one-second threshold, for the tests.
+        let after = std::env::var("VCYCLE_PROGRESS_AFTER_MS")
+            .ok()
+            .and_then(|ms| ms.parse().ok())
+            .map_or(Duration::from_secs(1), Duration::from_millis);
+        Bar {
+            bar,
+            enabled,
+            shown: AtomicBool::new(false),
+            since: Instant::now(),
+            after,
+        }
+    }
+}
+
+impl Progress for Bar {
+    fn start(&self, total_bytes: u64) {
+        self.bar.set_length(total_bytes);
+    }
+
+    fn advance(&self, bytes: u64) {
+        self.bar.inc(bytes);
+        if self.enabled
+            && self.since.elapsed() >= self.after
+            && !self.shown.swap(true, Ordering::Relaxed)
+        {
+            self.bar.set_draw_target(ProgressDrawTarget::stderr());
+        }
+    }
 }
 
 /// Writes to stdout; a closed pipe (`vcycle ... | head`) is not an error.

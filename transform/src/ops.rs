@@ -34,14 +34,18 @@ pub struct Gather {
     sources: Vec<Vec<usize>>,
     divisors: Vec<f64>,
     input_len: usize,
+    /// Whether every source index is below `input_len`, checked once at construction so that
+    /// applying the gather row after row need not.
+    in_bounds: bool,
 }
 
 impl Gather {
     /// The gather that applies `op` with an element-level grouping (large → small).
     pub fn new(op: AxisOp, grouping: &Grouping) -> Gather {
         match op {
-            AxisOp::Mean | AxisOp::Sum => Gather {
-                divisors: grouping
+            AxisOp::Mean | AxisOp::Sum => Gather::checked(
+                grouping.groups().to_vec(),
+                grouping
                     .groups()
                     .iter()
                     .map(|g| {
@@ -52,9 +56,8 @@ impl Gather {
                         }
                     })
                     .collect(),
-                sources: grouping.groups().to_vec(),
-                input_len: grouping.large(),
-            },
+                grouping.large(),
+            ),
             AxisOp::Duplicate | AxisOp::Split => {
                 let large = grouping.large();
                 let sources = (0..large).map(|u| vec![grouping.owner(u)]).collect();
@@ -70,42 +73,40 @@ impl Gather {
                         }
                     })
                     .collect();
-                Gather {
-                    sources,
-                    divisors,
-                    input_len: grouping.small(),
-                }
+                Gather::checked(sources, divisors, grouping.small())
             }
+        }
+    }
+
+    fn checked(sources: Vec<Vec<usize>>, divisors: Vec<f64>, input_len: usize) -> Gather {
+        let in_bounds = sources.iter().flatten().all(|&j| j < input_len);
+        Gather {
+            sources,
+            divisors,
+            input_len,
+            in_bounds,
         }
     }
 
     /// Concatenates gathers of consecutive parts of a fused axis (GPT-2's q|k|v).
     pub fn concat(parts: Vec<Gather>) -> Gather {
-        let mut out = Gather {
-            sources: Vec::new(),
-            divisors: Vec::new(),
-            input_len: 0,
-        };
+        let (mut sources, mut divisors, mut input_len) = (Vec::new(), Vec::new(), 0);
         for part in parts {
-            let offset = out.input_len;
-            out.sources.extend(
+            let offset = input_len;
+            sources.extend(
                 part.sources
                     .into_iter()
-                    .map(|s| s.into_iter().map(|j| j + offset).collect()),
+                    .map(|s| s.into_iter().map(|j| j + offset).collect::<Vec<_>>()),
             );
-            out.divisors.extend(part.divisors);
-            out.input_len += part.input_len;
+            divisors.extend(part.divisors);
+            input_len += part.input_len;
         }
-        out
+        Gather::checked(sources, divisors, input_len)
     }
 
     /// The identity on an axis of length `n`.
     pub fn identity(n: usize) -> Gather {
-        Gather {
-            sources: (0..n).map(|i| vec![i]).collect(),
-            divisors: vec![1.0; n],
-            input_len: n,
-        }
+        Gather::checked((0..n).map(|i| vec![i]).collect(), vec![1.0; n], n)
     }
 
     pub fn input_len(&self) -> usize {
@@ -114,6 +115,51 @@ impl Gather {
 
     pub fn output_len(&self) -> usize {
         self.sources.len()
+    }
+
+    /// The input indices summed into output index `i`, and their divisor.
+    pub fn source(&self, i: usize) -> Option<(&[usize], f64)> {
+        Some((self.sources.get(i)?.as_slice(), *self.divisors.get(i)?))
+    }
+
+    /// The same gather over blocks of `b` consecutive indices, with the largest such `b`:
+    /// output block k is the gather of whole input blocks, index for index (head-sized blocks
+    /// for the model spaces). Applying the coarse gather to the axis split into (n / b, b)
+    /// does the same operations on the same values, b at a time instead of one.
+    pub fn blocks(&self) -> (Gather, usize) {
+        let g = gcd(self.input_len, self.output_len());
+        // The divisors of g, largest first.
+        let mut sizes: Vec<usize> = (1..)
+            .take_while(|d| d * d <= g)
+            .filter(|d| g.is_multiple_of(*d))
+            .flat_map(|d| [d, g / d])
+            .collect();
+        sizes.sort_unstable_by(|a, b| b.cmp(a));
+        let Some(b) = sizes.into_iter().find(|&b| b > 1 && self.is_blocked(b)) else {
+            return (self.clone(), 1);
+        };
+        let (sources, divisors) = (0..self.output_len() / b)
+            .filter_map(|k| self.source(k * b))
+            .map(|(s, d)| (s.iter().map(|j| j / b).collect(), d))
+            .unzip();
+        (Gather::checked(sources, divisors, self.input_len / b), b)
+    }
+
+    /// Whether every block of `b` output indices reads whole input blocks of `b`, in order.
+    fn is_blocked(&self, b: usize) -> bool {
+        self.sources
+            .chunks(b)
+            .zip(self.divisors.chunks(b))
+            .all(|(rows, divisors)| {
+                let (Some(head), Some(divisor)) = (rows.first(), divisors.first()) else {
+                    return false;
+                };
+                head.iter().all(|j| j % b == 0)
+                    && divisors.iter().all(|d| d == divisor)
+                    && rows.iter().enumerate().all(|(r, row)| {
+                        row.len() == head.len() && row.iter().zip(head).all(|(j, h)| *j == h + r)
+                    })
+            })
     }
 
     /// Applies the gather along `axis` of a row-major tensor of `shape`; returns the new data
@@ -125,6 +171,19 @@ impl Gather {
         shape: &[usize],
         axis: usize,
     ) -> Result<Vec<f64>, GatherError> {
+        let mut out = Vec::new();
+        self.apply_into(data, shape, axis, &mut out)?;
+        Ok(out)
+    }
+
+    /// [`Gather::apply`] into `out` (resized), so that a caller can reuse one buffer.
+    pub fn apply_into(
+        &self,
+        data: &[f64],
+        shape: &[usize],
+        axis: usize,
+        out: &mut Vec<f64>,
+    ) -> Result<(), GatherError> {
         let (Some(before), Some(after)) = (shape.get(..axis), shape.get(axis + 1..)) else {
             return Err(GatherError::Shape);
         };
@@ -146,17 +205,26 @@ impl Gather {
             .checked_mul(n_out)
             .and_then(|n| n.checked_mul(inner))
             .ok_or(GatherError::OutOfMemory(usize::MAX))?;
-        let mut out = Vec::new();
+        out.clear();
         out.try_reserve_exact(len)
             .map_err(|_| GatherError::OutOfMemory(len.saturating_mul(8)))?;
         out.resize(len, 0.0);
         // Every source row lies inside a block: with this checked, the slicing below cannot
         // go out of bounds.
-        if self.sources.iter().flatten().any(|&j| j >= n_in) {
+        if !self.in_bounds {
             return Err(GatherError::Shape);
         }
         if len == 0 || n_in == 0 {
-            return Ok(out);
+            return Ok(());
+        }
+        if inner == 1 {
+            // One value per row (the last axis): the same arithmetic without slices.
+            for (src, dst) in data.chunks_exact(n_in).zip(out.chunks_exact_mut(n_out)) {
+                for ((sources, &divisor), d) in self.sources.iter().zip(&self.divisors).zip(dst) {
+                    *d = combine_one(sources, divisor, src);
+                }
+            }
+            return Ok(());
         }
         for (src_block, dst_block) in data
             .chunks_exact(n_in * inner)
@@ -169,30 +237,45 @@ impl Gather {
                 .zip(&self.divisors)
                 .zip(dst_block.chunks_exact_mut(inner))
             {
-                match sources.as_slice() {
-                    [single] => {
-                        dst.copy_from_slice(row(*single));
-                        if divisor != 1.0 {
-                            dst.iter_mut().for_each(|d| *d /= divisor);
-                        }
-                    }
-                    [first, rest @ ..] => {
-                        let first = row(*first);
-                        if divisor == 1.0 {
-                            dst.copy_from_slice(first);
-                            for &j in rest {
-                                dst.iter_mut().zip(row(j)).for_each(|(d, s)| *d += s);
-                            }
-                        } else {
-                            shifted_mean(dst, first, rest.iter().map(|&j| row(j)), divisor);
-                        }
-                    }
-                    [] => {}
-                }
+                combine(dst, sources, divisor, row);
             }
         }
-        Ok(out)
+        Ok(())
     }
+}
+
+/// One output row of a gather: `dst = (Σ row(j) for j in sources) / divisor`, with the sum of
+/// a single row exact and a mean taken by [`shifted_mean`]. Every row must be `dst`'s length.
+pub fn combine<'a>(
+    dst: &mut [f64],
+    sources: &[usize],
+    divisor: f64,
+    row: impl Fn(usize) -> &'a [f64],
+) {
+    match sources {
+        [single] => {
+            dst.copy_from_slice(row(*single));
+            if divisor != 1.0 {
+                dst.iter_mut().for_each(|d| *d /= divisor);
+            }
+        }
+        [first, rest @ ..] => {
+            let first = row(*first);
+            if divisor == 1.0 {
+                dst.copy_from_slice(first);
+                for &j in rest {
+                    dst.iter_mut().zip(row(j)).for_each(|(d, s)| *d += s);
+                }
+            } else {
+                shifted_mean(dst, first, rest.iter().map(|&j| row(j)), divisor);
+            }
+        }
+        [] => {}
+    }
+}
+
+fn gcd(a: usize, b: usize) -> usize {
+    if b == 0 { a } else { gcd(b, a % b) }
 }
 
 /// Why a gather could not be applied.
@@ -202,6 +285,27 @@ pub enum GatherError {
     Shape,
     /// The output (this many bytes) could not be allocated.
     OutOfMemory(usize),
+}
+
+/// [`combine`] of rows of one value: the same operations in the same order.
+fn combine_one(sources: &[usize], divisor: f64, row: &[f64]) -> f64 {
+    let value = |j: &usize| row.get(*j).copied().unwrap_or(0.0);
+    match sources {
+        [single] => {
+            let v = value(single);
+            if divisor != 1.0 { v / divisor } else { v }
+        }
+        [first, rest @ ..] => {
+            let first = value(first);
+            if divisor == 1.0 {
+                rest.iter().fold(first, |d, j| d + value(j))
+            } else {
+                let d = rest.iter().fold(0.0, |d, j| d + (value(j) - first));
+                first + d / divisor
+            }
+        }
+        [] => 0.0,
+    }
 }
 
 /// `dst = first + Σ (row − first) / n`: the mean, computed so that the mean of equal values
@@ -216,40 +320,31 @@ fn shifted_mean<'a>(dst: &mut [f64], first: &[f64], rows: impl Iterator<Item = &
     dst.iter_mut().zip(first).for_each(|(d, f)| *d = f + *d / n);
 }
 
-/// Depth coalescing: the element-wise mean of the group's layers.
-pub fn mean_of(layers: &[Vec<f64>]) -> Vec<f64> {
-    let Some((first, rest)) = layers.split_first() else {
-        return Vec::new();
-    };
-    if rest.is_empty() {
-        return first.clone();
+/// Depth coalescing: `dst` = the element-wise mean of the group's layers (a single layer is
+/// copied).
+pub fn mean_into(dst: &mut [f64], layers: &[&[f64]]) {
+    match layers {
+        [] => {}
+        [single] => dst.copy_from_slice(single),
+        [first, rest @ ..] => {
+            shifted_mean(dst, first, rest.iter().copied(), layers.len() as f64);
+        }
     }
-    let mut out = vec![0.0; first.len()];
-    shifted_mean(
-        &mut out,
-        first,
-        rest.iter().map(Vec::as_slice),
-        layers.len() as f64,
-    );
-    out
 }
 
-/// Interpolation: θ = (1 − α)·large + α·decoalesced.
+/// Interpolation: `decoalesced` becomes θ = (1 − α)·large + α·decoalesced.
 ///
 /// The end points return an input unchanged (α = 0: `large`, α = 1: `decoalesced`), bit for
 /// bit, including signed zeros that the formula would turn into +0.
-pub fn interpolate(large: &[f64], decoalesced: &[f64], alpha: f64) -> Vec<f64> {
+pub fn interpolate_into(large: &[f64], decoalesced: &mut [f64], alpha: f64) {
     if alpha == 0.0 {
-        return large.to_vec();
+        decoalesced.copy_from_slice(large);
+    } else if alpha != 1.0 {
+        decoalesced
+            .iter_mut()
+            .zip(large)
+            .for_each(|(d, l)| *d = (1.0 - alpha) * l + alpha * *d);
     }
-    if alpha == 1.0 {
-        return decoalesced.to_vec();
-    }
-    large
-        .iter()
-        .zip(decoalesced)
-        .map(|(l, d)| (1.0 - alpha) * l + alpha * d)
-        .collect()
 }
 
 #[cfg(test)]
@@ -316,6 +411,35 @@ mod tests {
     }
 
     #[test]
+    fn a_gather_of_whole_blocks_is_applied_block_by_block_with_the_same_result() {
+        // Value u of 12 goes with value u + 6: blocks of 6.
+        let values = grouping(
+            vec![
+                vec![0, 6],
+                vec![1, 7],
+                vec![2, 8],
+                vec![3, 9],
+                vec![4, 10],
+                vec![5, 11],
+            ],
+            12,
+        );
+        let data: Vec<f64> = (0..24).map(|i| f64::from(i) * 0.37 - 2.0).collect();
+        for op in [AxisOp::Mean, AxisOp::Sum, AxisOp::Duplicate, AxisOp::Split] {
+            let gather = Gather::new(op, &values);
+            let (coarse, b) = gather.blocks();
+            assert_eq!(b, 6, "{op:?}");
+            let n = gather.input_len();
+            let whole = gather.apply(&data[..2 * n], &[2, n], 1).unwrap();
+            let blocked = coarse.apply(&data[..2 * n], &[2, n / b, b], 1).unwrap();
+            assert_eq!(whole, blocked, "{op:?}");
+        }
+        // Nothing to block: the gather itself.
+        let odd = grouping(vec![vec![0, 1], vec![2]], 3);
+        assert_eq!(Gather::new(AxisOp::Mean, &odd).blocks().1, 1);
+    }
+
+    #[test]
     fn fused_axes_map_each_part_separately() {
         let g =
             Grouping::new(&SchemeSpec::Adjacent, 2, 1, "head").unwrap_or_else(|e| panic!("{e}"));
@@ -336,11 +460,23 @@ mod tests {
     fn interpolation_end_points_keep_signed_zero() {
         let large = [-0.0, 1.0];
         let small = [0.0, 3.0];
-        assert_eq!(
-            interpolate(&large, &small, 0.0)[0].to_bits(),
-            (-0.0f64).to_bits()
-        );
-        assert_eq!(interpolate(&large, &small, 1.0), small);
-        assert_eq!(interpolate(&large, &small, 0.25), [0.0, 1.5]);
+        let interpolate = |alpha| {
+            let mut out = small;
+            interpolate_into(&large, &mut out, alpha);
+            out
+        };
+        assert_eq!(interpolate(0.0)[0].to_bits(), (-0.0f64).to_bits());
+        assert_eq!(interpolate(1.0), small);
+        assert_eq!(interpolate(0.25), [0.0, 1.5]);
+    }
+
+    #[test]
+    fn depth_mean_of_equal_layers_is_exact() {
+        let x = [0.1, -3.7, 1e300];
+        let mut out = [0.0; 3];
+        mean_into(&mut out, &[&x, &x, &x]);
+        assert_eq!(out, x);
+        mean_into(&mut out, &[&[1.0, 2.0, 3.0], &[3.0, 4.0, 5.0]]);
+        assert_eq!(out, [2.0, 3.0, 4.0]);
     }
 }

@@ -164,11 +164,20 @@ pub struct Plan {
 }
 
 impl Plan {
-    /// The gather for an axis of a planned tensor, or None when the axis is unchanged.
-    pub(crate) fn gather_for(&self, axis: &Axis) -> Option<Gather> {
-        let maps = self.maps.as_ref()?;
+    /// The gather of each planned axis of a tensor, in axis order; None where the axis is
+    /// unchanged.
+    pub fn axis_gathers(&self, tensor: &TensorPlan) -> Vec<Option<Gather>> {
         let coalescing = matches!(self.operator, Operator::Coalesce);
-        maps.gather(axis, coalescing).map(|(g, _)| g)
+        tensor
+            .axes
+            .iter()
+            .zip(&tensor.rule_axes)
+            .map(|(axis_plan, rule_axis)| {
+                axis_plan.op?;
+                let (gather, _) = self.maps.as_ref()?.gather(rule_axis, coalescing)?;
+                Some(gather)
+            })
+            .collect()
     }
 
     /// Bytes of the output tensors.

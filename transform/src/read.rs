@@ -270,6 +270,39 @@ impl Checkpoint {
         self.files.get(info.file)?.map.get(info.start..info.end)
     }
 
+    /// Unmaps the pages of a tensor's bytes in `range` (relative to the tensor) once they are
+    /// consumed. Touched pages of a file mapping count in the process's resident memory until
+    /// unmapped, so without this a conversion's peak memory would grow with the model. The
+    /// pages stay in the page cache; a later read maps them again. Best effort: a failure only
+    /// leaves the pages mapped.
+    pub fn release(&self, name: &str, range: std::ops::Range<usize>) {
+        let Some(info) = self.tensors.get(name) else {
+            return;
+        };
+        let Some(file) = self.files.get(info.file) else {
+            return;
+        };
+        let start = info.start.saturating_add(range.start).min(info.end);
+        let end = info.start.saturating_add(range.end).min(info.end);
+        if end <= start {
+            return;
+        }
+        #[cfg(unix)]
+        // SAFETY: the map is a read-only shared file mapping (`Mmap::map`), where
+        // MADV_DONTNEED only drops page table entries: the next access faults the same file
+        // pages back in, so any slice borrowed from the map keeps reading the same bytes. (The
+        // UB memmap2 warns of concerns private or anonymous mappings, whose contents are lost.)
+        let _ = unsafe {
+            file.map
+                .unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, end - start)
+        };
+    }
+
+    /// Releases a whole tensor's pages; see [`Checkpoint::release`].
+    pub fn release_all(&self, name: &str) {
+        self.release(name, 0..usize::MAX);
+    }
+
     /// A tensor decoded to f64 (float dtypes only).
     pub fn values(&self, name: &str) -> Result<Vec<f64>> {
         let info = self.info(name).ok_or_else(|| Error::MissingTensor {

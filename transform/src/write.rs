@@ -15,6 +15,7 @@ use std::path::{Component, Path, PathBuf};
 use serde_json::{Map, Value, json};
 
 use crate::error::{Error, Result};
+use crate::execute::Sink;
 use crate::plan::TensorPlan;
 use crate::read::{CONFIG_FILE, INDEX_FILE, SINGLE_FILE};
 
@@ -103,15 +104,18 @@ fn byte_len(t: &TensorPlan) -> usize {
     crate::dtype::byte_len(t.dtype, &t.shape).unwrap_or(0)
 }
 
+/// Produces one tensor's bytes, handing them in order, piece by piece, to the sink.
+pub type Produce<'a> = dyn Fn(&TensorPlan, &mut Sink<'_>) -> Result<()> + Sync + 'a;
+
 /// Writes the plan's tensors to `output` in the given form. `compute` produces each tensor's
-/// bytes; tensors are computed and written one at a time.
+/// bytes; tensors are computed and written one at a time, each as it is produced.
 pub fn write_output(
     output: &Path,
     form: &OutputForm,
     tensors: &[TensorPlan],
     metadata: &BTreeMap<String, String>,
     force: bool,
-    compute: &(dyn Fn(&TensorPlan) -> Result<Vec<u8>> + Sync),
+    compute: &Produce<'_>,
 ) -> Result<()> {
     let parent = match output.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
@@ -135,7 +139,7 @@ fn write_new(
     tensors: &[TensorPlan],
     metadata: &BTreeMap<String, String>,
     force: bool,
-    compute: &(dyn Fn(&TensorPlan) -> Result<Vec<u8>> + Sync),
+    compute: &Produce<'_>,
 ) -> Result<()> {
     let out_err = |e: std::io::Error| Error::Output {
         output: output.to_path_buf(),
@@ -479,7 +483,7 @@ fn write_safetensors(
     path: &Path,
     tensors: &[TensorPlan],
     metadata: &BTreeMap<String, String>,
-    compute: &(dyn Fn(&TensorPlan) -> Result<Vec<u8>> + Sync),
+    compute: &Produce<'_>,
 ) -> Result<()> {
     let mut order: Vec<&TensorPlan> = tensors.iter().collect();
     order.sort_by(|a, b| b.dtype.cmp(&a.dtype).then(a.name.cmp(&b.name)));
@@ -510,16 +514,25 @@ fn write_safetensors(
         .and_then(|_| write(&mut w, &header_bytes))
         .map_err(Error::io(path))?;
     for t in order {
-        let bytes = compute(t)?;
-        if bytes.len() != byte_len(t) {
-            return Err(Error::BadAxis {
-                tensor: t.name.clone(),
-                axis: 0,
-                shape: t.shape.clone(),
-                reason: format!("computed {} bytes, planned {}", bytes.len(), byte_len(t)),
-            });
+        let planned = byte_len(t);
+        let mut written = 0usize;
+        let wrong_size = |written: usize| Error::BadAxis {
+            tensor: t.name.clone(),
+            axis: 0,
+            shape: t.shape.clone(),
+            reason: format!("computed {written} bytes, planned {planned}"),
+        };
+        compute(t, &mut |bytes| {
+            written += bytes.len();
+            // Checked before writing: the header already promised `planned` bytes.
+            if written > planned {
+                return Err(wrong_size(written));
+            }
+            w.write_all(bytes).map_err(Error::io(path))
+        })?;
+        if written != planned {
+            return Err(wrong_size(written));
         }
-        w.write_all(&bytes).map_err(Error::io(path))?;
     }
     w.flush().map_err(io)
 }
@@ -543,8 +556,8 @@ mod tests {
         }
     }
 
-    fn zeros(t: &TensorPlan) -> Result<Vec<u8>> {
-        Ok(vec![0; byte_len(t)])
+    fn zeros(t: &TensorPlan, sink: &mut Sink<'_>) -> Result<()> {
+        sink(&vec![0; byte_len(t)])
     }
 
     fn entries(dir: &Path) -> Vec<String> {
@@ -612,11 +625,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let output = dir.path().join("out.safetensors");
         let tensors = [tensor("a", 10), tensor("b", 10)];
-        let fail = |t: &TensorPlan| {
+        let fail = |t: &TensorPlan, sink: &mut Sink<'_>| {
             if t.name == "b" {
                 Err(Error::Verify("boom".into()))
             } else {
-                zeros(t)
+                zeros(t, sink)
             }
         };
         let result = write_output(

@@ -1,0 +1,684 @@
+//! Conversion speed and memory: `cargo run --release -p vcycle-transform --example
+//! conversion_benchmark [-- --quick] [-- --keep]`.
+//!
+//! Generates synthetic checkpoints under `target/bench` (BERT-Large in f32 and in bf16, and a
+//! Llama-style model of about 1.1B parameters in bf16; `--quick`: small models), then, for
+//! coalesce, decoalesce and grow, measures in a child process each (the benchmark re-invoking
+//! itself) the wall time and peak resident memory (VmHWM, which counts touched pages of
+//! memory-mapped inputs) of the conversion and of a plain copy of the same bytes, best of two
+//! runs each, and on the largest tensors the time of the same operator written as dense
+//! matrix products. Prints a table with each figure's target and writes the figures to
+//! `target/bench/conversion.json`; the generated checkpoints are deleted unless `--keep`.
+//! The inputs are in the page cache (just generated or read): warm-cache figures.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use ndarray::Array2;
+use safetensors::Dtype;
+use serde_json::{Value, json};
+use vcycle_transform::execute::{self, Inputs};
+use vcycle_transform::fixture::{self, FixtureSpec};
+use vcycle_transform::ops::Gather;
+use vcycle_transform::plan::{DepthOp, TensorPlan};
+use vcycle_transform::{Checkpoint, Dims, Job, Operator, Options, Plan, Target, dtype};
+
+/// Hidden first argument of the measuring child process.
+const CHILD: &str = "--measure-child";
+
+/// The wall-time target: at most this many times a plain copy of the same bytes.
+const COPY_RATIO_LIMIT: f64 = 1.5;
+/// The memory target: at most 2 × the largest tensor + this many bytes.
+const RSS_ALLOWANCE: u64 = 100_000_000;
+/// bf16 is held to at least this fraction of f32's throughput per byte (10% for the noise of
+/// a shared machine).
+const BF16_SPEED_LIMIT: f64 = 0.9;
+
+struct Model {
+    name: &'static str,
+    spec: FixtureSpec,
+    /// Sizes of the coalesced model: heads, kv heads, layers.
+    small: (usize, usize, usize),
+}
+
+fn bert(layers: usize, hidden: usize, heads: usize, vocab: usize, dtype: Dtype) -> FixtureSpec {
+    let mut spec = fixture::bert_mlm(7);
+    spec.dims = Dims {
+        layers,
+        hidden,
+        heads,
+        kv_heads: heads,
+        head_dim: hidden / heads,
+        ffn: 4 * hidden,
+        tied: true,
+        fixed: [("vocab", vocab), ("positions", 512), ("token_types", 2)]
+            .map(|(k, v)| (k.to_string(), v))
+            .into(),
+    };
+    spec.dtype = dtype;
+    spec
+}
+
+fn llama(
+    layers: usize,
+    hidden: usize,
+    heads: usize,
+    kv: usize,
+    ffn: usize,
+    vocab: usize,
+) -> FixtureSpec {
+    let mut spec = fixture::llama_lm(11, false);
+    spec.dims = Dims {
+        layers,
+        hidden,
+        heads,
+        kv_heads: kv,
+        head_dim: hidden / heads,
+        ffn,
+        tied: false,
+        fixed: [("vocab", vocab), ("positions", 2048)]
+            .map(|(k, v)| (k.to_string(), v))
+            .into(),
+    };
+    spec.dtype = Dtype::BF16;
+    spec
+}
+
+fn models(quick: bool) -> Vec<Model> {
+    if quick {
+        vec![
+            Model {
+                name: "bert-mini",
+                spec: bert(4, 256, 4, 8192, Dtype::F32),
+                small: (2, 2, 2),
+            },
+            Model {
+                name: "bert-mini",
+                spec: bert(4, 256, 4, 8192, Dtype::BF16),
+                small: (2, 2, 2),
+            },
+            Model {
+                name: "llama-mini",
+                spec: llama(4, 512, 8, 2, 1408, 8192),
+                small: (4, 1, 2),
+            },
+        ]
+    } else {
+        vec![
+            Model {
+                name: "bert-large",
+                spec: bert(24, 1024, 16, 30522, Dtype::F32),
+                small: (8, 8, 12),
+            },
+            Model {
+                name: "bert-large",
+                spec: bert(24, 1024, 16, 30522, Dtype::BF16),
+                small: (8, 8, 12),
+            },
+            // TinyLlama-1.1B's sizes: 22 layers, hidden 2048, 32 query / 4 key-value heads.
+            Model {
+                name: "llama-1.1b",
+                spec: llama(22, 2048, 32, 4, 5632, 32000),
+                small: (16, 2, 11),
+            },
+        ]
+    }
+}
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some(CHILD) {
+        return child(&args[1..]);
+    }
+    let quick = args.iter().any(|a| a == "--quick");
+    let keep = args.iter().any(|a| a == "--keep");
+    if let Some(unknown) = args
+        .iter()
+        .find(|a| !matches!(a.as_str(), "--quick" | "--keep"))
+    {
+        bail!("unknown argument {unknown} (accepted: --quick, --keep)");
+    }
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
+    std::fs::create_dir_all(&root)?;
+    let load_at_start = load_average();
+    let mut rows = Vec::new();
+    for model in models(quick) {
+        rows.extend(bench_model(&root, &model)?);
+    }
+    let load_at_end = load_average();
+    let machine = machine();
+    println!(
+        "\n{} CPUs ({}), 1-minute load average {load_at_start} at the start, {load_at_end} at the end;",
+        machine["cpus"],
+        machine["cpu"].as_str().unwrap_or("")
+    );
+    println!(
+        "inputs in the page cache (warm), outputs written and fsynced; best of 2 runs, each in its own process"
+    );
+    print_table(&rows);
+    let bf16 = bf16_comparison(&rows);
+    let report = json!({
+        "machine": machine,
+        "load_average_1min": {"start": load_at_start, "end": load_at_end},
+        "cache": "warm: inputs in the page cache; outputs written and fsynced",
+        "targets": {
+            "wall_vs_copy_at_most": COPY_RATIO_LIMIT,
+            "peak_rss_at_most": "2 x largest tensor + 100 MB",
+            "bf16_vs_f32_throughput_at_least": BF16_SPEED_LIMIT,
+        },
+        "rows": rows,
+        "bf16_vs_f32": bf16,
+    });
+    let json_path = root.join("conversion.json");
+    std::fs::write(&json_path, serde_json::to_string_pretty(&report)? + "\n")?;
+    println!("\nfigures written to {}", json_path.display());
+    if !keep {
+        for entry in std::fs::read_dir(&root)? {
+            let path = entry?.path();
+            if path.is_dir() {
+                std::fs::remove_dir_all(&path)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The 1-minute load average: other work on the machine slows a conversion (CPU) more than a
+/// copy (disk).
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().map(str::to_string))
+        .unwrap_or_default()
+}
+
+fn machine() -> Value {
+    let cpus = std::thread::available_parallelism().map_or(0, usize::from);
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_string())
+        })
+        .unwrap_or_default();
+    json!({"cpus": cpus, "cpu": model})
+}
+
+/// Generates the model's checkpoints and measures the three conversions.
+fn bench_model(root: &Path, model: &Model) -> Result<Vec<Value>> {
+    let dtype = format!("{:?}", model.spec.dtype).to_lowercase();
+    let tag = format!("{}-{dtype}", model.name);
+    let large = root.join(&tag);
+    if !large.join("model.safetensors").exists() {
+        eprintln!("generating {tag} ...");
+        fixture::write_dir(&model.spec, &large)?;
+    }
+    let small = root.join(format!("{tag}.small"));
+    let grown_plain = root.join(format!("{tag}.decoalesced"));
+    let grown = root.join(format!("{tag}.grown"));
+    let (heads, kv, layers) = model.small;
+    let shrink = [heads.to_string(), kv.to_string(), layers.to_string()];
+    let mut rows = Vec::new();
+    for (op, inputs, output) in [
+        ("coalesce", vec![large.clone()], &small),
+        ("decoalesce", vec![small.clone()], &grown_plain),
+        ("grow", vec![small.clone(), large.clone()], &grown),
+    ] {
+        eprintln!("measuring {op} {tag} ...");
+        let mut args: Vec<String> = vec![op.into(), output.display().to_string()];
+        args.extend(shrink.iter().cloned());
+        args.extend(inputs.iter().map(|p| p.display().to_string()));
+        // Best of two runs for both, alternating, on a machine shared with other work.
+        let mut conversion: Option<Value> = None;
+        let mut copy: Option<Value> = None;
+        for _ in 0..2 {
+            let c = run_child(&args)?;
+            let out_bytes = data_bytes(output)?;
+            let mut copy_args = vec![
+                "copy".to_string(),
+                root.join("copy.bin").display().to_string(),
+            ];
+            copy_args.push(out_bytes.to_string());
+            copy_args.extend(inputs.iter().map(|p| p.display().to_string()));
+            let k = run_child(&copy_args)?;
+            conversion = Some(best(conversion, c));
+            copy = Some(best(copy, k));
+        }
+        std::fs::remove_file(root.join("copy.bin")).ok();
+        let (Some(conversion), Some(copy)) = (conversion, copy) else {
+            bail!("no measurement");
+        };
+        let input_args: Vec<String> = inputs.iter().map(|p| p.display().to_string()).collect();
+        let dense = dense_comparison(op, &input_args, [&shrink[0], &shrink[1], &shrink[2]])?;
+        let mut all = inputs.clone();
+        all.push(output.clone());
+        let largest = largest_tensor(&all)?;
+        let in_bytes: u64 = inputs.iter().map(|p| data_bytes(p)).sum::<Result<u64>>()?;
+        let out_bytes = data_bytes(output)?;
+        let bytes = in_bytes + out_bytes;
+        let wall = seconds(&conversion);
+        let copy_wall = seconds(&copy);
+        let rss = conversion["vm_hwm_bytes"].as_u64().unwrap_or(0);
+        let rss_limit = 2 * largest + RSS_ALLOWANCE;
+        rows.push(json!({
+            "operation": op,
+            "model": model.name,
+            "dtype": dtype,
+            "input_bytes": in_bytes,
+            "output_bytes": out_bytes,
+            "wall_s": wall,
+            "gb_per_s": bytes as f64 / wall / 1e9,
+            "copy_wall_s": copy_wall,
+            "ratio_to_copy": wall / copy_wall,
+            "ratio_to_copy_ok": wall / copy_wall <= COPY_RATIO_LIMIT,
+            "peak_rss_bytes": rss,
+            "rss_anon_at_end_bytes": conversion["rss_anon_bytes"],
+            "copy_peak_rss_bytes": copy["vm_hwm_bytes"],
+            "largest_tensor_bytes": largest,
+            "rss_limit_bytes": rss_limit,
+            "rss_ok": rss <= rss_limit,
+            "dense": dense,
+        }));
+        if let Some(row) = rows.last() {
+            eprintln!("{row}");
+        }
+    }
+    for dir in [&small, &grown_plain, &grown] {
+        std::fs::remove_dir_all(dir).ok();
+    }
+    Ok(rows)
+}
+
+fn seconds(v: &Value) -> f64 {
+    v["seconds"].as_f64().unwrap_or(f64::NAN)
+}
+
+fn best(a: Option<Value>, b: Value) -> Value {
+    match a {
+        Some(a) if seconds(&a) <= seconds(&b) => a,
+        _ => b,
+    }
+}
+
+fn data_bytes(path: &Path) -> Result<u64> {
+    Ok(Checkpoint::open(path)?.data_bytes())
+}
+
+fn largest_tensor(paths: &[PathBuf]) -> Result<u64> {
+    let mut largest = 0u64;
+    for path in paths {
+        let checkpoint = Checkpoint::open(path)?;
+        for info in checkpoint.tensors().values() {
+            let bytes = vcycle_transform::dtype::byte_len(info.dtype, &info.shape).unwrap_or(0);
+            largest = largest.max(bytes as u64);
+        }
+    }
+    Ok(largest)
+}
+
+fn run_child(args: &[String]) -> Result<Value> {
+    let exe = std::env::current_exe()?;
+    let out = Command::new(exe).arg(CHILD).args(args).output()?;
+    if !out.status.success() {
+        bail!(
+            "child {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text.lines().last().context("child printed nothing")?;
+    Ok(serde_json::from_str(line)?)
+}
+
+/// The conversion `op` of the benchmark: coalesce to `small` sizes, decoalesce back to twice
+/// the small model's, or grow with α = 0.5.
+fn job(op: &str, inputs: &[String], small: [&String; 3]) -> Result<Job> {
+    let [heads, kv, layers] = small;
+    let options = Options {
+        target: Target {
+            heads: Some(heads.parse()?),
+            kv_heads: Some(kv.parse()?),
+            layers: Some(layers.parse()?),
+            ..Target::default()
+        },
+        ..Options::default()
+    };
+    Ok(match (op, inputs) {
+        ("coalesce", [input]) => Job::coalesce(Path::new(input), &options)?,
+        ("decoalesce", [input]) => Job::decoalesce(Path::new(input), &decoalesce_options(input)?)?,
+        ("grow", [small, large]) => {
+            Job::grow(Path::new(small), Path::new(large), 0.5, &Options::default())?
+        }
+        _ => bail!("bad conversion {op} {inputs:?}"),
+    })
+}
+
+/// The measuring child: runs one conversion (or copy) and prints its time and peak memory.
+fn child(args: &[String]) -> Result<()> {
+    let start = Instant::now();
+    match args {
+        [op, output, bytes, inputs @ ..] if op == "copy" => {
+            copy(inputs, Path::new(output), bytes.parse()?)?;
+        }
+        [op, output, heads, kv, layers, inputs @ ..] => {
+            job(op, inputs, [heads, kv, layers])?.write(Path::new(output), true)?;
+        }
+        _ => bail!("bad child arguments {args:?}"),
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| -> u64 {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|kb| kb.parse::<u64>().ok())
+            .map_or(0, |kb| kb * 1024)
+    };
+    println!(
+        "{}",
+        json!({
+            "seconds": seconds,
+            "vm_hwm_bytes": field("VmHWM:"),
+            "rss_anon_bytes": field("RssAnon:"),
+        })
+    );
+    Ok(())
+}
+
+/// The operator on the largest tensors (the largest transformed 2-D tensor, and the largest
+/// whose both axes change), timed two ways on one thread each: the streaming executor, and
+/// the same operator as dense matrix products, small = M₀·W·M₁ᵀ with averaging, summing,
+/// duplicating or splitting matrices M (ndarray `dot` in f32, after the same decoding).
+fn dense_comparison(op: &str, inputs: &[String], small: [&String; 3]) -> Result<Value> {
+    let job = job(op, inputs, small)?;
+    let plan = job.plan();
+    let checkpoints = inputs
+        .iter()
+        .map(Checkpoint::open)
+        .collect::<Result<Vec<_>, _>>()?;
+    let Some(primary) = checkpoints.first() else {
+        bail!("no input");
+    };
+    let exec_inputs = Inputs {
+        primary,
+        large: checkpoints.get(1),
+    };
+    let changed = |t: &&TensorPlan, both: bool| {
+        let gathered = plan.axis_gathers(t).iter().filter(|g| g.is_some()).count();
+        t.shape.len() == 2 && if both { gathered == 2 } else { gathered > 0 }
+    };
+    let bytes = |t: &&TensorPlan| t.shape.iter().product::<usize>();
+    let mut chosen: Vec<&TensorPlan> = Vec::new();
+    for both in [false, true] {
+        let largest = plan
+            .tensors
+            .iter()
+            .filter(|t| changed(t, both))
+            .max_by_key(bytes);
+        if let Some(t) = largest
+            && !chosen.iter().any(|c| c.name == t.name)
+        {
+            chosen.push(t);
+        }
+    }
+    let one_thread = rayon::ThreadPoolBuilder::new().num_threads(1).build()?;
+    let (mut streaming, mut dense_s) = (0.0, 0.0);
+    for t in &chosen {
+        let start = Instant::now();
+        let mut streamed = Vec::new();
+        one_thread.install(|| {
+            execute::stream(plan, t, exec_inputs, &mut |b| {
+                streamed.extend_from_slice(b);
+                Ok(())
+            })
+        })?;
+        streaming += start.elapsed().as_secs_f64();
+        let start = Instant::now();
+        let product = dense(plan, t, exec_inputs)?;
+        dense_s += start.elapsed().as_secs_f64();
+        if product.len() != streamed.len() {
+            bail!(
+                "dense {} has {} bytes, streamed {}",
+                t.name,
+                product.len(),
+                streamed.len()
+            );
+        }
+    }
+    Ok(json!({
+        "tensors": chosen.iter().map(|t| format!("{} {:?}", t.name, t.shape)).collect::<Vec<_>>(),
+        "streaming_s": streaming,
+        "dense_s": dense_s,
+        "dense_ratio": dense_s / streaming,
+    }))
+}
+
+/// One tensor by dense matrix products.
+fn dense(plan: &Plan, t: &TensorPlan, inputs: Inputs<'_>) -> Result<Vec<u8>> {
+    let matrix = |name: &str, checkpoint: &Checkpoint| -> Result<Array2<f32>> {
+        let info = checkpoint.info(name).context("no such tensor")?;
+        let values = checkpoint
+            .bytes(name)
+            .and_then(|b| dtype::decode(info.dtype, b))
+            .context("not a float tensor")?;
+        let [rows, cols] = info.shape[..] else {
+            bail!("{name} is not 2-D");
+        };
+        Ok(Array2::from_shape_vec(
+            (rows, cols),
+            values.iter().map(|&v| v as f32).collect(),
+        )?)
+    };
+    let sources = match t.depth {
+        DepthOp::Mean => t.sources.as_slice(),
+        _ => t.sources.get(..1).unwrap_or_default(),
+    };
+    let mut w: Option<Array2<f32>> = None;
+    for name in sources {
+        let m = matrix(name, inputs.primary)?;
+        w = Some(match w {
+            Some(sum) => sum + m,
+            None => m,
+        });
+    }
+    let mut w = w.context("no source")? / sources.len() as f32;
+    let gathers = plan.axis_gathers(t);
+    let operator = |g: &Gather| {
+        let mut m = Array2::<f32>::zeros((g.output_len(), g.input_len()));
+        for i in 0..g.output_len() {
+            if let Some((sources, divisor)) = g.source(i) {
+                for &j in sources {
+                    m[[i, j]] += 1.0 / divisor as f32;
+                }
+            }
+        }
+        m
+    };
+    if let Some(Some(g)) = gathers.first() {
+        w = operator(g).dot(&w);
+    }
+    if let Some(Some(g)) = gathers.get(1) {
+        w = w.dot(&operator(g).t());
+    }
+    if let (Some(with), Some(large), Operator::Grow { alpha } | Operator::Interpolate { alpha }) =
+        (&t.interpolate_with, inputs.large, plan.operator)
+    {
+        let alpha = alpha as f32;
+        w = matrix(with, large)? * (1.0 - alpha) + w * alpha;
+    }
+    let values: Vec<f64> = w.iter().map(|&v| f64::from(v)).collect();
+    dtype::encode(t.dtype, &values).context("not a float dtype")
+}
+
+/// De-coalescing the small model back to the large one's sizes: twice the heads and layers of
+/// the small model (the benchmark's models halve both).
+fn decoalesce_options(input: &str) -> Result<Options> {
+    let config: Value = serde_json::from_str(&std::fs::read_to_string(
+        Path::new(input).join("config.json"),
+    )?)?;
+    let get = |keys: &[&str]| {
+        keys.iter()
+            .find_map(|k| config.get(*k).and_then(Value::as_u64))
+            .map(|n| n as usize)
+    };
+    let heads = get(&["num_attention_heads"]).context("no heads in config")?;
+    let kv = get(&["num_key_value_heads"]).unwrap_or(heads);
+    let layers = get(&["num_hidden_layers"]).context("no layers in config")?;
+    Ok(Options {
+        target: Target {
+            heads: Some(2 * heads),
+            kv_heads: Some(2 * kv),
+            layers: Some(2 * layers),
+            ..Target::default()
+        },
+        ..Options::default()
+    })
+}
+
+/// A plain copy: reads every input safetensors file and writes `out_bytes` of what it read to
+/// `output`, then fsyncs it, as the conversion does.
+fn copy(inputs: &[String], output: &Path, out_bytes: u64) -> Result<()> {
+    let mut out = File::create(output)?;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut left = out_bytes;
+    let mut files = Vec::new();
+    for input in inputs {
+        for entry in std::fs::read_dir(input)? {
+            let path = entry?.path();
+            if path.extension().is_some_and(|e| e == "safetensors") {
+                files.push(path);
+            }
+        }
+    }
+    files.sort();
+    for path in &files {
+        let mut f = File::open(path)?;
+        loop {
+            let n = f.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            let take = (n as u64).min(left) as usize;
+            out.write_all(&buf[..take])?;
+            left -= take as u64;
+        }
+    }
+    // An output larger than the input (de-coalescing) repeats what was read.
+    while left > 0 {
+        let take = (buf.len() as u64).min(left) as usize;
+        out.write_all(&buf[..take])?;
+        left -= take as u64;
+    }
+    out.sync_all()?;
+    Ok(())
+}
+
+fn print_table(rows: &[Value]) {
+    println!(
+        "\n{:<10} {:<10} {:<5} {:>9} {:>6} {:>5} {:>6} {:>12} {:>7} {:>12} {:>12}",
+        "operation",
+        "model",
+        "dtype",
+        "in+out GB",
+        "wall s",
+        "GB/s",
+        "copy s",
+        "vs copy",
+        "peak MB",
+        "RSS limit MB",
+        "dense/ours",
+    );
+    println!(
+        "{:>60} {:>20} {:>12}",
+        "(target <= 1.5)", "(2 x largest + 100)", "(1 thread)"
+    );
+    for r in rows {
+        let gb = (r["input_bytes"].as_u64().unwrap_or(0) + r["output_bytes"].as_u64().unwrap_or(0))
+            as f64
+            / 1e9;
+        let verdict = |ok: &Value| {
+            if ok.as_bool() == Some(true) {
+                "ok"
+            } else {
+                "FAIL"
+            }
+        };
+        println!(
+            "{:<10} {:<10} {:<5} {:>9.2} {:>6.2} {:>5.2} {:>6.2} {:>7.2} {:<4} {:>7.0} {:>7.0} {:<4} {:>11.1}x",
+            r["operation"].as_str().unwrap_or(""),
+            r["model"].as_str().unwrap_or(""),
+            r["dtype"].as_str().unwrap_or(""),
+            gb,
+            r["wall_s"].as_f64().unwrap_or(f64::NAN),
+            r["gb_per_s"].as_f64().unwrap_or(f64::NAN),
+            r["copy_wall_s"].as_f64().unwrap_or(f64::NAN),
+            r["ratio_to_copy"].as_f64().unwrap_or(f64::NAN),
+            verdict(&r["ratio_to_copy_ok"]),
+            r["peak_rss_bytes"].as_u64().unwrap_or(0) as f64 / 1e6,
+            r["rss_limit_bytes"].as_u64().unwrap_or(0) as f64 / 1e6,
+            verdict(&r["rss_ok"]),
+            r["dense"]["dense_ratio"].as_f64().unwrap_or(f64::NAN),
+        );
+    }
+    println!(
+        "\ndense/ours: time of the dense-matrix operator over the streaming executor's on these tensors:"
+    );
+    for r in rows {
+        println!(
+            "  {:<10} {:<10} {:<5} {}",
+            r["operation"].as_str().unwrap_or(""),
+            r["model"].as_str().unwrap_or(""),
+            r["dtype"].as_str().unwrap_or(""),
+            r["dense"]["tensors"]
+                .as_array()
+                .map(|t| t
+                    .iter()
+                    .filter_map(Value::as_str)
+                    .collect::<Vec<_>>()
+                    .join(", "))
+                .unwrap_or_default()
+        );
+    }
+}
+
+/// bf16 against f32 on the same model (the first model measured in both), per operation:
+/// throughput in bytes per second.
+fn bf16_comparison(rows: &[Value]) -> Vec<Value> {
+    let mut out = Vec::new();
+    println!("\nbf16 vs f32, same model, throughput per byte (target >= {BF16_SPEED_LIMIT}):");
+    for f32_row in rows.iter().filter(|r| r["dtype"] == "f32") {
+        let Some(bf16_row) = rows.iter().find(|r| {
+            r["dtype"] == "bf16"
+                && r["model"] == f32_row["model"]
+                && r["operation"] == f32_row["operation"]
+        }) else {
+            continue;
+        };
+        let f = f32_row["gb_per_s"].as_f64().unwrap_or(f64::NAN);
+        let b = bf16_row["gb_per_s"].as_f64().unwrap_or(f64::NAN);
+        let ratio = b / f;
+        let ok = ratio >= BF16_SPEED_LIMIT;
+        println!(
+            "  {:<11} {:<11} f32 {f:.2} GB/s  bf16 {b:.2} GB/s  ratio {ratio:.2} {}",
+            f32_row["operation"].as_str().unwrap_or(""),
+            f32_row["model"].as_str().unwrap_or(""),
+            if ok { "ok" } else { "FAIL" }
+        );
+        out.push(json!({
+            "operation": f32_row["operation"],
+            "model": f32_row["model"],
+            "f32_gb_per_s": f,
+            "bf16_gb_per_s": b,
+            "ratio": ratio,
+            "ok": ok,
+        }));
+    }
+    out
+}
