@@ -6,6 +6,7 @@
 
 mod corpus;
 mod custom_rules;
+mod depth_init;
 mod dryrun;
 mod dtypes;
 mod errors;

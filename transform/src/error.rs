@@ -104,6 +104,9 @@ pub enum Error {
     )]
     Scheme { what: &'static str, reason: String },
 
+    #[error("--depth-init zero cannot grow architecture `{arch}` exactly: {reason}")]
+    DepthInit { arch: String, reason: String },
+
     #[error(
         "checkpoints differ at tensor `{tensor}`: {reason} (interpolation needs equal names, shapes and dtypes)"
     )]

@@ -47,17 +47,54 @@ pub fn compute(plan: &Plan, tensor: &TensorPlan, inputs: Inputs<'_>) -> Result<V
         return Ok(bytes.to_vec());
     }
 
+    let mut data = if tensor.depth == DepthOp::Zero {
+        vec![0.0; tensor.shape.iter().product()]
+    } else {
+        resized(plan, tensor, inputs.primary, first)?
+    };
+    if let (Some(with), Some(large), Operator::Interpolate { alpha } | Operator::Grow { alpha }) =
+        (&tensor.interpolate_with, inputs.large, plan.operator)
+    {
+        let large_values = large.values(with)?;
+        if large_values.len() != data.len() {
+            return Err(Error::Incompatible {
+                tensor: tensor.name.clone(),
+                reason: format!(
+                    "{} values in {} but {} computed",
+                    large_values.len(),
+                    large.path().display(),
+                    data.len()
+                ),
+            });
+        }
+        data = ops::interpolate(&large_values, &data, alpha);
+    }
+    crate::dtype::encode(tensor.dtype, &data).ok_or(Error::UnsupportedDtype {
+        tensor: tensor.name.clone(),
+        dtype: tensor.dtype,
+    })
+}
+
+/// The values of a float output tensor before interpolation: its sources' depth operation,
+/// then the gather of each transformed axis.
+fn resized(
+    plan: &Plan,
+    tensor: &TensorPlan,
+    primary: &Checkpoint,
+    first: &str,
+) -> Result<Vec<f64>> {
     let layers = tensor
         .sources
         .iter()
-        .map(|s| inputs.primary.values(s))
+        .map(|s| primary.values(s))
         .collect::<Result<Vec<_>>>()?;
     let mut data = match tensor.depth {
         DepthOp::Mean => ops::mean_of(&layers),
-        DepthOp::Single | DepthOp::First => layers.into_iter().next().unwrap_or_default(),
+        DepthOp::Single | DepthOp::First | DepthOp::Zero => {
+            layers.into_iter().next().unwrap_or_default()
+        }
     };
-    let mut shape = inputs
-        .primary
+    let mut shape = primary
         .info(first)
         .map(|i| i.shape.clone())
         .unwrap_or_default();
@@ -70,7 +107,7 @@ pub fn compute(plan: &Plan, tensor: &TensorPlan, inputs: Inputs<'_>) -> Result<V
         };
         if shape.get(axis) != Some(&gather.input_len()) {
             return Err(Error::BadAxis {
-                tensor: first.clone(),
+                tensor: first.to_string(),
                 axis,
                 shape: shape.clone(),
                 reason: format!("expected size {} for `{rule_axis}`", gather.input_len()),
@@ -80,7 +117,7 @@ pub fn compute(plan: &Plan, tensor: &TensorPlan, inputs: Inputs<'_>) -> Result<V
             Ok(out) => out,
             Err(GatherError::Shape) => {
                 return Err(Error::BadAxis {
-                    tensor: first.clone(),
+                    tensor: first.to_string(),
                     axis,
                     shape: shape.clone(),
                     reason: format!(
@@ -108,25 +145,5 @@ pub fn compute(plan: &Plan, tensor: &TensorPlan, inputs: Inputs<'_>) -> Result<V
             reason: format!("planned shape {:?} was not produced", tensor.shape),
         });
     }
-    if let (Some(with), Some(large), Operator::Interpolate { alpha } | Operator::Grow { alpha }) =
-        (&tensor.interpolate_with, inputs.large, plan.operator)
-    {
-        let large_values = large.values(with)?;
-        if large_values.len() != data.len() {
-            return Err(Error::Incompatible {
-                tensor: tensor.name.clone(),
-                reason: format!(
-                    "{} values in {} but {} computed",
-                    large_values.len(),
-                    large.path().display(),
-                    data.len()
-                ),
-            });
-        }
-        data = ops::interpolate(&large_values, &data, alpha);
-    }
-    crate::dtype::encode(tensor.dtype, &data).ok_or(Error::UnsupportedDtype {
-        tensor: tensor.name.clone(),
-        dtype: tensor.dtype,
-    })
+    Ok(data)
 }

@@ -29,7 +29,7 @@ pub mod write;
 pub use anatomy::{Anatomy, ArchChoice, Dims, EmbeddingRule};
 pub use convert::{Job, Options, open_model};
 pub use error::{Error, Result};
-pub use plan::{AlphaRange, Operator, Plan, Target};
+pub use plan::{AlphaRange, DepthInit, Operator, Plan, Target};
 pub use read::Checkpoint;
 pub use rules::Rules;
 pub use scheme::{Grouping, SchemeSpec};

@@ -7,7 +7,8 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use vcycle_transform::anatomy::Anatomy;
 use vcycle_transform::{
-    AlphaRange, ArchChoice, Checkpoint, EmbeddingRule, Job, Options, Rules, SchemeSpec, Target,
+    AlphaRange, ArchChoice, Checkpoint, DepthInit, EmbeddingRule, Job, Options, Rules, SchemeSpec,
+    Target,
 };
 
 #[derive(Parser)]
@@ -116,6 +117,10 @@ struct SchemeArgs {
     /// exact (function preserving; default) or reference (the reference implementation's rule).
     #[arg(long, value_enum, default_value_t = EmbeddingRuleArg::Exact)]
     embedding_rule: EmbeddingRuleArg,
+    /// Layers added by de-coalescing: copy (the paper's) or zero (zero attention-output and
+    /// FFN-down projections in all but one layer per group: function preserving, pre-LN only).
+    #[arg(long, value_enum, default_value_t = DepthInitArg::Copy)]
+    depth_init: DepthInitArg,
 }
 
 #[derive(Args, Clone)]
@@ -165,6 +170,12 @@ struct ResizeArgs {
 enum EmbeddingRuleArg {
     Exact,
     Reference,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum DepthInitArg {
+    Copy,
+    Zero,
 }
 
 fn parse_scheme(s: &str) -> std::result::Result<SchemeSpec, String> {
@@ -328,6 +339,10 @@ fn options(
             embedding_rule: match scheme.embedding_rule {
                 EmbeddingRuleArg::Exact => EmbeddingRule::Exact,
                 EmbeddingRuleArg::Reference => EmbeddingRule::Reference,
+            },
+            depth_init: match scheme.depth_init {
+                DepthInitArg::Copy => DepthInit::Copy,
+                DepthInitArg::Zero => DepthInit::Zero,
             },
         },
         shard_size,

@@ -12,7 +12,7 @@ use crate::anatomy::{Anatomy, Dims, EmbeddingRule};
 use crate::error::{Error, Result};
 use crate::ops::{AxisOp, Gather};
 use crate::read::Checkpoint;
-use crate::rules::{Axis, Direction, Space};
+use crate::rules::{Axis, Direction, Placement, Space};
 use crate::scheme::{Grouping, MAX_UNITS, SchemeSpec};
 
 /// The operator a plan applies.
@@ -52,7 +52,32 @@ pub struct Target {
     pub width_scheme: SchemeSpec,
     pub depth_scheme: SchemeSpec,
     pub embedding_rule: EmbeddingRule,
+    /// How de-coalescing fills the layers that duplicate a small layer.
+    pub depth_init: DepthInit,
 }
+
+/// How de-coalescing initialises the large layers of a depth group (SPEC §3, "Optional:
+/// function-preserving depth growth").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DepthInit {
+    /// Every layer of a group is a copy of its small layer (the paper's; stacks the layers).
+    #[default]
+    Copy,
+    /// One layer per group is the copy; the others are copies whose attention-output and
+    /// FFN-down weights and biases are zero, so in a pre-LN model they add nothing to the
+    /// residual stream and the grown model computes the small model's function.
+    Zero,
+}
+
+/// The roles zeroed by [`DepthInit::Zero`]: everything a pre-LN block writes to the residual
+/// stream.
+pub const RESIDUAL_OUTPUT_ROLES: [&str; 4] = [
+    "attn.o.weight",
+    "attn.o.bias",
+    "mlp.down.weight",
+    "mlp.down.bias",
+];
 
 impl Default for Target {
     fn default() -> Self {
@@ -63,6 +88,7 @@ impl Default for Target {
             width_scheme: SchemeSpec::Strided,
             depth_scheme: SchemeSpec::Strided,
             embedding_rule: EmbeddingRule::Exact,
+            depth_init: DepthInit::Copy,
         }
     }
 }
@@ -77,6 +103,8 @@ pub enum DepthOp {
     Mean,
     /// Non-float tensors: the first source, unchanged.
     First,
+    /// All zeros: a residual output projection of a layer added by `--depth-init zero`.
+    Zero,
 }
 
 /// One operation on one axis of an output tensor.
@@ -156,6 +184,9 @@ pub struct Plan {
     /// Key/value head groups, when the model uses grouped-query attention.
     pub kv_head_groups: Option<Grouping>,
     pub layer_groups: Option<Grouping>,
+    /// `zero` when added layers have zero residual outputs (absent: copies).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub depth_init: Option<DepthInit>,
     /// Set when a group size differs from another: the result cannot be function preserving.
     pub unequal_groups: bool,
     pub tensors: Vec<TensorPlan>,
@@ -276,6 +307,14 @@ pub fn plan_resize(
         Grouping::identity(0)
     } else {
         Grouping::new(&target.depth_scheme, layers_large, layers_small, "layer")?
+    };
+
+    // --depth-init zero: the layers of each group other than the one kept are identities.
+    let kept_layers = match target.depth_init {
+        DepthInit::Zero if !coalescing && layer_groups.groups().iter().any(|g| g.len() > 1) => {
+            Some(zero_init_kept_layers(anatomy, &layer_groups)?)
+        }
+        _ => None,
     };
 
     // resolve_dims checked that hidden and ffn are multiples of heads (heads > 0).
@@ -429,7 +468,15 @@ pub fn plan_resize(
                     }
                 }
             }
+            let zeroed = kept_layers.as_ref().is_some_and(|kept| {
+                layer.is_some_and(|l| !kept.contains(&l))
+                    && rule
+                        .role
+                        .as_deref()
+                        .is_some_and(|r| RESIDUAL_OUTPUT_ROLES.contains(&r))
+            });
             let depth = match (sources.len(), float) {
+                _ if zeroed && float => DepthOp::Zero,
                 (1, _) => DepthOp::Single,
                 (_, true) => DepthOp::Mean,
                 (_, false) => DepthOp::First,
@@ -461,10 +508,57 @@ pub fn plan_resize(
         head_groups: Some(head_groups),
         kv_head_groups,
         layer_groups: Some(layer_groups),
+        depth_init: kept_layers.map(|_| DepthInit::Zero),
         unequal_groups,
         tensors,
         maps: Some(maps),
     })
+}
+
+/// The large layer of each depth group that keeps the small layer's weights under
+/// `--depth-init zero`: the group's lowest layer above the previous group's kept layer, so the
+/// kept layers run in the small model's order (the group's first layer for strided and
+/// adjacent groups). Refuses models where a zero-output block is not the identity.
+fn zero_init_kept_layers(anatomy: &Anatomy, layer_groups: &Grouping) -> Result<Vec<usize>> {
+    let arch = &anatomy.rules.name;
+    let refuse = |reason: String| Error::DepthInit {
+        arch: arch.clone(),
+        reason,
+    };
+    match anatomy.rules.forward.as_ref().map(|f| f.placement) {
+        Some(Placement::Pre) => {}
+        Some(Placement::Post) => {
+            return Err(refuse(
+                "it is post-LN: the norm after each residual sum changes the hidden states even when the block adds zero; only pre-LN models (GPT-2, Llama, ViT) can grow this way".into(),
+            ));
+        }
+        None => {
+            return Err(refuse(
+                "its rule file has no [forward] section, so whether it is pre-LN is unknown".into(),
+            ));
+        }
+    }
+    for role in ["attn.o.weight", "mlp.down.weight"] {
+        if anatomy.by_role(role, Some(0)).is_none() {
+            return Err(refuse(format!(
+                "no tensor has the role `{role}` (the residual output projections to zero)"
+            )));
+        }
+    }
+    let mut kept = Vec::with_capacity(layer_groups.small());
+    for (i, group) in layer_groups.groups().iter().enumerate() {
+        let after = kept.last().copied();
+        let Some(&layer) = group.iter().filter(|&&l| after.is_none_or(|a| l > a)).min() else {
+            return Err(refuse(format!(
+                "the layer groups {} cannot keep the small model's layer order: group {i} has no layer after layer {} (kept for group {})",
+                crate::scheme::format_groups(layer_groups.groups()),
+                after.unwrap_or(0),
+                i.saturating_sub(1)
+            )));
+        };
+        kept.push(layer);
+    }
+    Ok(kept)
 }
 
 /// Orders `h.2.x` before `h.10.x`.
@@ -590,6 +684,7 @@ pub fn plan_interpolate(
         head_groups: None,
         kv_head_groups: None,
         layer_groups: None,
+        depth_init: None,
         unequal_groups: false,
         tensors,
         maps: None,
@@ -712,6 +807,12 @@ impl fmt::Display for Plan {
                 crate::scheme::format_groups(g.groups())
             )?;
         }
+        if self.depth_init == Some(DepthInit::Zero) {
+            writeln!(
+                f,
+                "depth init: zero (added layers get zero attention-output and FFN-down weights)"
+            )?;
+        }
         if self.unequal_groups {
             writeln!(
                 f,
@@ -728,7 +829,9 @@ impl fmt::Display for Plan {
                 crate::dtype::name(t.dtype),
                 shape.join(", ")
             )?;
-            if let [single] = t.sources.as_slice() {
+            if let ([single], DepthOp::Zero) = (t.sources.as_slice(), t.depth) {
+                write!(f, "zeros (added layer, instead of {single})")?;
+            } else if let [single] = t.sources.as_slice() {
                 write!(f, "{single}")?;
             } else {
                 write!(

@@ -643,6 +643,8 @@ pub fn decoalesce_difference(
 }
 
 #[cfg(test)]
+mod depth_init_tests;
+#[cfg(test)]
 mod hf_reference_tests;
 #[cfg(test)]
 mod preservation_tests;
