@@ -343,10 +343,10 @@ pub fn exercise(checkpoint: &Checkpoint, arch: &ArchChoice, variant: u8) {
         ),
         (None, None, true),
     ];
-    let scheme = if variant & 1 == 0 {
-        SchemeSpec::Strided
-    } else {
-        SchemeSpec::Adjacent
+    let scheme = match variant & 9 {
+        0 => SchemeSpec::Strided,
+        1 => SchemeSpec::Adjacent,
+        _ => SchemeSpec::Similar,
     };
     let embedding_rule = if variant & 2 == 0 {
         EmbeddingRule::Exact

@@ -16,6 +16,7 @@ mod minilm;
 mod outputs;
 mod roundtrip;
 mod sharded;
+mod similar;
 mod snapshots;
 mod util;
 mod verify;

@@ -21,6 +21,7 @@ pub mod plan;
 pub mod read;
 pub mod rules;
 pub mod scheme;
+pub mod similar;
 #[cfg(test)]
 mod test_support;
 pub mod verify;

@@ -108,10 +108,12 @@ impl ArchArgs {
 
 #[derive(Args, Clone)]
 struct SchemeArgs {
-    /// Width scheme: strided (default), adjacent, or JSON groups such as [[0,2],[1,3]].
+    /// Width scheme: strided (default), adjacent, similar (the most alike heads of the large
+    /// model; coalesce and grow only), or JSON groups such as [[0,2],[1,3]].
     #[arg(long, default_value = "strided", value_parser = parse_scheme)]
     width_scheme: SchemeSpec,
-    /// Depth scheme: strided (default), adjacent, or JSON groups.
+    /// Depth scheme: strided (default), adjacent, similar (coalesce and grow only), or JSON
+    /// groups.
     #[arg(long, default_value = "strided", value_parser = parse_scheme)]
     depth_scheme: SchemeSpec,
     /// exact (function preserving; default) or reference (the reference implementation's rule).

@@ -14,6 +14,7 @@ use crate::ops::{AxisOp, Gather};
 use crate::read::Checkpoint;
 use crate::rules::{Axis, Direction, Placement, Space};
 use crate::scheme::{Grouping, MAX_UNITS, SchemeSpec};
+use crate::similar::MergeCost;
 
 /// The operator a plan applies.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
@@ -184,6 +185,12 @@ pub struct Plan {
     /// Key/value head groups, when the model uses grouped-query attention.
     pub kv_head_groups: Option<Grouping>,
     pub layer_groups: Option<Grouping>,
+    /// The merge cost of head groups chosen by `similar` (and of strided ones, to compare).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub similar_heads: Option<MergeCost>,
+    /// The merge cost of layer groups chosen by `similar`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub similar_layers: Option<MergeCost>,
     /// `zero` when added layers have zero residual outputs (absent: copies).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub depth_init: Option<DepthInit>,
@@ -284,12 +291,37 @@ pub fn plan_resize(
         });
     }
 
+    // `similar` groups come from the large model's weights: this input when coalescing;
+    // plan_grow resolves them from the saved large model before it calls this.
+    let similar_refused = |what: &'static str, line: &str| Error::Scheme {
+        what,
+        reason: format!(
+            "`similar` chooses groups from the large model's weights, and de-coalescing reads only the small model: use `vcycle grow SMALL --large SAVED_LARGE` (it recomputes them from the saved large model), or pass the groups coalescing chose (the `{line}:` line of its plan, --dry-run) as JSON"
+        ),
+    };
+    let mut similar_heads = None;
+    let width_scheme = match &target.width_scheme {
+        // Nothing to choose when no heads merge.
+        SchemeSpec::Similar if heads_small == heads_large => SchemeSpec::Strided,
+        SchemeSpec::Similar if coalescing => {
+            let small = if gqa { kv_small } else { heads_small };
+            let chosen =
+                crate::similar::head_groups(checkpoint, anatomy, target.embedding_rule, small)?;
+            similar_heads = Some(chosen.cost);
+            SchemeSpec::Explicit(chosen.groups)
+        }
+        SchemeSpec::Similar => {
+            let line = if gqa { "kv head groups" } else { "head groups" };
+            return Err(similar_refused("width", line));
+        }
+        other => other.clone(),
+    };
     let (head_groups, kv_head_groups) = if gqa {
-        let kv = Grouping::new(&target.width_scheme, kv_large, kv_small, "key/value head")?;
+        let kv = Grouping::new(&width_scheme, kv_large, kv_small, "key/value head")?;
         (kv.induce_queries(ratio), Some(kv))
     } else {
         (
-            Grouping::new(&target.width_scheme, heads_large, heads_small, "head")?,
+            Grouping::new(&width_scheme, heads_large, heads_small, "head")?,
             None,
         )
     };
@@ -303,10 +335,21 @@ pub fn plan_resize(
     } else {
         (layers_other, from.layers)
     };
+    let mut similar_layers = None;
     let layer_groups = if from.layers == 0 && layers_other == 0 {
         Grouping::identity(0)
     } else {
-        Grouping::new(&target.depth_scheme, layers_large, layers_small, "layer")?
+        let depth_scheme = match &target.depth_scheme {
+            SchemeSpec::Similar if layers_small == layers_large => SchemeSpec::Strided,
+            SchemeSpec::Similar if coalescing => {
+                let chosen = crate::similar::layer_groups(checkpoint, anatomy, layers_small)?;
+                similar_layers = Some(chosen.cost);
+                SchemeSpec::Explicit(chosen.groups)
+            }
+            SchemeSpec::Similar => return Err(similar_refused("layer", "layer groups")),
+            other => other.clone(),
+        };
+        Grouping::new(&depth_scheme, layers_large, layers_small, "layer")?
     };
 
     // --depth-init zero: the layers of each group other than the one kept are identities.
@@ -508,6 +551,8 @@ pub fn plan_resize(
         head_groups: Some(head_groups),
         kv_head_groups,
         layer_groups: Some(layer_groups),
+        similar_heads,
+        similar_layers,
         depth_init: kept_layers.map(|_| DepthInit::Zero),
         unequal_groups,
         tensors,
@@ -684,6 +729,8 @@ pub fn plan_interpolate(
         head_groups: None,
         kv_head_groups: None,
         layer_groups: None,
+        similar_heads: None,
+        similar_layers: None,
         depth_init: None,
         unequal_groups: false,
         tensors,
@@ -703,13 +750,48 @@ pub fn plan_grow(
     range: AlphaRange,
 ) -> Result<Plan> {
     check_alpha_in(alpha, range)?;
+    // `similar` groups are recomputed from the saved large model: the checkpoint coalescing
+    // read, so the criterion, being deterministic, gives the groups coalescing used.
+    let (large_dims, small_dims) = (&large_anatomy.dims, &small_anatomy.dims);
+    let mut similar_heads = None;
+    let width_scheme = match &target.width_scheme {
+        SchemeSpec::Similar if small_dims.heads != large_dims.heads => {
+            let small_units = if large_dims.kv_heads == large_dims.heads {
+                small_dims.heads
+            } else {
+                small_dims.kv_heads
+            };
+            let chosen = crate::similar::head_groups(
+                large,
+                large_anatomy,
+                target.embedding_rule,
+                small_units,
+            )?;
+            similar_heads = Some(chosen.cost);
+            SchemeSpec::Explicit(chosen.groups)
+        }
+        other => other.clone(),
+    };
+    let mut similar_layers = None;
+    let depth_scheme = match &target.depth_scheme {
+        SchemeSpec::Similar if small_dims.layers != large_dims.layers => {
+            let chosen = crate::similar::layer_groups(large, large_anatomy, small_dims.layers)?;
+            similar_layers = Some(chosen.cost);
+            SchemeSpec::Explicit(chosen.groups)
+        }
+        other => other.clone(),
+    };
     let target = Target {
-        heads: Some(target.heads.unwrap_or(large_anatomy.dims.heads)),
-        kv_heads: Some(target.kv_heads.unwrap_or(large_anatomy.dims.kv_heads)),
-        layers: Some(target.layers.unwrap_or(large_anatomy.dims.layers)),
+        heads: Some(target.heads.unwrap_or(large_dims.heads)),
+        kv_heads: Some(target.kv_heads.unwrap_or(large_dims.kv_heads)),
+        layers: Some(target.layers.unwrap_or(large_dims.layers)),
+        width_scheme,
+        depth_scheme,
         ..target.clone()
     };
     let mut plan = plan_resize(small, small_anatomy, &target, false)?;
+    plan.similar_heads = similar_heads;
+    plan.similar_layers = similar_layers;
     let planned: std::collections::BTreeSet<&str> =
         plan.tensors.iter().map(|t| t.name.as_str()).collect();
     if let Some(extra) = large
@@ -806,6 +888,16 @@ impl fmt::Display for Plan {
                 "layer groups: {}",
                 crate::scheme::format_groups(g.groups())
             )?;
+        }
+        let similar = [("head", self.similar_heads), ("layer", self.similar_layers)];
+        for (what, cost) in similar {
+            if let Some(c) = cost {
+                writeln!(
+                    f,
+                    "similar {what} groups: merge cost {:.4e} (strided: {:.4e})",
+                    c.chosen, c.strided
+                )?;
+            }
         }
         if self.depth_init == Some(DepthInit::Zero) {
             writeln!(

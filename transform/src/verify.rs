@@ -649,4 +649,6 @@ mod hf_reference_tests;
 #[cfg(test)]
 mod preservation_tests;
 #[cfg(test)]
+mod similar_tests;
+#[cfg(test)]
 mod test_checkpoints;
