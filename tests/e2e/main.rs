@@ -18,5 +18,6 @@ mod roundtrip;
 mod sharded;
 mod similar;
 mod snapshots;
+mod symmetry;
 mod util;
 mod verify;

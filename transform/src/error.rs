@@ -145,6 +145,15 @@ pub enum Error {
     #[error("output {output} {reason}")]
     Output { output: PathBuf, reason: String },
 
+    /// A LAPACK failure while measuring a matrix's rank (`inspect --symmetry`, `linalg`).
+    #[cfg(feature = "linalg")]
+    #[error("tensor `{tensor}` (shape {shape:?}): singular values: {reason}")]
+    Linalg {
+        tensor: String,
+        shape: Vec<usize>,
+        reason: String,
+    },
+
     #[error("forward pass: {0}")]
     Forward(#[from] crate::forward::ForwardError),
 

@@ -22,6 +22,7 @@ pub mod read;
 pub mod rules;
 pub mod scheme;
 pub mod similar;
+pub mod symmetry;
 #[cfg(test)]
 mod test_support;
 pub mod verify;

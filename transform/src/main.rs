@@ -30,6 +30,10 @@ enum Command {
         model: PathBuf,
         #[command(flatten)]
         arch: ArchArgs,
+        /// Also count duplicate rows and columns of every weight matrix and, with the `linalg`
+        /// feature, its numerical rank and smallest singular values.
+        #[arg(long)]
+        symmetry: bool,
     },
     /// Large → small: average `out` axes, sum `in` axes, average layers.
     Coalesce(ResizeArgs),
@@ -227,7 +231,11 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
-        Command::Inspect { model, arch } => {
+        Command::Inspect {
+            model,
+            arch,
+            symmetry,
+        } => {
             let checkpoint = Checkpoint::open(&model)?;
             let anatomy = Anatomy::analyze(&checkpoint, &arch.choice()?)?;
             emit(&vcycle_transform::inspect::report(
@@ -235,6 +243,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 &checkpoint,
                 &anatomy,
             ))?;
+            if symmetry {
+                use vcycle_transform::symmetry;
+                emit(&symmetry::report(&symmetry::analyze(
+                    &checkpoint,
+                    &anatomy,
+                )?))?;
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Coalesce(args) => resize(args, true),
