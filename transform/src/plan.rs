@@ -889,7 +889,12 @@ impl fmt::Display for Plan {
                 crate::scheme::format_groups(g.groups())
             )?;
         }
-        let similar = [("head", self.similar_heads), ("layer", self.similar_layers)];
+        let width = if self.kv_head_groups.is_some() {
+            "kv head"
+        } else {
+            "head"
+        };
+        let similar = [(width, self.similar_heads), ("layer", self.similar_layers)];
         for (what, cost) in similar {
             if let Some(c) = cost {
                 writeln!(
