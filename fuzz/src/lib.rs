@@ -18,7 +18,7 @@ use safetensors::{Dtype, SafeTensors};
 use vcycle_transform::anatomy::{Anatomy, ArchChoice, Dims, EmbeddingRule};
 use vcycle_transform::execute::{self, Inputs};
 use vcycle_transform::fixture::{self, FixtureSpec};
-use vcycle_transform::plan::{self, AlphaRange, Plan, Target};
+use vcycle_transform::plan::{self, AlphaRange, DepthInit, Plan, Target};
 use vcycle_transform::scheme::{Grouping, SchemeSpec};
 use vcycle_transform::{Checkpoint, Rules, read};
 
@@ -323,7 +323,7 @@ fn check_partition(g: &Grouping, large: usize, small: usize) {
 }
 
 /// Everything a command does with an accepted checkpoint; errors are fine. `variant` picks
-/// the schemes and embedding rule (trying all of them on every input would be slower than
+/// the schemes, embedding rule and depth initialisation (trying all of them on every input would be slower than
 /// letting the fuzzer's inputs pick).
 pub fn exercise(checkpoint: &Checkpoint, arch: &ArchChoice, variant: u8) {
     let Ok(anatomy) = Anatomy::analyze(checkpoint, arch) else {
@@ -343,10 +343,10 @@ pub fn exercise(checkpoint: &Checkpoint, arch: &ArchChoice, variant: u8) {
         ),
         (None, None, true),
     ];
-    let scheme = if variant & 1 == 0 {
-        SchemeSpec::Strided
-    } else {
-        SchemeSpec::Adjacent
+    let scheme = match variant & 9 {
+        0 => SchemeSpec::Strided,
+        1 => SchemeSpec::Adjacent,
+        _ => SchemeSpec::Similar,
     };
     let embedding_rule = if variant & 2 == 0 {
         EmbeddingRule::Exact
@@ -361,6 +361,11 @@ pub fn exercise(checkpoint: &Checkpoint, arch: &ArchChoice, variant: u8) {
             width_scheme: scheme.clone(),
             depth_scheme: scheme.clone(),
             embedding_rule,
+            depth_init: if variant & 4 == 0 {
+                DepthInit::Copy
+            } else {
+                DepthInit::Zero
+            },
         };
         if let Ok(plan) = plan::plan_resize(checkpoint, &anatomy, &target, coalescing) {
             if let (Some(config), Some(to)) = (checkpoint.config(), &plan.to) {

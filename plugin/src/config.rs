@@ -57,8 +57,9 @@ pub struct LevelConfig {
     #[config(default = "None")]
     pub layers: Option<usize>,
     /// How the level above's heads (with their hidden and FFN blocks) group into this level's:
-    /// `strided` (small head i takes large heads i, i + m, …), `adjacent`, or explicit JSON
-    /// groups such as `[[0,2],[1,3]]`.
+    /// `strided` (small head i takes large heads i, i + m, …), `adjacent`, `similar` (the
+    /// most alike heads of the level above, recomputed from its saved weights when growing
+    /// back), or explicit JSON groups such as `[[0,2],[1,3]]`.
     #[config(default = "String::from(\"strided\")")]
     pub width_scheme: String,
     /// How the level above's layers group into this level's (same forms as `width_scheme`).

@@ -533,6 +533,7 @@ where
                     .parse::<SchemeSpec>()
                     .unwrap_or(SchemeSpec::Strided),
                 embedding_rule: self.config.embedding_rule.into(),
+                ..Target::default()
             },
             shard_size: None,
         }

@@ -693,7 +693,7 @@ pub fn cases() -> Vec<Case> {
         "{\"groups\": [[0,1]]}",
         &[
             "--depth-scheme",
-            "is not `strided`, `adjacent` or JSON groups",
+            "is not `strided`, `adjacent`, `similar` or JSON groups",
         ],
     ));
     cases.push(scheme(

@@ -6,6 +6,7 @@
 
 mod corpus;
 mod custom_rules;
+mod depth_init;
 mod dryrun;
 mod dtypes;
 mod errors;
@@ -16,6 +17,8 @@ mod outputs;
 mod quiet;
 mod roundtrip;
 mod sharded;
+mod similar;
 mod snapshots;
+mod symmetry;
 mod util;
 mod verify;

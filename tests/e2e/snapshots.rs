@@ -64,6 +64,24 @@ fn plan_decoalesce_gpt2_heads8_layers8_adjacent() {
 }
 
 #[test]
+fn plan_coalesce_vit_heads2_layers2_similar() {
+    insta::assert_snapshot!(plan(
+        "coalesce",
+        "vit-tiny",
+        &[
+            "--heads",
+            "2",
+            "--layers",
+            "2",
+            "--width-scheme",
+            "similar",
+            "--depth-scheme",
+            "similar"
+        ]
+    ));
+}
+
+#[test]
 fn plan_coalesce_bert_heads2_reference_embeddings() {
     insta::assert_snapshot!(plan(
         "coalesce",

@@ -7,7 +7,7 @@
 
 use anyhow::Result;
 use vcycle_transform::verify::decoalesce_difference;
-use vcycle_transform::{EmbeddingRule, SchemeSpec, Target};
+use vcycle_transform::{DepthInit, EmbeddingRule, SchemeSpec, Target};
 
 const FIXTURES: &[(&str, &str)] = &[
     ("BERT (post-LN, tied)", "bert-tiny"),
@@ -19,7 +19,7 @@ const FIXTURES: &[(&str, &str)] = &[
 
 fn main() -> Result<()> {
     let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fixtures");
-    let operators: [(&str, Target); 3] = [
+    let operators: [(&str, Target); 4] = [
         (
             "width de-coalesce, groups of 2 (strided)",
             Target {
@@ -39,6 +39,14 @@ fn main() -> Result<()> {
             "depth de-coalesce, layer copies (2 → 4)",
             Target {
                 layers: Some(2),
+                ..Target::default()
+            },
+        ),
+        (
+            "depth de-coalesce, `--depth-init zero` (2 → 4)",
+            Target {
+                layers: Some(2),
+                depth_init: DepthInit::Zero,
                 ..Target::default()
             },
         ),
@@ -62,6 +70,9 @@ fn main() -> Result<()> {
                 {
                     Ok(m) => format!("{:.1e}", m.difference.relative),
                     Err(vcycle_transform::Error::Scheme { .. }) => "n/a (2 kv heads)".to_string(),
+                    Err(vcycle_transform::Error::DepthInit { .. }) => {
+                        "refused (post-LN)".to_string()
+                    }
                     Err(e) => return Err(e.into()),
                 };
                 println!("| {label} | {rule} | {operator} | {cell} |");

@@ -104,6 +104,9 @@ pub enum Error {
     )]
     Scheme { what: &'static str, reason: String },
 
+    #[error("--depth-init zero cannot grow architecture `{arch}` exactly: {reason}")]
+    DepthInit { arch: String, reason: String },
+
     #[error(
         "checkpoints differ at tensor `{tensor}`: {reason} (interpolation needs equal names, shapes and dtypes)"
     )]
@@ -141,6 +144,15 @@ pub enum Error {
 
     #[error("output {output} {reason}")]
     Output { output: PathBuf, reason: String },
+
+    /// A LAPACK failure while measuring a matrix's rank (`inspect --symmetry`, `linalg`).
+    #[cfg(feature = "linalg")]
+    #[error("tensor `{tensor}` (shape {shape:?}): singular values: {reason}")]
+    Linalg {
+        tensor: String,
+        shape: Vec<usize>,
+        reason: String,
+    },
 
     #[error("forward pass: {0}")]
     Forward(#[from] crate::forward::ForwardError),

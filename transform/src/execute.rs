@@ -198,6 +198,28 @@ struct Scratch {
 impl Rows<'_> {
     /// Computes output row `i` into `out` (its bytes).
     fn compute(&self, i: usize, s: &mut Scratch, out: &mut [u8]) -> Result<()> {
+        if self.layers.is_empty() {
+            // `--depth-init zero`: an added layer's output projection, zero before any
+            // interpolation.
+            s.row.clear();
+            s.row.resize(self.out_row_len, 0.0);
+        } else {
+            self.resize_row(i, s)?;
+        }
+        if let Some((large, alpha)) = &self.large {
+            s.large.resize(self.out_row_len, 0.0);
+            large.decode_row(i, &mut s.large)?;
+            ops::interpolate_into(&s.large, &mut s.row, *alpha);
+        }
+        dtype::encode_into(self.tensor.dtype, &s.row, out).ok_or(Error::UnsupportedDtype {
+            tensor: self.tensor.name.clone(),
+            dtype: self.tensor.dtype,
+        })
+    }
+
+    /// Row `i` before interpolation, into `s.row`: its sources' depth operation, then the
+    /// gather of each transformed axis.
+    fn resize_row(&self, i: usize, s: &mut Scratch) -> Result<()> {
         let n = self.in_row_len;
         let single = [i];
         let (sources, divisor) = match &self.rows_gather {
@@ -270,15 +292,7 @@ impl Rows<'_> {
         if s.row.len() != self.out_row_len {
             return Err(self.bad_row(i));
         }
-        if let Some((large, alpha)) = &self.large {
-            s.large.resize(self.out_row_len, 0.0);
-            large.decode_row(i, &mut s.large)?;
-            ops::interpolate_into(&s.large, &mut s.row, *alpha);
-        }
-        dtype::encode_into(self.tensor.dtype, &s.row, out).ok_or(Error::UnsupportedDtype {
-            tensor: self.tensor.name.clone(),
-            dtype: self.tensor.dtype,
-        })
+        Ok(())
     }
 
     fn bad_row(&self, i: usize) -> Error {
@@ -340,6 +354,7 @@ fn stream_float(
     let depth = match tensor.depth {
         DepthOp::Mean => tensor.sources.as_slice(),
         DepthOp::Single | DepthOp::First => tensor.sources.get(..1).unwrap_or_default(),
+        DepthOp::Zero => &[],
     };
     let mut layers = Vec::with_capacity(depth.len());
     for name in depth {

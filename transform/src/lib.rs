@@ -22,6 +22,8 @@ pub mod progress;
 pub mod read;
 pub mod rules;
 pub mod scheme;
+pub mod similar;
+pub mod symmetry;
 #[cfg(test)]
 mod test_support;
 pub mod verify;
@@ -30,7 +32,7 @@ pub mod write;
 pub use anatomy::{Anatomy, ArchChoice, Dims, EmbeddingRule};
 pub use convert::{Job, Options, open_model};
 pub use error::{Error, Result};
-pub use plan::{AlphaRange, Operator, Plan, Target};
+pub use plan::{AlphaRange, DepthInit, Operator, Plan, Target};
 pub use progress::Progress;
 pub use read::Checkpoint;
 pub use rules::Rules;

@@ -11,7 +11,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use vcycle_transform::anatomy::Anatomy;
 use vcycle_transform::{
-    AlphaRange, ArchChoice, Checkpoint, EmbeddingRule, Job, Options, Progress, Rules, SchemeSpec,
+    AlphaRange, ArchChoice, Checkpoint, DepthInit, EmbeddingRule, Job, Options, Progress, Rules,
+    SchemeSpec,
     Target,
 };
 
@@ -37,6 +38,10 @@ enum Command {
         model: PathBuf,
         #[command(flatten)]
         arch: ArchArgs,
+        /// Also count duplicate rows and columns of every weight matrix and, with the `linalg`
+        /// feature, its numerical rank and smallest singular values.
+        #[arg(long)]
+        symmetry: bool,
     },
     /// Large → small: average `out` axes, sum `in` axes, average layers.
     Coalesce(ResizeArgs),
@@ -115,15 +120,21 @@ impl ArchArgs {
 
 #[derive(Args, Clone)]
 struct SchemeArgs {
-    /// Width scheme: strided (default), adjacent, or JSON groups such as [[0,2],[1,3]].
+    /// Width scheme: strided (default), adjacent, similar (the most alike heads of the large
+    /// model; coalesce and grow only), or JSON groups such as [[0,2],[1,3]].
     #[arg(long, default_value = "strided", value_parser = parse_scheme)]
     width_scheme: SchemeSpec,
-    /// Depth scheme: strided (default), adjacent, or JSON groups.
+    /// Depth scheme: strided (default), adjacent, similar (coalesce and grow only), or JSON
+    /// groups.
     #[arg(long, default_value = "strided", value_parser = parse_scheme)]
     depth_scheme: SchemeSpec,
     /// exact (function preserving; default) or reference (the reference implementation's rule).
     #[arg(long, value_enum, default_value_t = EmbeddingRuleArg::Exact)]
     embedding_rule: EmbeddingRuleArg,
+    /// Layers added by de-coalescing: copy (the paper's) or zero (zero attention-output and
+    /// FFN-down projections in all but one layer per group: function preserving, pre-LN only).
+    #[arg(long, value_enum, default_value_t = DepthInitArg::Copy)]
+    depth_init: DepthInitArg,
 }
 
 #[derive(Args, Clone)]
@@ -175,6 +186,12 @@ enum EmbeddingRuleArg {
     Reference,
 }
 
+#[derive(Clone, Copy, ValueEnum)]
+enum DepthInitArg {
+    Copy,
+    Zero,
+}
+
 fn parse_scheme(s: &str) -> std::result::Result<SchemeSpec, String> {
     s.parse()
 }
@@ -223,7 +240,11 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<ExitCode> {
     let quiet = cli.quiet;
     match cli.command {
-        Command::Inspect { model, arch } => {
+        Command::Inspect {
+            model,
+            arch,
+            symmetry,
+        } => {
             let checkpoint = Checkpoint::open(&model)?;
             let anatomy = Anatomy::analyze(&checkpoint, &arch.choice()?)?;
             emit(&vcycle_transform::inspect::report(
@@ -231,6 +252,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 &checkpoint,
                 &anatomy,
             ))?;
+            if symmetry {
+                use vcycle_transform::symmetry;
+                emit(&symmetry::report(&symmetry::analyze(
+                    &checkpoint,
+                    &anatomy,
+                )?))?;
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Coalesce(args) => resize(args, true, quiet),
@@ -337,6 +365,10 @@ fn options(
             embedding_rule: match scheme.embedding_rule {
                 EmbeddingRuleArg::Exact => EmbeddingRule::Exact,
                 EmbeddingRuleArg::Reference => EmbeddingRule::Reference,
+            },
+            depth_init: match scheme.depth_init {
+                DepthInitArg::Copy => DepthInit::Copy,
+                DepthInitArg::Zero => DepthInit::Zero,
             },
         },
         shard_size,

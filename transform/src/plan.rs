@@ -12,8 +12,9 @@ use crate::anatomy::{Anatomy, Dims, EmbeddingRule};
 use crate::error::{Error, Result};
 use crate::ops::{AxisOp, Gather};
 use crate::read::Checkpoint;
-use crate::rules::{Axis, Direction, Space};
+use crate::rules::{Axis, Direction, Placement, Space};
 use crate::scheme::{Grouping, MAX_UNITS, SchemeSpec};
+use crate::similar::MergeCost;
 
 /// The operator a plan applies.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
@@ -52,7 +53,32 @@ pub struct Target {
     pub width_scheme: SchemeSpec,
     pub depth_scheme: SchemeSpec,
     pub embedding_rule: EmbeddingRule,
+    /// How de-coalescing fills the layers that duplicate a small layer.
+    pub depth_init: DepthInit,
 }
+
+/// How de-coalescing initialises the large layers of a depth group (SPEC §3, "Optional:
+/// function-preserving depth growth").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DepthInit {
+    /// Every layer of a group is a copy of its small layer (the paper's; stacks the layers).
+    #[default]
+    Copy,
+    /// One layer per group is the copy; the others are copies whose attention-output and
+    /// FFN-down weights and biases are zero, so in a pre-LN model they add nothing to the
+    /// residual stream and the grown model computes the small model's function.
+    Zero,
+}
+
+/// The roles zeroed by [`DepthInit::Zero`]: everything a pre-LN block writes to the residual
+/// stream.
+pub const RESIDUAL_OUTPUT_ROLES: [&str; 4] = [
+    "attn.o.weight",
+    "attn.o.bias",
+    "mlp.down.weight",
+    "mlp.down.bias",
+];
 
 impl Default for Target {
     fn default() -> Self {
@@ -63,6 +89,7 @@ impl Default for Target {
             width_scheme: SchemeSpec::Strided,
             depth_scheme: SchemeSpec::Strided,
             embedding_rule: EmbeddingRule::Exact,
+            depth_init: DepthInit::Copy,
         }
     }
 }
@@ -77,6 +104,8 @@ pub enum DepthOp {
     Mean,
     /// Non-float tensors: the first source, unchanged.
     First,
+    /// All zeros: a residual output projection of a layer added by `--depth-init zero`.
+    Zero,
 }
 
 /// One operation on one axis of an output tensor.
@@ -156,6 +185,15 @@ pub struct Plan {
     /// Key/value head groups, when the model uses grouped-query attention.
     pub kv_head_groups: Option<Grouping>,
     pub layer_groups: Option<Grouping>,
+    /// The merge cost of head groups chosen by `similar` (and of strided ones, to compare).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub similar_heads: Option<MergeCost>,
+    /// The merge cost of layer groups chosen by `similar`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub similar_layers: Option<MergeCost>,
+    /// `zero` when added layers have zero residual outputs (absent: copies).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub depth_init: Option<DepthInit>,
     /// Set when a group size differs from another: the result cannot be function preserving.
     pub unequal_groups: bool,
     pub tensors: Vec<TensorPlan>,
@@ -262,12 +300,37 @@ pub fn plan_resize(
         });
     }
 
+    // `similar` groups come from the large model's weights: this input when coalescing;
+    // plan_grow resolves them from the saved large model before it calls this.
+    let similar_refused = |what: &'static str, line: &str| Error::Scheme {
+        what,
+        reason: format!(
+            "`similar` chooses groups from the large model's weights, and de-coalescing reads only the small model: use `vcycle grow SMALL --large SAVED_LARGE` (it recomputes them from the saved large model), or pass the groups coalescing chose (the `{line}:` line of its plan, --dry-run) as JSON"
+        ),
+    };
+    let mut similar_heads = None;
+    let width_scheme = match &target.width_scheme {
+        // Nothing to choose when no heads merge.
+        SchemeSpec::Similar if heads_small == heads_large => SchemeSpec::Strided,
+        SchemeSpec::Similar if coalescing => {
+            let small = if gqa { kv_small } else { heads_small };
+            let chosen =
+                crate::similar::head_groups(checkpoint, anatomy, target.embedding_rule, small)?;
+            similar_heads = Some(chosen.cost);
+            SchemeSpec::Explicit(chosen.groups)
+        }
+        SchemeSpec::Similar => {
+            let line = if gqa { "kv head groups" } else { "head groups" };
+            return Err(similar_refused("width", line));
+        }
+        other => other.clone(),
+    };
     let (head_groups, kv_head_groups) = if gqa {
-        let kv = Grouping::new(&target.width_scheme, kv_large, kv_small, "key/value head")?;
+        let kv = Grouping::new(&width_scheme, kv_large, kv_small, "key/value head")?;
         (kv.induce_queries(ratio), Some(kv))
     } else {
         (
-            Grouping::new(&target.width_scheme, heads_large, heads_small, "head")?,
+            Grouping::new(&width_scheme, heads_large, heads_small, "head")?,
             None,
         )
     };
@@ -281,10 +344,29 @@ pub fn plan_resize(
     } else {
         (layers_other, from.layers)
     };
+    let mut similar_layers = None;
     let layer_groups = if from.layers == 0 && layers_other == 0 {
         Grouping::identity(0)
     } else {
-        Grouping::new(&target.depth_scheme, layers_large, layers_small, "layer")?
+        let depth_scheme = match &target.depth_scheme {
+            SchemeSpec::Similar if layers_small == layers_large => SchemeSpec::Strided,
+            SchemeSpec::Similar if coalescing => {
+                let chosen = crate::similar::layer_groups(checkpoint, anatomy, layers_small)?;
+                similar_layers = Some(chosen.cost);
+                SchemeSpec::Explicit(chosen.groups)
+            }
+            SchemeSpec::Similar => return Err(similar_refused("layer", "layer groups")),
+            other => other.clone(),
+        };
+        Grouping::new(&depth_scheme, layers_large, layers_small, "layer")?
+    };
+
+    // --depth-init zero: the layers of each group other than the one kept are identities.
+    let kept_layers = match target.depth_init {
+        DepthInit::Zero if !coalescing && layer_groups.groups().iter().any(|g| g.len() > 1) => {
+            Some(zero_init_kept_layers(anatomy, &layer_groups)?)
+        }
+        _ => None,
     };
 
     // resolve_dims checked that hidden and ffn are multiples of heads (heads > 0).
@@ -438,7 +520,15 @@ pub fn plan_resize(
                     }
                 }
             }
+            let zeroed = kept_layers.as_ref().is_some_and(|kept| {
+                layer.is_some_and(|l| !kept.contains(&l))
+                    && rule
+                        .role
+                        .as_deref()
+                        .is_some_and(|r| RESIDUAL_OUTPUT_ROLES.contains(&r))
+            });
             let depth = match (sources.len(), float) {
+                _ if zeroed && float => DepthOp::Zero,
                 (1, _) => DepthOp::Single,
                 (_, true) => DepthOp::Mean,
                 (_, false) => DepthOp::First,
@@ -470,10 +560,59 @@ pub fn plan_resize(
         head_groups: Some(head_groups),
         kv_head_groups,
         layer_groups: Some(layer_groups),
+        similar_heads,
+        similar_layers,
+        depth_init: kept_layers.map(|_| DepthInit::Zero),
         unequal_groups,
         tensors,
         maps: Some(maps),
     })
+}
+
+/// The large layer of each depth group that keeps the small layer's weights under
+/// `--depth-init zero`: the group's lowest layer above the previous group's kept layer, so the
+/// kept layers run in the small model's order (the group's first layer for strided and
+/// adjacent groups). Refuses models where a zero-output block is not the identity.
+fn zero_init_kept_layers(anatomy: &Anatomy, layer_groups: &Grouping) -> Result<Vec<usize>> {
+    let arch = &anatomy.rules.name;
+    let refuse = |reason: String| Error::DepthInit {
+        arch: arch.clone(),
+        reason,
+    };
+    match anatomy.rules.forward.as_ref().map(|f| f.placement) {
+        Some(Placement::Pre) => {}
+        Some(Placement::Post) => {
+            return Err(refuse(
+                "it is post-LN: the norm after each residual sum changes the hidden states even when the block adds zero; only pre-LN models (GPT-2, Llama, ViT) can grow this way".into(),
+            ));
+        }
+        None => {
+            return Err(refuse(
+                "its rule file has no [forward] section, so whether it is pre-LN is unknown".into(),
+            ));
+        }
+    }
+    for role in ["attn.o.weight", "mlp.down.weight"] {
+        if anatomy.by_role(role, Some(0)).is_none() {
+            return Err(refuse(format!(
+                "no tensor has the role `{role}` (the residual output projections to zero)"
+            )));
+        }
+    }
+    let mut kept = Vec::with_capacity(layer_groups.small());
+    for (i, group) in layer_groups.groups().iter().enumerate() {
+        let after = kept.last().copied();
+        let Some(&layer) = group.iter().filter(|&&l| after.is_none_or(|a| l > a)).min() else {
+            return Err(refuse(format!(
+                "the layer groups {} cannot keep the small model's layer order: group {i} has no layer after layer {} (kept for group {})",
+                crate::scheme::format_groups(layer_groups.groups()),
+                after.unwrap_or(0),
+                i.saturating_sub(1)
+            )));
+        };
+        kept.push(layer);
+    }
+    Ok(kept)
 }
 
 /// Orders `h.2.x` before `h.10.x`.
@@ -599,6 +738,9 @@ pub fn plan_interpolate(
         head_groups: None,
         kv_head_groups: None,
         layer_groups: None,
+        similar_heads: None,
+        similar_layers: None,
+        depth_init: None,
         unequal_groups: false,
         tensors,
         maps: None,
@@ -617,13 +759,48 @@ pub fn plan_grow(
     range: AlphaRange,
 ) -> Result<Plan> {
     check_alpha_in(alpha, range)?;
+    // `similar` groups are recomputed from the saved large model: the checkpoint coalescing
+    // read, so the criterion, being deterministic, gives the groups coalescing used.
+    let (large_dims, small_dims) = (&large_anatomy.dims, &small_anatomy.dims);
+    let mut similar_heads = None;
+    let width_scheme = match &target.width_scheme {
+        SchemeSpec::Similar if small_dims.heads != large_dims.heads => {
+            let small_units = if large_dims.kv_heads == large_dims.heads {
+                small_dims.heads
+            } else {
+                small_dims.kv_heads
+            };
+            let chosen = crate::similar::head_groups(
+                large,
+                large_anatomy,
+                target.embedding_rule,
+                small_units,
+            )?;
+            similar_heads = Some(chosen.cost);
+            SchemeSpec::Explicit(chosen.groups)
+        }
+        other => other.clone(),
+    };
+    let mut similar_layers = None;
+    let depth_scheme = match &target.depth_scheme {
+        SchemeSpec::Similar if small_dims.layers != large_dims.layers => {
+            let chosen = crate::similar::layer_groups(large, large_anatomy, small_dims.layers)?;
+            similar_layers = Some(chosen.cost);
+            SchemeSpec::Explicit(chosen.groups)
+        }
+        other => other.clone(),
+    };
     let target = Target {
-        heads: Some(target.heads.unwrap_or(large_anatomy.dims.heads)),
-        kv_heads: Some(target.kv_heads.unwrap_or(large_anatomy.dims.kv_heads)),
-        layers: Some(target.layers.unwrap_or(large_anatomy.dims.layers)),
+        heads: Some(target.heads.unwrap_or(large_dims.heads)),
+        kv_heads: Some(target.kv_heads.unwrap_or(large_dims.kv_heads)),
+        layers: Some(target.layers.unwrap_or(large_dims.layers)),
+        width_scheme,
+        depth_scheme,
         ..target.clone()
     };
     let mut plan = plan_resize(small, small_anatomy, &target, false)?;
+    plan.similar_heads = similar_heads;
+    plan.similar_layers = similar_layers;
     let planned: std::collections::BTreeSet<&str> =
         plan.tensors.iter().map(|t| t.name.as_str()).collect();
     if let Some(extra) = large
@@ -721,6 +898,27 @@ impl fmt::Display for Plan {
                 crate::scheme::format_groups(g.groups())
             )?;
         }
+        let width = if self.kv_head_groups.is_some() {
+            "kv head"
+        } else {
+            "head"
+        };
+        let similar = [(width, self.similar_heads), ("layer", self.similar_layers)];
+        for (what, cost) in similar {
+            if let Some(c) = cost {
+                writeln!(
+                    f,
+                    "similar {what} groups: merge cost {:.4e} (strided: {:.4e})",
+                    c.chosen, c.strided
+                )?;
+            }
+        }
+        if self.depth_init == Some(DepthInit::Zero) {
+            writeln!(
+                f,
+                "depth init: zero (added layers get zero attention-output and FFN-down weights)"
+            )?;
+        }
         if self.unequal_groups {
             writeln!(
                 f,
@@ -737,7 +935,9 @@ impl fmt::Display for Plan {
                 crate::dtype::name(t.dtype),
                 shape.join(", ")
             )?;
-            if let [single] = t.sources.as_slice() {
+            if let ([single], DepthOp::Zero) = (t.sources.as_slice(), t.depth) {
+                write!(f, "zeros (added layer, instead of {single})")?;
+            } else if let [single] = t.sources.as_slice() {
                 write!(f, "{single}")?;
             } else {
                 write!(

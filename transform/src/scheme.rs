@@ -19,6 +19,9 @@ pub enum SchemeSpec {
     Adjacent,
     /// Group i lists the large units that form small unit i (the reference's format).
     Explicit(Vec<Vec<usize>>),
+    /// Equal groups of the most similar units of the large checkpoint
+    /// ([`crate::similar`]); planned from a checkpoint, never from sizes alone.
+    Similar,
 }
 
 impl FromStr for SchemeSpec {
@@ -28,6 +31,7 @@ impl FromStr for SchemeSpec {
         match s.trim() {
             "strided" => Ok(SchemeSpec::Strided),
             "adjacent" => Ok(SchemeSpec::Adjacent),
+            "similar" => Ok(SchemeSpec::Similar),
             json if json.starts_with('[') => serde_json::from_str::<Vec<Vec<usize>>>(json)
                 .map(SchemeSpec::Explicit)
                 .map_err(|e| {
@@ -36,7 +40,7 @@ impl FromStr for SchemeSpec {
                     )
                 }),
             other => Err(format!(
-                "`{other}` is not `strided`, `adjacent` or JSON groups like [[0,2],[1,3]]"
+                "`{other}` is not `strided`, `adjacent`, `similar` or JSON groups like [[0,2],[1,3]]"
             )),
         }
     }
@@ -47,6 +51,7 @@ impl std::fmt::Display for SchemeSpec {
         match self {
             SchemeSpec::Strided => write!(f, "strided"),
             SchemeSpec::Adjacent => write!(f, "adjacent"),
+            SchemeSpec::Similar => write!(f, "similar"),
             SchemeSpec::Explicit(groups) => write!(f, "{}", format_groups(groups)),
         }
     }
@@ -97,6 +102,12 @@ impl Grouping {
                     .collect()
             }
             SchemeSpec::Explicit(groups) => groups.clone(),
+            SchemeSpec::Similar => {
+                return Err(err(
+                    "`similar` groups are chosen from a checkpoint's weights, not from sizes alone"
+                        .into(),
+                ));
+            }
         };
         Grouping::from_groups(groups, large, small, what)
     }

@@ -643,8 +643,12 @@ pub fn decoalesce_difference(
 }
 
 #[cfg(test)]
+mod depth_init_tests;
+#[cfg(test)]
 mod hf_reference_tests;
 #[cfg(test)]
 mod preservation_tests;
+#[cfg(test)]
+mod similar_tests;
 #[cfg(test)]
 mod test_checkpoints;
