@@ -1,7 +1,7 @@
 //! The V-cycle's configuration (SPEC §4): levels, step budgets, α, learning rates.
 
 use burn::config::Config;
-use vcycle_transform::{EmbeddingRule, SchemeSpec};
+use vcycle_transform::{DepthInit, EmbeddingRule, SchemeSpec};
 
 use crate::error::{Error, Result};
 
@@ -35,6 +35,25 @@ impl From<EmbeddingRuleChoice> for EmbeddingRule {
     }
 }
 
+/// How growing initialises the layers a depth group adds (SPEC §3).
+#[derive(Config, Debug, Copy, PartialEq, Eq)]
+pub enum DepthInitChoice {
+    /// Every layer of a group copies its small layer (the paper's).
+    Copy,
+    /// The added layers' attention-output and FFN-down projections start at zero, so the
+    /// de-coalesced pre-LN model computes the small model's function (refused for post-LN).
+    Zero,
+}
+
+impl From<DepthInitChoice> for DepthInit {
+    fn from(choice: DepthInitChoice) -> Self {
+        match choice {
+            DepthInitChoice::Copy => DepthInit::Copy,
+            DepthInitChoice::Zero => DepthInit::Zero,
+        }
+    }
+}
+
 /// One level of the V-cycle. Level 1 is the full model: its `heads`, `layers` and schemes are
 /// unused. Level i + 1 is coalesced from level i with level i + 1's schemes, and grown back
 /// with the same schemes.
@@ -44,7 +63,9 @@ pub struct LevelConfig {
     /// `up_learning_rate` is set).
     pub learning_rate: f64,
     /// Peak learning rate of this level's up segments, after growing back to it (None:
-    /// `learning_rate`).
+    /// `learning_rate`). Half the level's rate did better in the benchmark (0.537 ± 0.035 vs
+    /// 0.601 ± 0.044; docs/cost-benchmark), on one model only, so it is a recommendation
+    /// rather than the default.
     #[config(default = "None")]
     pub up_learning_rate: Option<f64>,
     /// Linear warm-up steps at the start of each of this level's segments.
@@ -59,7 +80,9 @@ pub struct LevelConfig {
     /// How the level above's heads (with their hidden and FFN blocks) group into this level's:
     /// `strided` (small head i takes large heads i, i + m, …), `adjacent`, `similar` (the
     /// most alike heads of the level above, recomputed from its saved weights when growing
-    /// back), or explicit JSON groups such as `[[0,2],[1,3]]`.
+    /// back), or explicit JSON groups such as `[[0,2],[1,3]]`. Strided stays the default:
+    /// `similar` (both schemes) did not win beyond the spread in the cost benchmark
+    /// (0.584 ± 0.038 vs 0.601 ± 0.044; docs/cost-benchmark).
     #[config(default = "String::from(\"strided\")")]
     pub width_scheme: String,
     /// How the level above's layers group into this level's (same forms as `width_scheme`).
@@ -82,12 +105,20 @@ pub struct VCycleConfig {
     /// full model's).
     pub up_steps: usize,
     /// Interpolation weight of the de-coalesced model when growing:
-    /// θ = (1 − α)·θ_saved + α·θ_decoalesced.
+    /// θ = (1 − α)·θ_saved + α·θ_decoalesced. 0.5, the paper's value, beat 0.25 in the cost
+    /// benchmark (FLOPs to the baseline's loss 0.601 ± 0.044 vs 0.832 ± 0.031 of the
+    /// baseline's, 3 seeds; docs/cost-benchmark).
     #[config(default = 0.5)]
     pub alpha: f64,
-    /// Optimizer state at boundaries.
+    /// Optimizer state at boundaries. Reset, because carrying the moments did worse in the
+    /// cost benchmark (0.687 ± 0.031 of the baseline's FLOPs to its loss vs 0.601 ± 0.044,
+    /// 3 seeds; docs/cost-benchmark).
     #[config(default = "OptimizerStatePolicy::Reset")]
     pub optimizer_state: OptimizerStatePolicy,
+    /// Initialisation of the layers growing adds. Copy (the paper's): zero did not win in the
+    /// cost benchmark (0.592 ± 0.032 vs 0.601 ± 0.044, within the spread; docs/cost-benchmark).
+    #[config(default = "DepthInitChoice::Copy")]
+    pub depth_init: DepthInitChoice,
     /// Embedding rule of the transform.
     #[config(default = "EmbeddingRuleChoice::Exact")]
     pub embedding_rule: EmbeddingRuleChoice,

@@ -54,7 +54,9 @@ pub mod vcycle;
 
 pub use bert::{Bert, BertConfig};
 pub use budget::ExactBatches;
-pub use config::{EmbeddingRuleChoice, LevelConfig, OptimizerStatePolicy, VCycleConfig};
+pub use config::{
+    DepthInitChoice, EmbeddingRuleChoice, LevelConfig, OptimizerStatePolicy, VCycleConfig,
+};
 pub use error::{Error, Result};
 pub use gpt2::{Gpt2, Gpt2Config};
 pub use hf::{HfModel, save_hf};

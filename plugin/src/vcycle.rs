@@ -533,7 +533,7 @@ where
                     .parse::<SchemeSpec>()
                     .unwrap_or(SchemeSpec::Strided),
                 embedding_rule: self.config.embedding_rule.into(),
-                ..Target::default()
+                depth_init: self.config.depth_init.into(),
             },
             shard_size: None,
         }

@@ -12,8 +12,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use vcycle_transform::anatomy::Anatomy;
 use vcycle_transform::{
     AlphaRange, ArchChoice, Checkpoint, DepthInit, EmbeddingRule, Job, Options, Progress, Rules,
-    SchemeSpec,
-    Target,
+    SchemeSpec, Target,
 };
 
 #[derive(Parser)]

@@ -49,9 +49,14 @@ struct Args {
     /// Where the runs' checkpoints and logs go.
     #[arg(long, default_value = "target/cost-benchmark-work")]
     work: PathBuf,
-    /// Runs in parallel (child processes).
+    /// Runs in parallel (child processes; give each its own cores, e.g. RAYON_NUM_THREADS=1
+    /// with --jobs equal to the cores).
     #[arg(long, default_value_t = 1)]
     jobs: usize,
+    /// Keep the results of runs already in --work (same variant and seed) instead of running
+    /// them again: to finish an interrupted benchmark or to re-plot.
+    #[arg(long)]
+    reuse: bool,
     /// cpu, tch-cpu, tch-cuda:N (feature tch), cuda:N (feature cuda).
     #[arg(long, default_value = "cpu")]
     device: String,
@@ -139,7 +144,10 @@ fn run_all(args: &Args, jobs: &[(Variant, u64)]) -> Result<Vec<RunResult>> {
     let logs = args.work.join("logs");
     std::fs::create_dir_all(&logs).with_context(|| format!("creating {}", logs.display()))?;
     let result_path = |v: &Variant, seed: u64| logs.join(format!("{}-seed{seed}.json", v.slug()));
-    let mut pending = jobs.iter().enumerate();
+    let mut pending = jobs
+        .iter()
+        .enumerate()
+        .filter(|(_, (v, seed))| !(args.reuse && result_path(v, *seed).is_file()));
     let mut running: Vec<(usize, Child, Instant)> = Vec::new();
     let mut done = 0;
     loop {

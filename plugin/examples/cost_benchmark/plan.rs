@@ -25,12 +25,12 @@ pub struct Scale {
 }
 
 impl Scale {
-    /// The full benchmark: sized to run its 9 headline runs plus the sweep in under an hour on
-    /// 2 cores (flex backend, release).
+    /// The full benchmark: sized to run its 9 headline runs (3 seeds) in under an hour on 2
+    /// cores (flex backend, release); the sweep adds 7 runs per seed.
     pub fn full() -> Self {
         Scale {
-            baseline_steps: 800,
-            eval_every: 40,
+            baseline_steps: 600,
+            eval_every: 30,
             batch: 16,
             seq: 64,
             hidden: 128,
@@ -93,6 +93,8 @@ pub struct Variant {
     pub depth_scheme: String,
     /// Carry Adam's moments across boundaries instead of resetting them.
     pub carry_moments: bool,
+    /// Zero the output projections of the layers growing adds (function-preserving growth).
+    pub zero_depth_init: bool,
 }
 
 impl Variant {
@@ -109,6 +111,7 @@ impl Variant {
             width_scheme: "strided".into(),
             depth_scheme: "strided".into(),
             carry_moments: false,
+            zero_depth_init: false,
         }
     }
 
@@ -217,6 +220,11 @@ pub fn sweep() -> Vec<Variant> {
         with("bottom 30%", &|v| v.bottom_share = 0.3),
         with("up lr x0.5", &|v| v.up_lr_factor = 0.5),
         with("Adam moments carried", &|v| v.carry_moments = true),
+        with("similar groups", &|v| {
+            v.width_scheme = "similar".into();
+            v.depth_scheme = "similar".into();
+        }),
+        with("zero depth init", &|v| v.zero_depth_init = true),
     ]
 }
 

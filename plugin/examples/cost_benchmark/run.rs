@@ -12,8 +12,8 @@ use burn::train::{Learner, SupervisedTraining};
 use serde::{Deserialize, Serialize};
 use vcycle_plugin::text::{ByteWindows, LmBatch, LmBatcher, split_train_valid};
 use vcycle_plugin::{
-    ExactBatches, LevelConfig, OptimizerStatePolicy, ProgressLine, Segment, VCycle, VCycleConfig,
-    VCycleModel, ValidHistory, WarmupConstantLr, default_optimizer,
+    DepthInitChoice, ExactBatches, LevelConfig, OptimizerStatePolicy, ProgressLine, Segment,
+    VCycle, VCycleConfig, VCycleModel, ValidHistory, WarmupConstantLr, default_optimizer,
 };
 
 use crate::plan::{Scale, Variant};
@@ -226,6 +226,11 @@ fn vcycle(
     let config = VCycleConfig::new(levels, budget.down, budget.bottom, budget.up)
         .with_alpha(variant.alpha)
         .with_optimizer_state(optimizer_state)
+        .with_depth_init(if variant.zero_depth_init {
+            DepthInitChoice::Zero
+        } else {
+            DepthInitChoice::Copy
+        })
         .with_eval_every(Some(scale.eval_every))
         .with_boundary_valid_batches(Some(4));
     let mut driver = VCycle::new(config, PathBuf::from(dir), device.clone())?.quiet(true);
