@@ -12,6 +12,21 @@ use burn::data::dataloader::{DataLoader, DataLoaderIterator, Progress};
 use burn::data::dataset::DatasetError;
 use burn::tensor::Device;
 
+/// `steps` as epochs of `every` steps, the last taking the remainder (one epoch when `every`
+/// is None, zero, or not smaller than `steps`).
+pub fn epoch_steps(steps: usize, every: Option<usize>) -> Vec<usize> {
+    match every {
+        Some(every) if every > 0 && steps > every => {
+            let mut chunks = vec![every; steps / every];
+            if !steps.is_multiple_of(every) {
+                chunks.push(steps % every);
+            }
+            chunks
+        }
+        _ => vec![steps],
+    }
+}
+
 /// Counts work as batches go by: called once per yielded batch (e.g. training FLOPs).
 pub type BatchCounter<O> = Arc<dyn Fn(&O) -> f64 + Send + Sync>;
 
@@ -180,5 +195,19 @@ impl<O: Send + 'static> DataLoader<O> for ExactBatches<O> {
             started: Arc::new(AtomicUsize::new(0)),
             counter: self.counter.clone(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::epoch_steps;
+
+    #[test]
+    fn epochs_cover_the_steps_with_the_remainder_last() {
+        assert_eq!(epoch_steps(100, Some(30)), vec![30, 30, 30, 10]);
+        assert_eq!(epoch_steps(90, Some(30)), vec![30, 30, 30]);
+        assert_eq!(epoch_steps(20, Some(30)), vec![20]);
+        assert_eq!(epoch_steps(20, None), vec![20]);
+        assert_eq!(epoch_steps(20, Some(0)), vec![20]);
     }
 }

@@ -317,16 +317,7 @@ where
                     Phase::Up => lc.up_learning_rate.unwrap_or(lc.learning_rate),
                     Phase::Down | Phase::Bottom => lc.learning_rate,
                 };
-                let epoch_steps = match c.eval_every {
-                    Some(every) if every > 0 && steps > every => {
-                        let mut chunks = vec![every; steps / every];
-                        if steps % every > 0 {
-                            chunks.push(steps % every);
-                        }
-                        chunks
-                    }
-                    _ => vec![steps],
-                };
+                let epoch_steps = crate::budget::epoch_steps(steps, c.eval_every);
                 let mut segment = Segment {
                     index,
                     count,

@@ -10,6 +10,7 @@ use burn::tensor::Device;
 use burn::train::metric::LossMetric;
 use burn::train::{Learner, SupervisedTraining};
 use serde::{Deserialize, Serialize};
+use vcycle_plugin::budget::epoch_steps;
 use vcycle_plugin::text::{ByteWindows, LmBatch, LmBatcher, split_train_valid};
 use vcycle_plugin::{
     DepthInitChoice, ExactBatches, LevelConfig, OptimizerStatePolicy, ProgressLine, Segment,
@@ -117,15 +118,6 @@ fn training(
         .renderer(Box::new(ProgressLine::quiet().recording(history.clone())))
 }
 
-/// `steps` split into chunks of `every`.
-fn chunks(steps: usize, every: usize) -> Vec<usize> {
-    let mut out = vec![every; steps / every];
-    if steps % every > 0 {
-        out.push(steps % every);
-    }
-    out
-}
-
 fn loss_of(point: &vcycle_plugin::ValidPoint) -> Result<f64> {
     point.metric("Loss").with_context(|| {
         format!(
@@ -145,7 +137,7 @@ fn baseline(
     history: &ValidHistory,
 ) -> Result<Vec<Point>> {
     let variant = Variant::baseline();
-    let passes = chunks(scale.baseline_steps, scale.eval_every);
+    let passes = epoch_steps(scale.baseline_steps, Some(scale.eval_every));
     let flops = Arc::new(Mutex::new(0.0));
     let loader = ExactBatches::in_passes(train, passes.clone())
         .with_counter(model.flop_counter(), flops.clone())
