@@ -71,11 +71,6 @@ impl<O: 'static> ExactBatches<O> {
         }
     }
 
-    /// Batches of all passes together.
-    pub fn total_batches(&self) -> usize {
-        self.passes.iter().sum()
-    }
-
     /// Adds `count(batch)` into `total` for every batch yielded.
     pub fn with_counter(mut self, count: BatchCounter<O>, total: Arc<Mutex<f64>>) -> Self {
         self.counter = Some((count, total));

@@ -107,7 +107,7 @@ pub fn reach(points: &[Point], target: f64) -> Option<(f64, f64)> {
 pub fn summarize(variants: &[Variant], runs: &[RunResult]) -> Vec<Summary> {
     let baseline = |seed: u64| {
         runs.iter()
-            .find(|r| r.variant.levels == 1 && r.variant.name == "baseline" && r.seed == seed)
+            .find(|r| r.variant.levels == 1 && r.seed == seed)
     };
     variants
         .iter()

@@ -76,7 +76,7 @@ pub fn run(
     }
     let history = ValidHistory::new();
     let points = if variant.levels == 1 {
-        baseline(model, scale, train, valid, &dir, &history)?
+        baseline(variant, model, scale, train, valid, &dir, &history)?
     } else {
         vcycle(
             variant,
@@ -129,6 +129,7 @@ fn loss_of(point: &vcycle_plugin::ValidPoint) -> Result<f64> {
 
 /// The full model alone, with the V-cycle's optimizer and level 1's schedule.
 fn baseline(
+    variant: &Variant,
     model: vcycle_plugin::Gpt2,
     scale: &Scale,
     train: Loader,
@@ -136,7 +137,6 @@ fn baseline(
     dir: &Path,
     history: &ValidHistory,
 ) -> Result<Vec<Point>> {
-    let variant = Variant::baseline();
     let passes = epoch_steps(scale.baseline_steps, Some(scale.eval_every));
     let flops = Arc::new(Mutex::new(0.0));
     let loader = ExactBatches::in_passes(train, passes.clone())
