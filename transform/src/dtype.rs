@@ -41,10 +41,12 @@ pub fn decode_into(dtype: Dtype, bytes: &[u8], out: &mut [f64]) -> Option<()> {
             .chunks_exact(2)
             .zip(out)
             .for_each(|(c, o)| *o = f64::from(f16::from_le_bytes([c[0], c[1]]).to_f32())),
-        Dtype::BF16 => bytes
-            .chunks_exact(2)
-            .zip(out)
-            .for_each(|(c, o)| *o = f64::from(bf16::from_le_bytes([c[0], c[1]]).to_f32())),
+        // A bf16 is the upper half of the f32 with its bits (half's conversion does the same
+        // and quiets a signalling NaN, which widening to f64 does too), written so that it
+        // vectorises.
+        Dtype::BF16 => bytes.chunks_exact(2).zip(out).for_each(|(c, o)| {
+            *o = f64::from(f32::from_bits(u32::from(u16::from_le_bytes([c[0], c[1]])) << 16));
+        }),
         _ => return None,
     }
     Some(())
@@ -79,17 +81,18 @@ pub fn encode_into(dtype: Dtype, values: &[f64], out: &mut [u8]) -> Option<()> {
             .zip(values)
             .for_each(|(o, &v)| o.copy_from_slice(&f16::from_f64(v).to_le_bytes())),
         Dtype::BF16 => {
-            // Branch-free over the normal range (so the loop vectorises), then half itself for
-            // the rare zero, subnormal, infinite, NaN or overflowing value.
-            let mut special = false;
-            for (o, &v) in out.chunks_exact_mut(2).zip(values) {
-                let (bits, normal) = f64_to_normal_bf16(v);
-                special |= !normal;
-                o.copy_from_slice(&bits.to_le_bytes());
-            }
-            if special {
+            // Branch-free, so the loop vectorises; then half itself for the rare value the
+            // fast conversion does not match it on.
+            out.chunks_exact_mut(2)
+                .zip(values)
+                .for_each(|(o, &v)| o.copy_from_slice(&f64_to_bf16_bits(v).to_le_bytes()));
+            let special = values
+                .iter()
+                .map(|&v| u64::from(needs_half(v)))
+                .sum::<u64>();
+            if special != 0 {
                 for (o, &v) in out.chunks_exact_mut(2).zip(values) {
-                    if !f64_to_normal_bf16(v).1 {
+                    if needs_half(v) {
                         o.copy_from_slice(&bf16::from_f64(v).to_le_bytes());
                     }
                 }
@@ -100,25 +103,27 @@ pub fn encode_into(dtype: Dtype, values: &[f64], out: &mut [u8]) -> Option<()> {
     Some(())
 }
 
-/// `bf16::from_f64(v).to_bits()`, bit for bit, where the result is a normal bf16 number (the
-/// flag says whether it is), in a few integer operations without branches: half's general
-/// conversion takes a branch per case and was the largest cost of writing bf16.
+/// `bf16::from_f64(v).to_bits()`, bit for bit, unless [`needs_half`] says otherwise, in a few
+/// operations without branches: half's general conversion takes a branch per case and was the
+/// largest cost of writing bf16.
 ///
-/// half rounds from the upper 32 bits of the f64 (sign, 11 exponent bits, the top 20 mantissa
-/// bits): to nearest, ties to even, with the lower bits ignored. That is its f32 → bf16 rounding
-/// of the f32 with the same sign, the exponent rebiased and those 20 mantissa bits; a carry out
-/// of the mantissa increments the exponent in both, up to infinity.
-fn f64_to_normal_bf16(v: f64) -> (u16, bool) {
-    let bits = v.to_bits();
-    let exponent = (bits >> 52) & 0x7ff;
-    // bf16 exponents 1..=254: 1023 - 126 ..= 1023 + 127 in f64.
-    let normal = (897..=1150).contains(&exponent);
-    let upper = (bits >> 32) as u32;
-    let rebiased = (exponent.wrapping_sub(896) as u32 & 0xff) << 23;
-    let x = (upper & 0x8000_0000) | rebiased | ((upper & 0x000f_ffff) << 3);
-    let round_bit = 0x0000_8000u32;
-    let round_up = (x & round_bit != 0) & (x & (3 * round_bit - 1) != 0);
-    (((x >> 16) + u32::from(round_up)) as u16, normal)
+/// half rounds from the upper 32 bits of the f64 (sign, exponent, the top 20 mantissa bits): to
+/// nearest, ties to even, with the lower bits ignored. With the lower bits cleared the f64 is an
+/// f32 exactly wherever that f32 is normal (20 mantissa bits fit in 23), so the conversion to
+/// f32 is exact there, and the usual f32 → bf16 rounding of its bits gives half's result. Zeros
+/// and infinities come out right; so do finite values beyond f32's range, which convert to
+/// infinity as half rounds them.
+fn f64_to_bf16_bits(v: f64) -> u16 {
+    let x = (f64::from_bits(v.to_bits() & !0xffff_ffff) as f32).to_bits();
+    ((x + 0x7fff + ((x >> 16) & 1)) >> 16) as u16
+}
+
+/// Whether [`f64_to_bf16_bits`] may differ from half for `v`: NaN (whose payload can sit in the
+/// cleared bits) and magnitudes below f32's smallest normal, where converting to a subnormal
+/// f32 would round twice.
+fn needs_half(v: f64) -> bool {
+    let magnitude = v.abs();
+    !(magnitude >= f64::from(f32::MIN_POSITIVE) || magnitude == 0.0)
 }
 
 /// The element size of a float dtype the operators compute on.
@@ -196,24 +201,12 @@ fn count_non_finite<const N: usize>(
     exponent: u64,
     mantissa: u64,
 ) -> Option<NonFinite> {
-    let load = |element: &[u8]| {
-        let mut le = [0u8; 8];
-        le[..N].copy_from_slice(element);
-        u64::from_le_bytes(le)
-    };
-    // Almost every piece is all finite: a count without branches (vectorised) says so.
-    let non_finite = bytes
-        .chunks_exact(N)
-        .map(|e| usize::from(load(e) & exponent == exponent))
-        .sum::<usize>();
-    if non_finite == 0 {
+    if !any_exponent_all_ones::<N>(bytes, exponent) {
         return None;
     }
     let mut found: Option<NonFinite> = None;
     for (i, element) in bytes.chunks_exact(N).enumerate() {
-        let mut le = [0u8; 8];
-        le[..N].copy_from_slice(element);
-        let bits = u64::from_le_bytes(le);
+        let bits = load::<N>(element);
         if bits & exponent != exponent {
             continue;
         }
@@ -228,6 +221,40 @@ fn count_non_finite<const N: usize>(
         }
     }
     found
+}
+
+/// Whether an element of `N` bytes has every `exponent` bit set: almost every piece is all
+/// finite, and this says so without branches, on integers of the element's width (so that the
+/// loop vectorises; 64-bit lanes do not with the baseline instruction set).
+fn any_exponent_all_ones<const N: usize>(bytes: &[u8], exponent: u64) -> bool {
+    match N {
+        2 => {
+            let mask = exponent as u16;
+            bytes
+                .chunks_exact(2)
+                .map(|e| u16::from(u16::from_le_bytes([e[0], e[1]]) & mask == mask))
+                .fold(0, |any, x| any | x)
+                != 0
+        }
+        4 => {
+            let mask = exponent as u32;
+            bytes
+                .chunks_exact(4)
+                .map(|e| u32::from(u32::from_le_bytes([e[0], e[1], e[2], e[3]]) & mask == mask))
+                .fold(0, |any, x| any | x)
+                != 0
+        }
+        _ => bytes
+            .chunks_exact(N)
+            .any(|e| load::<N>(e) & exponent == exponent),
+    }
+}
+
+/// An element of `N` ≤ 8 little-endian bytes as a u64.
+fn load<const N: usize>(element: &[u8]) -> u64 {
+    let mut le = [0u8; 8];
+    le[..N].copy_from_slice(element);
+    u64::from_le_bytes(le)
 }
 
 /// The dtype name as safetensors headers write it (`F32`, `BF16`, ...).
@@ -254,6 +281,20 @@ mod tests {
                     "{dtype:?}"
                 );
             }
+        }
+    }
+
+    #[test]
+    fn bf16_decoding_is_halfs_bit_for_bit() {
+        let bytes: Vec<u8> = (0..=u16::MAX).flat_map(u16::to_le_bytes).collect();
+        let ours = decode(Dtype::BF16, &bytes).unwrap_or_default();
+        assert_eq!(ours.len(), 1 << 16);
+        for (bits, value) in (0..=u16::MAX).zip(ours) {
+            assert_eq!(
+                value.to_bits(),
+                bf16::from_bits(bits).to_f64().to_bits(),
+                "{bits:#06x}"
+            );
         }
     }
 

@@ -254,9 +254,11 @@ pub fn combine<'a>(
 ) {
     match sources {
         [single] => {
-            dst.copy_from_slice(row(*single));
-            if divisor != 1.0 {
-                dst.iter_mut().for_each(|d| *d /= divisor);
+            let src = row(*single);
+            match exact_reciprocal(divisor) {
+                Some(1.0) => dst.copy_from_slice(src),
+                Some(r) => dst.iter_mut().zip(src).for_each(|(d, s)| *d = s * r),
+                None => dst.iter_mut().zip(src).for_each(|(d, s)| *d = s / divisor),
             }
         }
         [first, rest @ ..] => {
@@ -310,14 +312,38 @@ fn combine_one(sources: &[usize], divisor: f64, row: &[f64]) -> f64 {
 
 /// `dst = first + Σ (row − first) / n`: the mean, computed so that the mean of equal values
 /// is that value exactly in any precision (the naive Σ/n rounds 3x/3 for f64 data).
-fn shifted_mean<'a>(dst: &mut [f64], first: &[f64], rows: impl Iterator<Item = &'a [f64]>, n: f64) {
-    dst.iter_mut().for_each(|d| *d = 0.0);
+fn shifted_mean<'a>(
+    dst: &mut [f64],
+    first: &[f64],
+    mut rows: impl Iterator<Item = &'a [f64]>,
+    n: f64,
+) {
+    // The first difference is added to 0 rather than stored, as the sum of all of them would
+    // (0 + −0 is +0).
+    match rows.next() {
+        Some(row) => dst
+            .iter_mut()
+            .zip(row.iter().zip(first))
+            .for_each(|(d, (r, f))| *d = 0.0 + (r - f)),
+        None => dst.iter_mut().for_each(|d| *d = 0.0),
+    }
     for row in rows {
         dst.iter_mut()
             .zip(row.iter().zip(first))
             .for_each(|(d, (r, f))| *d += r - f);
     }
-    dst.iter_mut().zip(first).for_each(|(d, f)| *d = f + *d / n);
+    match exact_reciprocal(n) {
+        Some(r) => dst.iter_mut().zip(first).for_each(|(d, f)| *d = f + *d * r),
+        None => dst.iter_mut().zip(first).for_each(|(d, f)| *d = f + *d / n),
+    }
+}
+
+/// `1 / divisor` when multiplying by it is dividing by `divisor`, bit for bit: for a power of
+/// two, x / 2^k and x · 2^−k are the same real number, so rounded they are equal. A product
+/// costs a fraction of a division, and group sizes are mostly powers of two.
+fn exact_reciprocal(divisor: f64) -> Option<f64> {
+    const MANTISSA: u64 = (1 << 52) - 1;
+    (divisor.is_normal() && divisor.to_bits() & MANTISSA == 0).then(|| 1.0 / divisor)
 }
 
 /// Depth coalescing: `dst` = the element-wise mean of the group's layers (a single layer is
@@ -468,6 +494,43 @@ mod tests {
         assert_eq!(interpolate(0.0)[0].to_bits(), (-0.0f64).to_bits());
         assert_eq!(interpolate(1.0), small);
         assert_eq!(interpolate(0.25), [0.0, 1.5]);
+    }
+
+    #[test]
+    fn products_by_exact_reciprocals_are_the_divisions_bit_for_bit() {
+        use rand::{RngExt, SeedableRng};
+        let mut rng = rand::rngs::Xoshiro256PlusPlus::seed_from_u64(3);
+        let mut values: Vec<f64> = (0..200_000)
+            .map(|_| f64::from_bits(rng.random::<u64>()))
+            .collect();
+        values.extend([0.0, -0.0, f64::MIN_POSITIVE, 5e-324, f64::MAX, f64::INFINITY]);
+        let rows: Vec<Vec<f64>> = (0..3)
+            .map(|k| values.iter().map(|v| v * [1.0, -0.5, 3.0][k]).collect())
+            .collect();
+        let same = |a: &[f64], b: &[f64]| {
+            a.iter()
+                .zip(b)
+                .all(|(x, y)| x.to_bits() == y.to_bits() || x.is_nan() && y.is_nan())
+        };
+        for divisor in [1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 0.5] {
+            let mut ours = vec![0.0; values.len()];
+            combine(&mut ours, &[0], divisor, |_| &values);
+            let plain: Vec<f64> = values.iter().map(|v| v / divisor).collect();
+            assert!(same(&ours, &plain), "split by {divisor}");
+        }
+        for n in 2..=3 {
+            let layers: Vec<&[f64]> = rows.iter().take(n).map(Vec::as_slice).collect();
+            let mut ours = vec![0.0; values.len()];
+            mean_into(&mut ours, &layers);
+            let plain: Vec<f64> = (0..values.len())
+                .map(|i| {
+                    let first = layers[0][i];
+                    let d = layers[1..].iter().fold(0.0, |d, l| d + (l[i] - first));
+                    first + d / n as f64
+                })
+                .collect();
+            assert!(same(&ours, &plain), "mean of {n}");
+        }
     }
 
     #[test]
