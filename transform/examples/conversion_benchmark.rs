@@ -5,16 +5,18 @@
 //! Llama-style model of about 1.1B parameters in bf16; `--quick`: small models), then, for
 //! coalesce, decoalesce and grow, measures in a child process each (the benchmark re-invoking
 //! itself) the wall time and peak resident memory (VmHWM, which counts touched pages of
-//! memory-mapped inputs) of the conversion and of a plain copy of the same bytes, best of two
-//! runs each, and on the largest tensors the time of the same operator written as dense
-//! matrix products. Prints a table with each figure's target and writes the figures to
+//! memory-mapped inputs) of the conversion and of a plain copy of the same bytes through the
+//! same writer, best of two runs each, and on the largest tensors the time of the same
+//! operator written as dense matrix products. Prints a table with each figure's target and writes the figures to
 //! `target/bench/conversion.json`; the generated checkpoints are deleted unless `--keep`.
 //! The inputs are in the page cache (just generated or read): warm-cache figures.
 
+use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Mutex;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
@@ -24,8 +26,12 @@ use serde_json::{Value, json};
 use vcycle_transform::execute::{self, Inputs};
 use vcycle_transform::fixture::{self, FixtureSpec};
 use vcycle_transform::ops::Gather;
-use vcycle_transform::plan::{DepthOp, TensorPlan};
-use vcycle_transform::{Checkpoint, Dims, Job, Operator, Options, Plan, Target, dtype};
+use vcycle_transform::plan::{self, DepthOp, TensorPlan};
+use vcycle_transform::write::{self, OutputForm};
+use vcycle_transform::{
+    AlphaRange, ArchChoice, Checkpoint, Dims, Job, Operator, Options, Plan, Target, dtype,
+    open_model,
+};
 
 /// Hidden first argument of the measuring child process.
 const CHILD: &str = "--measure-child";
@@ -239,18 +245,18 @@ fn bench_model(root: &Path, model: &Model) -> Result<Vec<Value>> {
         let mut copy: Option<Value> = None;
         for _ in 0..2 {
             let c = run_child(&args)?;
-            let out_bytes = data_bytes(output)?;
             let mut copy_args = vec![
                 "copy".to_string(),
-                root.join("copy.bin").display().to_string(),
+                op.to_string(),
+                root.join("copy.out").display().to_string(),
             ];
-            copy_args.push(out_bytes.to_string());
+            copy_args.extend(shrink.iter().cloned());
             copy_args.extend(inputs.iter().map(|p| p.display().to_string()));
             let k = run_child(&copy_args)?;
             conversion = Some(best(conversion, c));
             copy = Some(best(copy, k));
         }
-        std::fs::remove_file(root.join("copy.bin")).ok();
+        std::fs::remove_dir_all(root.join("copy.out")).ok();
         let (Some(conversion), Some(copy)) = (conversion, copy) else {
             bail!("no measurement");
         };
@@ -363,8 +369,8 @@ fn job(op: &str, inputs: &[String], small: [&String; 3]) -> Result<Job> {
 fn child(args: &[String]) -> Result<()> {
     let start = Instant::now();
     match args {
-        [op, output, bytes, inputs @ ..] if op == "copy" => {
-            copy(inputs, Path::new(output), bytes.parse()?)?;
+        [copy_op, op, output, heads, kv, layers, inputs @ ..] if copy_op == "copy" => {
+            copy(op, inputs, [heads, kv, layers], Path::new(output))?;
         }
         [op, output, heads, kv, layers, inputs @ ..] => {
             job(op, inputs, [heads, kv, layers])?.write(Path::new(output), true)?;
@@ -542,12 +548,49 @@ fn decoalesce_options(input: &str) -> Result<Options> {
     })
 }
 
-/// A plain copy: reads every input safetensors file and writes `out_bytes` of what it read to
-/// `output`, then fsyncs it, as the conversion does.
-fn copy(inputs: &[String], output: &Path, out_bytes: u64) -> Result<()> {
-    let mut out = File::create(output)?;
-    let mut buf = vec![0u8; 1 << 20];
-    let mut left = out_bytes;
+/// The conversion `op`'s plan alone: what [`job`] plans, without reading tensor data.
+fn plan_only(op: &str, inputs: &[String], small: [&String; 3]) -> Result<Plan> {
+    let [heads, kv, layers] = small;
+    let target = Target {
+        heads: Some(heads.parse()?),
+        kv_heads: Some(kv.parse()?),
+        layers: Some(layers.parse()?),
+        ..Target::default()
+    };
+    let arch = ArchChoice::default();
+    Ok(match (op, inputs) {
+        ("coalesce", [input]) => {
+            let (checkpoint, anatomy) = open_model(Path::new(input), &arch)?;
+            plan::plan_resize(&checkpoint, &anatomy, &target, true)?
+        }
+        ("decoalesce", [input]) => {
+            let (checkpoint, anatomy) = open_model(Path::new(input), &arch)?;
+            let target = decoalesce_options(input)?.target;
+            plan::plan_resize(&checkpoint, &anatomy, &target, false)?
+        }
+        ("grow", [small, large]) => {
+            let (small, small_anatomy) = open_model(Path::new(small), &arch)?;
+            let (large, large_anatomy) = open_model(Path::new(large), &arch)?;
+            plan::plan_grow(
+                &small,
+                &small_anatomy,
+                &large,
+                &large_anatomy,
+                &Target::default(),
+                0.5,
+                AlphaRange::Interpolate,
+            )?
+        }
+        _ => bail!("bad conversion {op} {inputs:?}"),
+    })
+}
+
+/// A plain copy of the same bytes through the conversion's own writer: reads every input
+/// safetensors file and writes what it read as the conversion's output tensors (the same
+/// header, the same writer, writeback and fsync; the inputs are read again from the start when
+/// the output is larger), so the ratio to it is what computing the values costs.
+fn copy(op: &str, inputs: &[String], small: [&String; 3], output: &Path) -> Result<()> {
+    let plan = plan_only(op, inputs, small)?;
     let mut files = Vec::new();
     for input in inputs {
         for entry in std::fs::read_dir(input)? {
@@ -558,26 +601,105 @@ fn copy(inputs: &[String], output: &Path, out_bytes: u64) -> Result<()> {
         }
     }
     files.sort();
-    for path in &files {
-        let mut f = File::open(path)?;
-        loop {
-            let n = f.read(&mut buf)?;
-            if n == 0 {
-                break;
+    let replay = Mutex::new(Replay::new(files)?);
+    let form = OutputForm::Directory {
+        config: None,
+        extra_files: Vec::new(),
+        shard_size: None,
+    };
+    write::write_output(
+        output,
+        &form,
+        &plan.tensors,
+        &BTreeMap::new(),
+        true,
+        &|t, sink| {
+            let mut replay = replay
+                .lock()
+                .map_err(|_| vcycle_transform::Error::Incompatible {
+                    tensor: t.name.clone(),
+                    reason: "the reader panicked".into(),
+                })?;
+            let mut left = dtype::byte_len(t.dtype, &t.shape).unwrap_or(0);
+            while left > 0 {
+                let chunk = replay.next(left)?;
+                left -= chunk.len();
+                sink(chunk)?;
             }
-            let take = (n as u64).min(left) as usize;
-            out.write_all(&buf[..take])?;
-            left -= take as u64;
+            Ok(())
+        },
+    )?;
+    let mut replay = replay
+        .into_inner()
+        .map_err(|_| anyhow::anyhow!("the reader panicked"))?;
+    replay.read_to_end()?;
+    Ok(())
+}
+
+/// The bytes of a list of files, in order, read in blocks, from the start again after the last.
+struct Replay {
+    files: Vec<PathBuf>,
+    current: usize,
+    file: File,
+    buffer: Vec<u8>,
+    wrapped: bool,
+}
+
+impl Replay {
+    const BLOCK: usize = 4 << 20;
+
+    fn new(files: Vec<PathBuf>) -> Result<Self> {
+        let first = files.first().context("no input file")?;
+        Ok(Replay {
+            file: File::open(first)?,
+            files,
+            current: 0,
+            buffer: vec![0; Self::BLOCK],
+            wrapped: false,
+        })
+    }
+
+    /// Up to `max` bytes of the next block.
+    fn next(&mut self, max: usize) -> vcycle_transform::Result<&[u8]> {
+        let want = max.min(Self::BLOCK);
+        loop {
+            let n = self.read(want)?;
+            if n > 0 {
+                return Ok(&self.buffer[..n]);
+            }
+            self.open_next()?;
         }
     }
-    // An output larger than the input (de-coalescing) repeats what was read.
-    while left > 0 {
-        let take = (buf.len() as u64).min(left) as usize;
-        out.write_all(&buf[..take])?;
-        left -= take as u64;
+
+    /// Reads what the copy has not read yet of the inputs: every input byte is read.
+    fn read_to_end(&mut self) -> vcycle_transform::Result<()> {
+        while !self.wrapped {
+            if self.read(Self::BLOCK)? == 0 {
+                self.open_next()?;
+            }
+        }
+        Ok(())
     }
-    out.sync_all()?;
-    Ok(())
+
+    fn read(&mut self, want: usize) -> vcycle_transform::Result<usize> {
+        self.file
+            .read(&mut self.buffer[..want])
+            .map_err(|source| vcycle_transform::Error::Io {
+                path: self.files[self.current].clone(),
+                source,
+            })
+    }
+
+    fn open_next(&mut self) -> vcycle_transform::Result<()> {
+        self.current = (self.current + 1) % self.files.len();
+        self.wrapped |= self.current == 0;
+        let path = &self.files[self.current];
+        self.file = File::open(path).map_err(|source| vcycle_transform::Error::Io {
+            path: path.clone(),
+            source,
+        })?;
+        Ok(())
+    }
 }
 
 fn print_table(rows: &[Value]) {

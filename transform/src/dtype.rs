@@ -45,7 +45,9 @@ pub fn decode_into(dtype: Dtype, bytes: &[u8], out: &mut [f64]) -> Option<()> {
         // and quiets a signalling NaN, which widening to f64 does too), written so that it
         // vectorises.
         Dtype::BF16 => bytes.chunks_exact(2).zip(out).for_each(|(c, o)| {
-            *o = f64::from(f32::from_bits(u32::from(u16::from_le_bytes([c[0], c[1]])) << 16));
+            *o = f64::from(f32::from_bits(
+                u32::from(u16::from_le_bytes([c[0], c[1]])) << 16,
+            ));
         }),
         _ => return None,
     }

@@ -503,7 +503,14 @@ mod tests {
         let mut values: Vec<f64> = (0..200_000)
             .map(|_| f64::from_bits(rng.random::<u64>()))
             .collect();
-        values.extend([0.0, -0.0, f64::MIN_POSITIVE, 5e-324, f64::MAX, f64::INFINITY]);
+        values.extend([
+            0.0,
+            -0.0,
+            f64::MIN_POSITIVE,
+            5e-324,
+            f64::MAX,
+            f64::INFINITY,
+        ]);
         let rows: Vec<Vec<f64>> = (0..3)
             .map(|k| values.iter().map(|v| v * [1.0, -0.5, 3.0][k]).collect())
             .collect();

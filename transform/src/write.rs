@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Component, Path, PathBuf};
+use std::thread::JoinHandle;
 
 use serde_json::{Map, Value, json};
 
@@ -508,6 +509,7 @@ fn write_safetensors(
     header_bytes.resize(header_bytes.len().next_multiple_of(8), b' ');
 
     let mut w = BufWriter::with_capacity(1 << 20, Disk { file });
+    let mut writeback = Writeback::new(file, path);
     let io = Error::io(path);
     let write = |w: &mut BufWriter<Disk<'_>>, bytes: &[u8]| w.write_all(bytes);
     write(&mut w, &(header_bytes.len() as u64).to_le_bytes())
@@ -528,13 +530,65 @@ fn write_safetensors(
             if written > planned {
                 return Err(wrong_size(written));
             }
-            w.write_all(bytes).map_err(Error::io(path))
+            w.write_all(bytes).map_err(Error::io(path))?;
+            writeback.wrote(bytes.len())
         })?;
         if written != planned {
             return Err(wrong_size(written));
         }
     }
-    w.flush().map_err(io)
+    w.flush().map_err(io)?;
+    writeback.finish()
+}
+
+/// Bytes written between two starts of [`Writeback`].
+const WRITEBACK_BYTES: u64 = 64 << 20;
+
+/// Writes a file's pages to disk in the background while the conversion goes on, so that the
+/// final fsync finds little left to write. Left alone, the kernel starts writing only when
+/// dirty pages reach a share of the memory, and a conversion would compute everything first and
+/// then wait for the disk. One `fdatasync` of a duplicate handle at a time, started every
+/// [`WRITEBACK_BYTES`]; its error is the write's.
+struct Writeback<'a> {
+    file: &'a File,
+    path: &'a Path,
+    running: Option<JoinHandle<std::io::Result<()>>>,
+    unsynced: u64,
+}
+
+impl<'a> Writeback<'a> {
+    fn new(file: &'a File, path: &'a Path) -> Self {
+        Writeback {
+            file,
+            path,
+            running: None,
+            unsynced: 0,
+        }
+    }
+
+    fn wrote(&mut self, bytes: usize) -> Result<()> {
+        self.unsynced += bytes as u64;
+        let busy = self.running.as_ref().is_some_and(|r| !r.is_finished());
+        if self.unsynced < WRITEBACK_BYTES || busy {
+            return Ok(());
+        }
+        self.finish()?;
+        let file = self.file.try_clone().map_err(Error::io(self.path))?;
+        self.running = Some(std::thread::spawn(move || file.sync_data()));
+        self.unsynced = 0;
+        Ok(())
+    }
+
+    /// Waits for the writeback under way.
+    fn finish(&mut self) -> Result<()> {
+        let Some(running) = self.running.take() else {
+            return Ok(());
+        };
+        running
+            .join()
+            .unwrap_or_else(|_| Err(std::io::Error::other("the writeback thread panicked")))
+            .map_err(Error::io(self.path))
+    }
 }
 
 #[cfg(test)]
@@ -618,6 +672,22 @@ mod tests {
                 assert_eq!(std::fs::read_to_string(&output).unwrap(), "old");
             }
         }
+    }
+
+    #[test]
+    fn writeback_starts_after_its_threshold_and_is_waited_for() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("data");
+        let mut file = File::create(&path).unwrap();
+        file.write_all(&[7; 4096]).unwrap();
+        let mut writeback = Writeback::new(&file, &path);
+        writeback.wrote(4096).unwrap();
+        assert!(writeback.running.is_none());
+        writeback.wrote(WRITEBACK_BYTES as usize).unwrap();
+        assert!(writeback.running.is_some());
+        assert_eq!(writeback.unsynced, 0);
+        writeback.finish().unwrap();
+        assert!(writeback.running.is_none());
     }
 
     #[test]
