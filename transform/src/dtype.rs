@@ -117,7 +117,8 @@ pub fn encode_into(dtype: Dtype, values: &[f64], out: &mut [u8]) -> Option<()> {
 /// infinity as half rounds them.
 fn f64_to_bf16_bits(v: f64) -> u16 {
     let x = (f64::from_bits(v.to_bits() & !0xffff_ffff) as f32).to_bits();
-    ((x + 0x7fff + ((x >> 16) & 1)) >> 16) as u16
+    // Wrapping: a negative NaN overflows (its result is replaced by half's).
+    (x.wrapping_add(0x7fff + ((x >> 16) & 1)) >> 16) as u16
 }
 
 /// Whether [`f64_to_bf16_bits`] may differ from half for `v`: NaN (whose payload can sit in the

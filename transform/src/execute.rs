@@ -241,8 +241,7 @@ impl Rows<'_> {
                                 buf.resize(n, 0.0);
                                 layer.decode_row(j, buf)?;
                             }
-                            let refs: Vec<&[f64]> = s.layers.iter().map(Vec::as_slice).collect();
-                            ops::mean_into(dst, &refs);
+                            ops::mean_into(dst, &s.layers);
                         }
                     }
                 }

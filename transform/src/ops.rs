@@ -348,12 +348,13 @@ fn exact_reciprocal(divisor: f64) -> Option<f64> {
 
 /// Depth coalescing: `dst` = the element-wise mean of the group's layers (a single layer is
 /// copied).
-pub fn mean_into(dst: &mut [f64], layers: &[&[f64]]) {
+pub fn mean_into<L: AsRef<[f64]>>(dst: &mut [f64], layers: &[L]) {
     match layers {
         [] => {}
-        [single] => dst.copy_from_slice(single),
+        [single] => dst.copy_from_slice(single.as_ref()),
         [first, rest @ ..] => {
-            shifted_mean(dst, first, rest.iter().copied(), layers.len() as f64);
+            let rest = rest.iter().map(AsRef::as_ref);
+            shifted_mean(dst, first.as_ref(), rest, layers.len() as f64);
         }
     }
 }
