@@ -174,3 +174,16 @@ fn a_rule_file_with_an_unknown_key_is_refused_with_its_line() {
     assert_eq!(run.code, 2, "{run}");
     assert_mentions(&run, &["bad.toml", "line", "scale"]);
 }
+
+#[test]
+fn verify_names_the_role_a_rule_file_leaves_out() {
+    let sb = Sandbox::new();
+    write_tinygpt(&sb.path("tinygpt"));
+    let rules = std::fs::read_to_string(rules_path()).expect("rule file");
+    let without_o = rules.replace("role = \"attn.o.weight\"\n", "");
+    assert_ne!(without_o, rules, "the rule file names attn.o.weight");
+    std::fs::write(sb.path("no-o.toml"), without_o).expect("rule file");
+    let run = sb.run(["verify", "tinygpt", "tinygpt", "--rules", "no-o.toml"]);
+    assert_eq!(run.code, 2, "{run}");
+    assert_mentions(&run, &["tinygpt", "role `attn.o.weight` in layer 0"]);
+}

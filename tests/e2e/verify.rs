@@ -1,6 +1,6 @@
 //! `vcycle verify`: two checkpoints on the same seeded input; `--max-rel` makes it a check.
 
-use crate::util::{Sandbox, fixture};
+use crate::util::{Sandbox, assert_mentions, fixture};
 
 fn relative(stdout: &str) -> f64 {
     stdout
@@ -93,4 +93,13 @@ fn verify_refuses_models_with_different_vocabularies() {
     let sb = Sandbox::new();
     let run = sb.run(["verify", &fixture("gpt2-tiny"), &fixture("vit-tiny")]);
     assert_eq!(run.code, 2, "{run}");
+    assert_mentions(
+        &run,
+        &[
+            "vit-tiny",
+            "gpt2-tiny",
+            "3-channel",
+            "tokens of a 128-token vocabulary",
+        ],
+    );
 }

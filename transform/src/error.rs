@@ -157,8 +157,40 @@ pub enum Error {
     #[error("forward pass: {0}")]
     Forward(#[from] crate::forward::ForwardError),
 
-    #[error("{0}")]
-    Verify(String),
+    #[error("architecture `{arch}` has no [forward] section, so its models cannot be run")]
+    NoForward { arch: String },
+
+    #[error(
+        "{path}: architecture `{arch}` has no tensor with role `{role}`{}",
+        layer.map(|l| format!(" in layer {l}")).unwrap_or_default()
+    )]
+    MissingRole {
+        path: PathBuf,
+        arch: String,
+        role: String,
+        layer: Option<usize>,
+    },
+
+    /// A tensor the forward pass cannot use in its role (a matrix that is not 2-D, a kernel
+    /// that is not square, a fused axis that does not split).
+    #[error("{path}: tensor `{tensor}` (shape {shape:?}): {reason}")]
+    RoleShape {
+        path: PathBuf,
+        tensor: String,
+        shape: Vec<usize>,
+        /// What is wrong, naming the role.
+        reason: String,
+    },
+
+    /// Two models, or a model and its input, that cannot be run against each other.
+    #[error("cannot run {path}: {reason}")]
+    Unrunnable { path: PathBuf, reason: String },
+
+    #[error("the outputs compared have different shapes: {reference:?} and {other:?}")]
+    OutputShapes {
+        reference: Vec<usize>,
+        other: Vec<usize>,
+    },
 }
 
 /// Shorthand used throughout the crate.

@@ -25,12 +25,13 @@ pub struct Loader<'a> {
 
 impl<'a> Loader<'a> {
     pub fn new(checkpoint: &'a Checkpoint, anatomy: &'a Anatomy) -> Result<Self> {
-        let spec = anatomy.rules.forward.clone().ok_or_else(|| {
-            Error::Verify(format!(
-                "architecture `{}` has no [forward] section, so it cannot be run",
-                anatomy.rules.name
-            ))
-        })?;
+        let spec = anatomy
+            .rules
+            .forward
+            .clone()
+            .ok_or_else(|| Error::NoForward {
+                arch: anatomy.rules.name.clone(),
+            })?;
         Ok(Loader {
             checkpoint,
             anatomy,
@@ -54,7 +55,7 @@ impl<'a> Loader<'a> {
             .map(|v| v as f32)
             .collect();
         let array = ArrayD::from_shape_vec(IxDyn(&info.shape), values)
-            .map_err(|e| Error::Verify(format!("tensor `{}`: {e}", claim.name)))?;
+            .map_err(|e| self.bad_shape(role, layer, &info.shape, e))?;
         let axes = self
             .anatomy
             .rule_of(claim)
@@ -64,21 +65,54 @@ impl<'a> Loader<'a> {
     }
 
     fn require(&self, role: &str, layer: Option<usize>) -> Result<(ArrayD<f32>, Vec<Axis>)> {
-        self.get(role, layer)?.ok_or_else(|| {
-            Error::Verify(format!(
-                "architecture `{}` has no tensor with role `{role}`{}",
-                self.anatomy.rules.name,
-                layer.map(|l| format!(" in layer {l}")).unwrap_or_default()
-            ))
-        })
+        self.get(role, layer)?
+            .ok_or_else(|| self.missing_role(role, layer))
+    }
+
+    /// The error for a role the architecture needs and the checkpoint lacks.
+    fn missing_role(&self, role: &str, layer: Option<usize>) -> Error {
+        Error::MissingRole {
+            path: self.checkpoint.path().to_path_buf(),
+            arch: self.anatomy.rules.name.clone(),
+            role: role.to_string(),
+            layer,
+        }
+    }
+
+    /// The error for a tensor whose shape does not fit its role.
+    fn bad_shape(
+        &self,
+        role: &str,
+        layer: Option<usize>,
+        shape: &[usize],
+        reason: impl std::fmt::Display,
+    ) -> Error {
+        let claim = self.anatomy.by_role(role, layer);
+        Error::RoleShape {
+            path: claim
+                .and_then(|c| self.checkpoint.file_of(&c.name))
+                .unwrap_or(self.checkpoint.path())
+                .to_path_buf(),
+            tensor: claim.map(|c| c.name.clone()).unwrap_or_default(),
+            shape: shape.to_vec(),
+            reason: format!("as `{role}`: {reason}"),
+        }
+    }
+
+    /// The error for a model that cannot be run as it is.
+    fn unrunnable(&self, reason: impl Into<String>) -> Error {
+        Error::Unrunnable {
+            path: self.checkpoint.path().to_path_buf(),
+            reason: reason.into(),
+        }
     }
 
     fn vector(&self, role: &str, layer: Option<usize>) -> Result<Option<Array1<f32>>> {
         self.get(role, layer)?
             .map(|(a, _)| {
-                let n = a.len();
-                a.into_shape_with_order(n)
-                    .map_err(|e| Error::Verify(format!("role `{role}`: {e}")))
+                let shape = a.shape().to_vec();
+                a.into_shape_with_order(shape.iter().product::<usize>())
+                    .map_err(|e| self.bad_shape(role, layer, &shape, e))
             })
             .transpose()
     }
@@ -89,9 +123,10 @@ impl<'a> Loader<'a> {
         let Some((a, axes)) = self.get(role, layer)? else {
             return Ok(None);
         };
+        let shape = a.shape().to_vec();
         let a = a
             .into_dimensionality::<ndarray::Ix2>()
-            .map_err(|e| Error::Verify(format!("role `{role}` is not a matrix: {e}")))?;
+            .map_err(|_| self.bad_shape(role, layer, &shape, "not a matrix"))?;
         let first_is_in = matches!(
             axes.first(),
             Some(Axis::Model {
@@ -116,7 +151,7 @@ impl<'a> Loader<'a> {
 
     fn require_linear(&self, name: &str, layer: Option<usize>) -> Result<Linear> {
         self.linear(name, layer)?
-            .ok_or_else(|| Error::Verify(format!("no tensor with role `{name}.weight`")))
+            .ok_or_else(|| self.missing_role(&format!("{name}.weight"), layer))
     }
 
     fn norm(&self, name: &str, layer: Option<usize>) -> Result<Option<Norm>> {
@@ -136,7 +171,7 @@ impl<'a> Loader<'a> {
 
     fn require_norm(&self, name: &str, layer: Option<usize>) -> Result<Norm> {
         self.norm(name, layer)?
-            .ok_or_else(|| Error::Verify(format!("no tensor with role `{name}.weight`")))
+            .ok_or_else(|| self.missing_role(&format!("{name}.weight"), layer))
     }
 
     fn config_f64(&self, keys: &[String]) -> Option<f64> {
@@ -165,32 +200,40 @@ impl<'a> Loader<'a> {
         let o = self.require_linear("attn.o", l)?;
         if let Some((weight, axes)) = self.matrix("attn.qkv.weight", l)? {
             let bias = self.vector("attn.qkv.bias", l)?;
+            let role = "attn.qkv.weight";
             let parts = match axes.first() {
-                Some(Axis::Model { parts, .. }) if parts.len() == 3 => parts.clone(),
+                Some(Axis::Model { parts, .. }) => match parts[..] {
+                    [q, k, v] => [q, k, v],
+                    _ => {
+                        let reason = "its output axis must be fused from three parts";
+                        return Err(self.bad_shape(role, l, weight.shape(), reason));
+                    }
+                },
                 _ => {
-                    return Err(Error::Verify(
-                        "role `attn.qkv.weight` must have a fused output axis of three parts"
-                            .into(),
-                    ));
+                    let reason = "its output axis must be fused from three parts";
+                    return Err(self.bad_shape(role, l, weight.shape(), reason));
                 }
             };
-            let dims = &self.anatomy.dims;
-            let sizes: Vec<usize> = parts.iter().map(|&p| dims.space(p)).collect();
-            let mut start = 0;
-            let mut linears = Vec::with_capacity(3);
-            for size in sizes {
-                let rows = start..start + size;
-                linears.push(Linear {
-                    weight: weight.slice(s![rows.clone(), ..]).to_owned(),
-                    bias: bias.as_ref().map(|b| b.slice(s![rows]).to_owned()),
-                });
-                start += size;
+            let mut end = 0;
+            let [q, k, v] = parts.map(|part| {
+                let rows = end..end + self.anatomy.dims.space(part);
+                end = rows.end;
+                rows
+            });
+            if end > weight.nrows() || bias.as_ref().is_some_and(|b| b.len() < end) {
+                let reason = format!("q, k and v take {end} rows");
+                return Err(self.bad_shape(role, l, weight.shape(), reason));
             }
-            let mut it = linears.into_iter();
-            let (Some(q), Some(k), Some(v)) = (it.next(), it.next(), it.next()) else {
-                return Err(Error::Verify("fused qkv split failed".into()));
+            let split = |rows: std::ops::Range<usize>| Linear {
+                weight: weight.slice(s![rows.clone(), ..]).to_owned(),
+                bias: bias.as_ref().map(|b| b.slice(s![rows]).to_owned()),
             };
-            return Ok(Attention { q, k, v, o });
+            return Ok(Attention {
+                q: split(q),
+                k: split(k),
+                v: split(v),
+                o,
+            });
         }
         Ok(Attention {
             q: self.require_linear("attn.q", l)?,
@@ -210,25 +253,24 @@ impl<'a> Loader<'a> {
             ));
         }
         let (table, _) = self.require("embed.tokens", None)?;
-        let table = table
-            .into_dimensionality::<ndarray::Ix2>()
-            .map_err(|e| Error::Verify(format!("role `embed.tokens`: {e}")))?;
+        let table = self.two_d("embed.tokens", table)?;
         let token_type = self
             .get("embed.token_types", None)?
             .map(|(a, _)| {
+                let shape = a.shape().to_vec();
+                if a.ndim() == 0 || shape.first() == Some(&0) {
+                    return Err(self.bad_shape("embed.token_types", None, &shape, "no rows"));
+                }
                 a.index_axis(NdAxis(0), 0)
                     .to_owned()
                     .into_dimensionality::<ndarray::Ix1>()
+                    .map_err(|_| self.bad_shape("embed.token_types", None, &shape, "not a matrix"))
             })
-            .transpose()
-            .map_err(|e| Error::Verify(format!("role `embed.token_types`: {e}")))?;
+            .transpose()?;
         let positions = match self.spec.positions {
             PositionKind::Learned => {
                 let (p, _) = self.require("embed.positions", None)?;
-                Positions::Learned(
-                    p.into_dimensionality::<ndarray::Ix2>()
-                        .map_err(|e| Error::Verify(format!("role `embed.positions`: {e}")))?,
-                )
+                Positions::Learned(self.two_d("embed.positions", p)?)
             }
             PositionKind::Rope => Positions::Rope {
                 theta: self
@@ -243,25 +285,23 @@ impl<'a> Loader<'a> {
     /// The convolution `[hidden, channels, patch, patch]` (patch size from its shape), its
     /// bias, and the learned tokens put before the patches.
     fn patch_embedding(&self) -> Result<PatchEmbedding> {
-        let (weight, _) = self.require("embed.patch.weight", None)?;
+        let role = "embed.patch.weight";
+        let (weight, _) = self.require(role, None)?;
+        let shape = weight.shape().to_vec();
         let weight = weight
             .into_dimensionality::<ndarray::Ix4>()
-            .map_err(|e| Error::Verify(format!("role `embed.patch.weight`: {e}")))?;
+            .map_err(|_| self.bad_shape(role, None, &shape, "not a 4-D convolution kernel"))?;
         let (hidden, _, patch, patch_w) = weight.dim();
         if patch != patch_w {
-            return Err(Error::Verify(format!(
-                "role `embed.patch.weight`: the kernel is {patch}x{patch_w}, not square"
-            )));
+            let reason = format!("the kernel is {patch}x{patch_w}, not square");
+            return Err(self.bad_shape(role, None, &shape, reason));
         }
         let bias = self
             .vector("embed.patch.bias", None)?
             .unwrap_or_else(|| Array1::zeros(hidden));
-        let cls_token = self.vector("embed.cls", None)?.ok_or_else(|| {
-            Error::Verify(format!(
-                "architecture `{}` has no tensor with role `embed.cls`",
-                self.anatomy.rules.name
-            ))
-        })?;
+        let cls_token = self
+            .vector("embed.cls", None)?
+            .ok_or_else(|| self.missing_role("embed.cls", None))?;
         let extra_tokens = self
             .vector("embed.distillation", None)?
             .into_iter()
@@ -277,19 +317,30 @@ impl<'a> Loader<'a> {
 
     /// The position table as `[tokens, hidden]` (stored `[1, tokens, hidden]` by HF and timm).
     fn patch_positions(&self) -> Result<Array2<f32>> {
-        let (table, axes) = self.require("embed.positions", None)?;
-        let Some(hidden_axis) = axes.iter().position(|a| matches!(a, Axis::Model { .. })) else {
-            return Err(Error::Verify(
-                "role `embed.positions` has no hidden axis".into(),
-            ));
+        let role = "embed.positions";
+        let (table, axes) = self.require(role, None)?;
+        let shape = table.shape().to_vec();
+        let Some(&hidden) = axes
+            .iter()
+            .position(|a| matches!(a, Axis::Model { .. }))
+            .and_then(|axis| shape.get(axis))
+        else {
+            return Err(self.bad_shape(role, None, &shape, "no hidden axis"));
         };
-        let hidden = table.shape()[hidden_axis];
         let rows = table.len() / hidden.max(1);
         table
             .as_standard_layout()
             .to_owned()
             .into_shape_with_order((rows, hidden))
-            .map_err(|e| Error::Verify(format!("role `embed.positions`: {e}")))
+            .map_err(|e| self.bad_shape(role, None, &shape, e))
+    }
+
+    /// A 2-D table (`[rows, hidden]`) in `role`.
+    fn two_d(&self, role: &str, table: ArrayD<f32>) -> Result<Array2<f32>> {
+        let shape = table.shape().to_vec();
+        table
+            .into_dimensionality::<ndarray::Ix2>()
+            .map_err(|_| self.bad_shape(role, None, &shape, "not a matrix"))
     }
 
     /// The forward-pass model.
@@ -344,10 +395,7 @@ impl<'a> Loader<'a> {
                 bias: self.vector("head.bias", None)?,
             },
             (_, Embedding::Patches(_)) => {
-                return Err(Error::Verify(format!(
-                    "{}: a patch model's head cannot be tied to an embedding",
-                    self.checkpoint.path().display()
-                )));
+                return Err(self.unrunnable("a patch model's head cannot be tied to an embedding"));
             }
         };
         let transform = match self.linear("head.transform", None)? {
@@ -376,7 +424,7 @@ impl<'a> Loader<'a> {
         let patches = positions.saturating_sub(prefix);
         let grid = (patches as f64).sqrt().round() as usize;
         if grid == 0 || grid * grid != patches {
-            return Err(Error::Verify(format!(
+            return Err(self.unrunnable(format!(
                 "{positions} position embeddings less {prefix} learned tokens do not make a square grid of patches; give the image size in config.json"
             )));
         }
@@ -390,9 +438,12 @@ impl<'a> Loader<'a> {
                 channels: p.weight.dim().1,
                 side: self.image_side(p, table.nrows())?,
             }),
-            (Embedding::Patches(_), _) => Err(Error::Verify(
-                "a patch model needs learned position embeddings".into(),
-            )),
+            (Embedding::Patches(_), _) => {
+                Err(self.unrunnable("a patch model needs learned position embeddings"))
+            }
+            (Embedding::Tokens { table, .. }, _) if table.nrows() == 0 => {
+                Err(self.unrunnable("its token embedding has no rows"))
+            }
             (Embedding::Tokens { table, .. }, _) => Ok(InputKind::Tokens {
                 vocab: table.nrows(),
             }),
@@ -462,12 +513,11 @@ pub fn run_tokens(
     run(checkpoint, anatomy, Input::Tokens(ids.view()))
 }
 
-/// Seeded random token ids in `0..vocab`.
-pub fn random_tokens(seed: u64, batch: usize, seq: usize, vocab: usize) -> Result<Array2<i64>> {
+/// Seeded random token ids in `0..vocab` (None for an empty vocabulary).
+pub fn random_tokens(seed: u64, batch: usize, seq: usize, vocab: usize) -> Option<Array2<i64>> {
     let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed);
-    let dist = Uniform::new(0, vocab as i64)
-        .map_err(|e| Error::Verify(format!("vocabulary {vocab}: {e}")))?;
-    Ok(Array2::from_shape_fn((batch, seq), |_| {
+    let dist = Uniform::new(0, i64::try_from(vocab).ok()?).ok()?;
+    Some(Array2::from_shape_fn((batch, seq), |_| {
         dist.sample(&mut rng)
     }))
 }
@@ -482,17 +532,22 @@ pub fn random_normal(seed: u64, shape: &[usize]) -> ArrayD<f32> {
 }
 
 /// The seeded random input for a model: `batch` × `seq` tokens, or `batch` images of the
-/// model's channels and size (`seq` is then unused).
-fn random_input(kind: InputKind, seed: u64, batch: usize, seq: usize) -> Result<ModelInput> {
+/// model's channels and size (`seq` is then unused); None for an empty vocabulary.
+fn random_input(kind: InputKind, seed: u64, batch: usize, seq: usize) -> Option<ModelInput> {
     match kind {
         InputKind::Tokens { vocab } => {
-            Ok(ModelInput::Tokens(random_tokens(seed, batch, seq, vocab)?))
+            random_tokens(seed, batch, seq, vocab).map(ModelInput::Tokens)
         }
         InputKind::Pixels { channels, side } => {
-            let pixels = random_normal(seed, &[batch, channels, side, side])
-                .into_dimensionality::<ndarray::Ix4>()
-                .map_err(|e| Error::Verify(format!("random pixels: {e}")))?;
-            Ok(ModelInput::Pixels(pixels))
+            // The values and order of `random_normal`, as a 4-D array.
+            let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed);
+            Some(ModelInput::Pixels(Array4::from_shape_fn(
+                (batch, channels, side, side),
+                |_| {
+                    let z: f64 = StandardNormal.sample(&mut rng);
+                    z as f32
+                },
+            )))
         }
     }
 }
@@ -510,11 +565,10 @@ pub struct Difference {
 /// Compares `b` against the reference `a`.
 pub fn compare(a: &ArrayD<f32>, b: &ArrayD<f32>) -> Result<Difference> {
     if a.shape() != b.shape() {
-        return Err(Error::Verify(format!(
-            "outputs have different shapes: {:?} and {:?}",
-            a.shape(),
-            b.shape()
-        )));
+        return Err(Error::OutputShapes {
+            reference: a.shape().to_vec(),
+            other: b.shape().to_vec(),
+        });
     }
     let n = a.len().max(1) as f64;
     let mut sum_abs = 0.0;
@@ -571,15 +625,15 @@ pub fn verify(
                 format!("{channels}-channel {side}x{side} images")
             }
         };
-        return Err(Error::Verify(format!(
-            "the models read different inputs: {} reads {}, {} reads {}",
+        return Err(lb.unrunnable(format!(
+            "it reads {}, but {} reads {}",
+            describe(kb),
             a.0.path().display(),
-            describe(ka),
-            b.0.path().display(),
-            describe(kb)
+            describe(ka)
         )));
     }
-    let input = random_input(ka, seed, batch, seq)?;
+    let input =
+        random_input(ka, seed, batch, seq).ok_or_else(|| la.unrunnable("it has no vocabulary"))?;
     let out_a = forward::forward(&ma, input.view())?;
     let out_b = forward::forward(&mb, input.view())?;
     Ok(Verification {

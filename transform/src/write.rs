@@ -697,7 +697,10 @@ mod tests {
         let tensors = [tensor("a", 10), tensor("b", 10)];
         let fail = |t: &TensorPlan, sink: &mut Sink<'_>| {
             if t.name == "b" {
-                Err(Error::Verify("boom".into()))
+                Err(Error::Unrunnable {
+                    path: PathBuf::new(),
+                    reason: "boom".into(),
+                })
             } else {
                 zeros(t, sink)
             }
