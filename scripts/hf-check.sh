@@ -1,8 +1,7 @@
 #!/usr/bin/env bash
-# Converts the fixtures (a tiny DeiT written by transformers, and the real MiniLM when
-# scripts/fetch-minilm.sh has fetched it) with vcycle, writes a manifest of checks for
-# scripts/hf_check.py, and runs it when python3 has HuggingFace transformers; otherwise it says
-# how to run it on a machine that has it (without the DeiT checks).
+# Converts the fixtures (and the real MiniLM, when scripts/fetch-minilm.sh has fetched it) with
+# vcycle, writes a manifest of checks for scripts/hf_check.py, and runs it when python3 has
+# HuggingFace transformers; otherwise it says how to run it on a machine that has it.
 #
 #   scripts/hf-check.sh [OUT_DIR] [PLUGIN_RUN_DIR]
 #
@@ -24,13 +23,8 @@ convert() { # NAME INPUT ARGS... : one conversion into $out/NAME
   local name=$1 input=$2; shift 2
   "$vcycle" "$@" "$input" -o "$out/$name" >/dev/null
 }
-sources=(fixtures/gpt2-tiny fixtures/bert-tiny fixtures/llama-tiny fixtures/llama-tied-tiny fixtures/vit-tiny)
-# DeiT (distillation token, two heads) has no bundled fixture: transformers writes a tiny one.
-if python3 -c 'import transformers, torch' 2>/dev/null; then
-  python3 scripts/hf_make_deit.py "$out/deit-tiny"
-  sources+=("$out/deit-tiny")
-fi
-for src in "${sources[@]}"; do
+for src in fixtures/gpt2-tiny fixtures/bert-tiny fixtures/llama-tiny fixtures/llama-tied-tiny \
+  fixtures/vit-tiny fixtures/hf-deit; do
   model=$(basename "$src")
   convert "$model-wide" "$src" decoalesce --heads 8
   add "{\"kind\": \"same-function\", \"a\": \"$(rel "$src")\", \"b\": \"$model-wide\"}"

@@ -14,9 +14,13 @@ use crate::test_support::hf_reference_dir;
 
 const TOLERANCE: f64 = 1e-4;
 
-/// The reference input and logits of a folder.
+/// The reference input and logits of a folder of ../shared/hf-reference.
 fn reference(name: &str) -> TestResult<(ModelInput, ArrayD<f32>)> {
-    let dir = hf_reference_dir(name)?;
+    reference_in(&hf_reference_dir(name)?)
+}
+
+/// The input and logits in `dir`/reference.safetensors.
+fn reference_in(dir: &Path) -> TestResult<(ModelInput, ArrayD<f32>)> {
     let reference = Checkpoint::open(dir.join("reference.safetensors"))?;
     let input = if let Some(info) = reference.info("input_ids") {
         let ids: Vec<i64> = reference
@@ -54,8 +58,13 @@ fn reference(name: &str) -> TestResult<(ModelInput, ArrayD<f32>)> {
 /// Runs the model at `dir` (architecture detected) on reference `name`'s input and returns the
 /// max abs difference from HF's logits.
 fn check_dir(name: &str, dir: &Path) -> TestResult<f64> {
+    check_against(name, &hf_reference_dir(name)?, dir)
+}
+
+/// [`check_dir`] with the reference in `reference_dir`.
+fn check_against(name: &str, reference_dir: &Path, dir: &Path) -> TestResult<f64> {
     let (checkpoint, anatomy) = open_model(dir, &ArchChoice::Detect)?;
-    let (input, want) = reference(name)?;
+    let (input, want) = reference_in(reference_dir)?;
     let logits = run(&checkpoint, &anatomy, input.view())?;
     let d = compare(&want, &logits)?;
     println!(
@@ -99,6 +108,16 @@ fn llama_tied_rules_loader_matches_hf() -> TestResult {
 #[test]
 fn vit_rules_loader_matches_hf() -> TestResult {
     check("vit").map(drop)
+}
+
+/// A DeiT with a distillation token and two heads, written with its logits by transformers
+/// (`fixtures/hf-deit`, from scripts/hf_make_deit.py): the logits are the mean of both heads.
+#[test]
+fn deit_with_teacher_matches_hf() -> TestResult {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/hf-deit");
+    let (_, anatomy) = open_model(&dir, &ArchChoice::Detect)?;
+    assert_eq!(anatomy.rules.name, "vit");
+    check_against("hf-deit", &dir, &dir).map(drop)
 }
 
 /// The HF ViT weights under timm's names (fused qkv, no config.json sizes but `num_heads`) give
