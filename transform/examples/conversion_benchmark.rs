@@ -1,5 +1,5 @@
 //! Conversion speed and memory: `cargo run --release -p vcycle-transform --example
-//! conversion_benchmark [-- --quick] [-- --keep]`.
+//! conversion_benchmark [-- [--quick] [--keep] [--cold]]`.
 //!
 //! Generates synthetic checkpoints under `target/bench` (BERT-Large in f32 and in bf16, and a
 //! Llama-style model of about 1.1B parameters in bf16; `--quick`: small models), then, for
@@ -9,7 +9,8 @@
 //! same writer, best of three runs each, and on the largest tensors the time of the same
 //! operator written as dense matrix products. Prints a table with each figure's target and writes the figures to
 //! `target/bench/conversion.json`; the generated checkpoints are deleted unless `--keep`.
-//! The inputs are in the page cache (just generated or read): warm-cache figures.
+//! The inputs are in the page cache (just generated or read): warm-cache figures; with
+//! `--cold` (root only) the page cache is dropped before every run.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -144,18 +145,23 @@ fn main() -> Result<()> {
     }
     let quick = args.iter().any(|a| a == "--quick");
     let keep = args.iter().any(|a| a == "--keep");
+    let cache = if args.iter().any(|a| a == "--cold") {
+        Cache::Cold
+    } else {
+        Cache::Warm
+    };
     if let Some(unknown) = args
         .iter()
-        .find(|a| !matches!(a.as_str(), "--quick" | "--keep"))
+        .find(|a| !matches!(a.as_str(), "--quick" | "--keep" | "--cold"))
     {
-        bail!("unknown argument {unknown} (accepted: --quick, --keep)");
+        bail!("unknown argument {unknown} (accepted: --quick, --keep, --cold)");
     }
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
     std::fs::create_dir_all(&root)?;
     let load_at_start = load_average();
     let mut rows = Vec::new();
     for model in models(quick) {
-        rows.extend(bench_model(&root, &model)?);
+        rows.extend(bench_model(&root, &model, cache)?);
     }
     let load_at_end = load_average();
     let machine = machine();
@@ -165,14 +171,16 @@ fn main() -> Result<()> {
         machine["cpu"].as_str().unwrap_or("")
     );
     println!(
-        "inputs in the page cache (warm), outputs written and fsynced; best of {RUNS} runs, each in its own process"
+        "{}, outputs written and fsynced; best of {RUNS} runs, each in its own process",
+        cache.describe()
     );
     print_table(&rows);
     let bf16 = bf16_comparison(&rows);
     let report = json!({
         "machine": machine,
         "load_average_1min": {"start": load_at_start, "end": load_at_end},
-        "cache": "warm: inputs in the page cache; outputs written and fsynced",
+        "cache": cache.describe(),
+        "outputs": "written and fsynced",
         "best_of_runs": RUNS,
         "targets": {
             "wall_vs_copy_at_most": COPY_RATIO_LIMIT,
@@ -219,8 +227,36 @@ fn machine() -> Value {
     json!({"cpus": cpus, "cpu": model})
 }
 
+/// Where the inputs are when a run starts.
+#[derive(Clone, Copy)]
+enum Cache {
+    /// In the page cache (just generated, or read by the run before).
+    Warm,
+    /// On disk only: the page cache is dropped before every run (needs root).
+    Cold,
+}
+
+impl Cache {
+    fn describe(self) -> &'static str {
+        match self {
+            Cache::Warm => "inputs in the page cache (warm)",
+            Cache::Cold => "inputs on disk (cold: the page cache dropped before each run)",
+        }
+    }
+
+    /// Called before each run. Every output is fsynced, so dropping the cache loses nothing.
+    fn prepare(self) -> Result<()> {
+        if let Cache::Cold = self {
+            std::fs::write("/proc/sys/vm/drop_caches", "3").context(
+                "--cold drops the page cache: it needs root (writing /proc/sys/vm/drop_caches)",
+            )?;
+        }
+        Ok(())
+    }
+}
+
 /// Generates the model's checkpoints and measures the three conversions.
-fn bench_model(root: &Path, model: &Model) -> Result<Vec<Value>> {
+fn bench_model(root: &Path, model: &Model, cache: Cache) -> Result<Vec<Value>> {
     let dtype = format!("{:?}", model.spec.dtype).to_lowercase();
     let tag = format!("{}-{dtype}", model.name);
     let large = root.join(&tag);
@@ -248,6 +284,7 @@ fn bench_model(root: &Path, model: &Model) -> Result<Vec<Value>> {
         let mut conversion: Option<Value> = None;
         let mut copy: Option<Value> = None;
         for _ in 0..RUNS {
+            cache.prepare()?;
             let c = run_child(&args)?;
             let mut copy_args = vec![
                 "copy".to_string(),
@@ -256,6 +293,7 @@ fn bench_model(root: &Path, model: &Model) -> Result<Vec<Value>> {
             ];
             copy_args.extend(shrink.iter().cloned());
             copy_args.extend(inputs.iter().map(|p| p.display().to_string()));
+            cache.prepare()?;
             let k = run_child(&copy_args)?;
             conversion = Some(best(conversion, c));
             copy = Some(best(copy, k));
