@@ -331,44 +331,18 @@ impl Job {
 
 /// The float tensors of a checkpoint that hold NaN or infinite values.
 fn scan_non_finite(checkpoint: &Checkpoint) -> Vec<(String, NonFinite)> {
-    let order = checkpoint.in_file_order();
-    let size = |info: &crate::read::TensorInfo| {
-        crate::dtype::byte_len(info.dtype, &info.shape).unwrap_or(0)
-    };
-    // Tensors are scanned in file order with reading started a window ahead, so that a cold
-    // checkpoint streams from disk; a window, not the whole file, so that a checkpoint larger
-    // than memory does not evict what is about to be scanned.
-    let (mut ahead, mut ahead_bytes) = (0, 0usize);
-    let mut found = Vec::new();
-    for (name, info) in &order {
-        while ahead_bytes < READ_AHEAD_BYTES
-            && let Some((next, next_info)) = order.get(ahead)
-        {
-            checkpoint.read_ahead(next);
-            ahead_bytes += size(next_info);
-            ahead += 1;
-        }
-        ahead_bytes = ahead_bytes.saturating_sub(size(info));
-        if !crate::dtype::is_float(info.dtype) {
-            continue;
-        }
-        let Some(bytes) = checkpoint.bytes(name) else {
-            continue;
-        };
-        let non_finite = crate::dtype::non_finite(info.dtype, bytes);
-        // Scanned pages would otherwise stay in the process's resident memory.
-        checkpoint.release_all(name);
-        if let Some(non_finite) = non_finite {
-            found.push((name.to_string(), non_finite));
-        }
-    }
-    // Reported in name order, whatever the layout of the files.
-    found.sort_by(|a, b| a.0.cmp(&b.0));
-    found
+    checkpoint
+        .tensors()
+        .iter()
+        .filter(|(_, info)| crate::dtype::is_float(info.dtype))
+        .filter_map(|(name, info)| {
+            let found = crate::dtype::non_finite(info.dtype, checkpoint.bytes(name)?);
+            // Scanned pages would otherwise stay in the process's resident memory.
+            checkpoint.release_all(name);
+            found.map(|found| (name.clone(), found))
+        })
+        .collect()
 }
-
-/// How far ahead of the scan of the inputs their reading is started.
-const READ_AHEAD_BYTES: usize = 256 << 20;
 
 fn output_form(
     checkpoint: &Checkpoint,

@@ -298,32 +298,6 @@ impl Checkpoint {
         };
     }
 
-    /// The tensors in the order of their bytes in the files.
-    pub fn in_file_order(&self) -> Vec<(&str, &TensorInfo)> {
-        let mut order: Vec<(&str, &TensorInfo)> =
-            self.tensors.iter().map(|(n, i)| (n.as_str(), i)).collect();
-        order.sort_by_key(|(_, info)| (info.file, info.start));
-        order
-    }
-
-    /// Asks the kernel to start reading a tensor's bytes into the page cache now, ahead of the
-    /// reads that follow: from a cold cache the disk then streams them in large requests
-    /// instead of one fault's readahead at a time. The pages go to the page cache, not to this
-    /// process. Best effort.
-    pub fn read_ahead(&self, name: &str) {
-        let Some(info) = self.tensors.get(name) else {
-            return;
-        };
-        let Some(file) = self.files.get(info.file) else {
-            return;
-        };
-        if info.end > info.start {
-            let _ =
-                file.map
-                    .advise_range(memmap2::Advice::WillNeed, info.start, info.end - info.start);
-        }
-    }
-
     /// Releases a whole tensor's pages; see [`Checkpoint::release`].
     pub fn release_all(&self, name: &str) {
         self.release(name, 0..usize::MAX);
