@@ -388,7 +388,12 @@ fn run_plan(plan: &Plan, primary: &Checkpoint, large: Option<&Checkpoint>) {
     let _ = serde_json::to_string(plan);
     let inputs = Inputs { primary, large };
     for t in &plan.tensors {
-        if let Ok(bytes) = execute::compute(plan, t, inputs) {
+        let mut bytes = Vec::new();
+        let streamed = execute::stream(plan, t, inputs, &mut |block| {
+            bytes.extend_from_slice(block);
+            Ok(())
+        });
+        if streamed.is_ok() {
             assert_eq!(
                 Some(bytes.len()),
                 vcycle_transform::dtype::byte_len(t.dtype, &t.shape),
