@@ -387,23 +387,31 @@ fn run_child(args: &[String]) -> Result<Value> {
 /// The conversion `op` of the benchmark: coalesce to `small` sizes, decoalesce back to twice
 /// the small model's, or grow with α = 0.5.
 fn job(op: &str, inputs: &[String], small: [&String; 3]) -> Result<Job> {
-    let [heads, kv, layers] = small;
     let options = Options {
-        target: Target {
+        target: target(op, inputs, small)?,
+        ..Options::default()
+    };
+    Ok(match (op, inputs) {
+        ("coalesce", [input]) => Job::coalesce(Path::new(input), &options)?,
+        ("decoalesce", [input]) => Job::decoalesce(Path::new(input), &options)?,
+        ("grow", [small, large]) => Job::grow(Path::new(small), Path::new(large), 0.5, &options)?,
+        _ => bail!("bad conversion {op} {inputs:?}"),
+    })
+}
+
+/// The sizes conversion `op` converts to: the small model's when coalescing, twice the small
+/// model's when de-coalescing, the saved large model's (the default) when growing.
+fn target(op: &str, inputs: &[String], small: [&String; 3]) -> Result<Target> {
+    let [heads, kv, layers] = small;
+    Ok(match (op, inputs) {
+        ("coalesce", _) => Target {
             heads: Some(heads.parse()?),
             kv_heads: Some(kv.parse()?),
             layers: Some(layers.parse()?),
             ..Target::default()
         },
-        ..Options::default()
-    };
-    Ok(match (op, inputs) {
-        ("coalesce", [input]) => Job::coalesce(Path::new(input), &options)?,
-        ("decoalesce", [input]) => Job::decoalesce(Path::new(input), &decoalesce_options(input)?)?,
-        ("grow", [small, large]) => {
-            Job::grow(Path::new(small), Path::new(large), 0.5, &Options::default())?
-        }
-        _ => bail!("bad conversion {op} {inputs:?}"),
+        ("decoalesce", [input]) => decoalesce_target(input)?,
+        _ => Target::default(),
     })
 }
 
@@ -567,7 +575,7 @@ fn dense(plan: &Plan, t: &TensorPlan, inputs: Inputs<'_>) -> Result<Vec<u8>> {
 
 /// De-coalescing the small model back to the large one's sizes: twice the heads and layers of
 /// the small model (the benchmark's models halve both).
-fn decoalesce_options(input: &str) -> Result<Options> {
+fn decoalesce_target(input: &str) -> Result<Target> {
     let config: Value = serde_json::from_str(&std::fs::read_to_string(
         Path::new(input).join("config.json"),
     )?)?;
@@ -579,26 +587,17 @@ fn decoalesce_options(input: &str) -> Result<Options> {
     let heads = get(&["num_attention_heads"]).context("no heads in config")?;
     let kv = get(&["num_key_value_heads"]).unwrap_or(heads);
     let layers = get(&["num_hidden_layers"]).context("no layers in config")?;
-    Ok(Options {
-        target: Target {
-            heads: Some(2 * heads),
-            kv_heads: Some(2 * kv),
-            layers: Some(2 * layers),
-            ..Target::default()
-        },
-        ..Options::default()
+    Ok(Target {
+        heads: Some(2 * heads),
+        kv_heads: Some(2 * kv),
+        layers: Some(2 * layers),
+        ..Target::default()
     })
 }
 
 /// The conversion `op`'s plan alone: what [`job`] plans, without reading tensor data.
 fn plan_only(op: &str, inputs: &[String], small: [&String; 3]) -> Result<Plan> {
-    let [heads, kv, layers] = small;
-    let target = Target {
-        heads: Some(heads.parse()?),
-        kv_heads: Some(kv.parse()?),
-        layers: Some(layers.parse()?),
-        ..Target::default()
-    };
+    let target = target(op, inputs, small)?;
     let arch = ArchChoice::default();
     Ok(match (op, inputs) {
         ("coalesce", [input]) => {
@@ -607,7 +606,6 @@ fn plan_only(op: &str, inputs: &[String], small: [&String; 3]) -> Result<Plan> {
         }
         ("decoalesce", [input]) => {
             let (checkpoint, anatomy) = open_model(Path::new(input), &arch)?;
-            let target = decoalesce_options(input)?.target;
             plan::plan_resize(&checkpoint, &anatomy, &target, false)?
         }
         ("grow", [small, large]) => {
@@ -618,7 +616,7 @@ fn plan_only(op: &str, inputs: &[String], small: [&String; 3]) -> Result<Plan> {
                 &small_anatomy,
                 &large,
                 &large_anatomy,
-                &Target::default(),
+                &target,
                 0.5,
                 AlphaRange::Interpolate,
             )?

@@ -202,20 +202,15 @@ impl<'a> Loader<'a> {
             let bias = self.vector("attn.qkv.bias", l)?;
             let role = "attn.qkv.weight";
             let parts = match axes.first() {
-                Some(Axis::Model { parts, .. }) => match parts[..] {
-                    [q, k, v] => [q, k, v],
-                    _ => {
-                        let reason = "its output axis must be fused from three parts";
-                        return Err(self.bad_shape(role, l, weight.shape(), reason));
-                    }
-                },
-                _ => {
-                    let reason = "its output axis must be fused from three parts";
-                    return Err(self.bad_shape(role, l, weight.shape(), reason));
-                }
+                Some(Axis::Model { parts, .. }) => parts.as_slice(),
+                _ => &[],
+            };
+            let &[q, k, v] = parts else {
+                let reason = "its output axis must be fused from three parts";
+                return Err(self.bad_shape(role, l, weight.shape(), reason));
             };
             let mut end = 0;
-            let [q, k, v] = parts.map(|part| {
+            let [q, k, v] = [q, k, v].map(|part| {
                 let rows = end..end + self.anatomy.dims.space(part);
                 end = rows.end;
                 rows
