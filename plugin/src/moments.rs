@@ -233,6 +233,7 @@ pub fn map(
             let job = job(name)?;
             warn(job.warnings());
             job.write(&tmp.join(name), false)?;
+            warn(&job.write_warnings());
         }
         hf::write_json(&tmp.join(STEP_FILE), &json!({ "step": step }))
     })

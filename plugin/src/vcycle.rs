@@ -643,6 +643,7 @@ where
                         let job = Job::coalesce(&trained_dir, &options)?;
                         self.warn(job.warnings());
                         job.write(&next_dir, false)?;
+                        self.warn(&job.write_warnings());
                         if let Some(trained) = &trained_moments {
                             let job = moments::coalesce_job(trained, &options);
                             let next = self.moments_dir(&next_rel);
@@ -665,6 +666,7 @@ where
                         let job = Job::grow(&trained_dir, &large_dir, self.config.alpha, &options)?;
                         self.warn(job.warnings());
                         job.write(&next_dir, false)?;
+                        self.warn(&job.write_warnings());
                         if let Some(trained) = &trained_moments {
                             let large = self.moments_dir(&self.trained_checkpoint(above));
                             let job =

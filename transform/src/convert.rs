@@ -11,7 +11,7 @@ use crate::anatomy::{
 use crate::dtype::NonFinite;
 use crate::error::{Error, Result};
 use crate::execute::{self, Inputs};
-use crate::plan::{self, AlphaRange, Plan, Target};
+use crate::plan::{self, AlphaRange, Plan, Target, TensorPlan};
 use crate::progress::Progress;
 use crate::read::{Checkpoint, Layout};
 use crate::write::{self, OutputForm};
@@ -34,12 +34,21 @@ pub struct Job {
     form: OutputForm,
     metadata: BTreeMap<String, String>,
     warnings: Vec<String>,
-    /// Float input tensors holding NaN or infinite values: (in the large checkpoint, name).
-    non_finite: Vec<(bool, String, NonFinite)>,
     /// Refuse non-finite inputs and outputs instead of warning.
     strict: bool,
-    /// Warnings found while writing (outputs that overflow their dtype).
-    output_warnings: Mutex<Vec<String>>,
+    /// Warnings found while writing: inputs holding NaN or infinite values, outputs that
+    /// overflow their dtype.
+    write_warnings: Mutex<Vec<String>>,
+}
+
+/// An input tensor: (in the large checkpoint, name).
+type InputKey<'a> = (bool, &'a str);
+
+/// The inputs writing has scanned for NaN and infinite values so far.
+#[derive(Default)]
+struct Scanned {
+    done: BTreeSet<(bool, String)>,
+    non_finite: BTreeSet<(bool, String)>,
 }
 
 /// Opens a checkpoint and claims every tensor (an unclaimed tensor is an error).
@@ -136,24 +145,8 @@ impl Job {
         large: Option<Checkpoint>,
         form: OutputForm,
         metadata: BTreeMap<String, String>,
-        mut warnings: Vec<String>,
+        warnings: Vec<String>,
     ) -> Job {
-        let mut non_finite = Vec::new();
-        for (in_large, checkpoint) in [(false, Some(&primary)), (true, large.as_ref())] {
-            let Some(checkpoint) = checkpoint else {
-                continue;
-            };
-            for (name, found) in scan_non_finite(checkpoint) {
-                warnings.push(format!(
-                    "{}: tensor `{name}` holds {} NaN and {} infinite values (first at element {}); they pass into the output (--strict refuses them)",
-                    checkpoint.file_of(&name).unwrap_or(checkpoint.path()).display(),
-                    found.nan,
-                    found.inf,
-                    found.first
-                ));
-                non_finite.push((in_large, name, found));
-            }
-        }
         Job {
             plan,
             primary,
@@ -161,33 +154,16 @@ impl Job {
             form,
             metadata,
             warnings,
-            non_finite,
             strict: false,
-            output_warnings: Mutex::new(Vec::new()),
+            write_warnings: Mutex::new(Vec::new()),
         }
     }
 
-    /// Strict mode: refuses now if an input tensor holds NaN or infinite values, and makes
-    /// [`Job::write`] refuse an output tensor that overflows its dtype (instead of warning).
-    pub fn strict(mut self, strict: bool) -> Result<Job> {
+    /// Strict mode: [`Job::write`] refuses an input tensor holding NaN or infinite values and
+    /// an output tensor that overflows its dtype (instead of warning).
+    pub fn strict(mut self, strict: bool) -> Job {
         self.strict = strict;
-        if strict && let Some((in_large, tensor, found)) = self.non_finite.first() {
-            let checkpoint = match (in_large, &self.large) {
-                (true, Some(large)) => large,
-                _ => &self.primary,
-            };
-            return Err(Error::NonFiniteInput {
-                path: checkpoint
-                    .file_of(tensor)
-                    .unwrap_or(checkpoint.path())
-                    .to_path_buf(),
-                tensor: tensor.clone(),
-                nan: found.nan,
-                inf: found.inf,
-                first: found.first,
-            });
-        }
-        Ok(self)
+        self
     }
 
     fn resized(
@@ -225,15 +201,17 @@ impl Job {
         &self.plan
     }
 
-    /// Things the user should know that do not stop the conversion.
+    /// Things the user should know that do not stop the conversion, known from the plan.
     pub fn warnings(&self) -> &[String] {
         &self.warnings
     }
 
-    /// Things found while writing that did not stop it: output tensors whose finite inputs
-    /// overflowed the output dtype (empty in strict mode, where they are errors).
-    pub fn output_warnings(&self) -> Vec<String> {
-        self.output_warnings
+    /// Things found while writing that did not stop it: input tensors holding NaN or infinite
+    /// values, output tensors whose finite inputs overflowed the output dtype (empty in strict
+    /// mode, where they are errors). Inputs are scanned as they are first read, so a dry run
+    /// finds none.
+    pub fn write_warnings(&self) -> Vec<String> {
+        self.write_warnings
             .lock()
             .map(|w| w.clone())
             .unwrap_or_default()
@@ -266,11 +244,18 @@ impl Job {
             large: self.large.as_ref(),
         };
         let plan = &self.plan;
-        let non_finite_inputs: BTreeSet<(bool, &str)> = self
-            .non_finite
-            .iter()
-            .map(|(in_large, name, _)| (*in_large, name.as_str()))
-            .collect();
+        let scanned = Mutex::new(Scanned::default());
+        // Inputs no output reads are scanned now; the others just before the first output
+        // computed from them, whose computation then finds their bytes in the CPU cache if
+        // they fit (reading them twice from memory costed a tenth of a coalesce's time).
+        let read: BTreeSet<InputKey<'_>> = plan.tensors.iter().flat_map(input_keys).collect();
+        for (in_large, checkpoint) in [(false, Some(&self.primary)), (true, self.large.as_ref())] {
+            for name in checkpoint.iter().flat_map(|c| c.tensors().keys()) {
+                if !read.contains(&(in_large, name.as_str())) {
+                    self.scan_input((in_large, name), &scanned)?;
+                }
+            }
+        }
         progress.start(plan.output_bytes());
         write::write_output(
             output,
@@ -279,6 +264,9 @@ impl Job {
             &self.metadata,
             force,
             &|t, sink| {
+                for key in input_keys(t) {
+                    self.scan_input(key, &scanned)?;
+                }
                 let size = crate::dtype::element_size(t.dtype);
                 let mut elements = 0;
                 let mut found: Option<NonFinite> = None;
@@ -299,12 +287,11 @@ impl Job {
                 let Some(found) = found else {
                     return Ok(());
                 };
-                let from_inputs = t
-                    .sources
-                    .iter()
-                    .map(|s| (false, s.as_str()))
-                    .chain(t.interpolate_with.iter().map(|w| (true, w.as_str())))
-                    .any(|key| non_finite_inputs.contains(&key));
+                let from_inputs = scanned.lock().is_ok_and(|scanned| {
+                    input_keys(t).any(|(in_large, name)| {
+                        scanned.non_finite.contains(&(in_large, name.to_string()))
+                    })
+                });
                 if from_inputs {
                     return Ok(());
                 }
@@ -317,7 +304,7 @@ impl Job {
                         first: found.first,
                     });
                 }
-                if let Ok(mut warnings) = self.output_warnings.lock() {
+                if let Ok(mut warnings) = self.write_warnings.lock() {
                     warnings.push(format!(
                         "output tensor `{}` holds {count} NaN or infinite values its finite inputs overflowed to ({:?}, first at element {})",
                         t.name, t.dtype, found.first
@@ -327,21 +314,58 @@ impl Job {
             },
         )
     }
+
+    /// Scans input tensor `key` for NaN and infinite values unless it was scanned already:
+    /// refused in strict mode, a warning otherwise.
+    fn scan_input(&self, (in_large, name): InputKey<'_>, scanned: &Mutex<Scanned>) -> Result<()> {
+        let checkpoint = match (in_large, &self.large) {
+            (false, _) => &self.primary,
+            (true, Some(large)) => large,
+            (true, None) => return Ok(()),
+        };
+        let Ok(mut scanned) = scanned.lock() else {
+            return Ok(());
+        };
+        if !scanned.done.insert((in_large, name.to_string())) {
+            return Ok(());
+        }
+        let (Some(info), Some(bytes)) = (checkpoint.info(name), checkpoint.bytes(name)) else {
+            return Ok(());
+        };
+        let found = crate::dtype::non_finite(info.dtype, bytes);
+        let Some(found) = found else {
+            return Ok(());
+        };
+        scanned.non_finite.insert((in_large, name.to_string()));
+        let path = checkpoint.file_of(name).unwrap_or(checkpoint.path());
+        if self.strict {
+            return Err(Error::NonFiniteInput {
+                path: path.to_path_buf(),
+                tensor: name.to_string(),
+                nan: found.nan,
+                inf: found.inf,
+                first: found.first,
+            });
+        }
+        if let Ok(mut warnings) = self.write_warnings.lock() {
+            warnings.push(format!(
+                "{}: tensor `{name}` holds {} NaN and {} infinite values (first at element {}); they pass into the output (--strict refuses them)",
+                path.display(),
+                found.nan,
+                found.inf,
+                found.first
+            ));
+        }
+        Ok(())
+    }
 }
 
-/// The float tensors of a checkpoint that hold NaN or infinite values.
-fn scan_non_finite(checkpoint: &Checkpoint) -> Vec<(String, NonFinite)> {
-    checkpoint
-        .tensors()
+/// The input tensors an output tensor is computed from.
+fn input_keys(t: &TensorPlan) -> impl Iterator<Item = InputKey<'_>> {
+    t.sources
         .iter()
-        .filter(|(_, info)| crate::dtype::is_float(info.dtype))
-        .filter_map(|(name, info)| {
-            let found = crate::dtype::non_finite(info.dtype, checkpoint.bytes(name)?);
-            // Scanned pages would otherwise stay in the process's resident memory.
-            checkpoint.release_all(name);
-            found.map(|found| (name.clone(), found))
-        })
-        .collect()
+        .map(|s| (false, s.as_str()))
+        .chain(t.interpolate_with.iter().map(|w| (true, w.as_str())))
 }
 
 fn output_form(

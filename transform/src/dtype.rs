@@ -26,32 +26,86 @@ pub fn decode(dtype: Dtype, bytes: &[u8]) -> Option<Vec<f64>> {
 /// so a caller can reuse one buffer row after row.
 ///
 /// Returns `None` for a dtype that is not one of f16, bf16, f32, f64.
+#[multiversion::multiversion(targets("x86_64+avx2"))]
 pub fn decode_into(dtype: Dtype, bytes: &[u8], out: &mut [f64]) -> Option<()> {
+    fn elements<const N: usize>(bytes: &[u8], out: &mut [f64], decode: impl Fn(&[u8]) -> f64) {
+        bytes
+            .chunks_exact(N)
+            .zip(out)
+            .for_each(|(c, o)| *o = decode(c));
+    }
     match dtype {
-        Dtype::F32 => bytes
-            .chunks_exact(4)
-            .zip(out)
-            .for_each(|(c, o)| *o = f64::from(f32::from_le_bytes([c[0], c[1], c[2], c[3]]))),
-        Dtype::F64 => bytes.chunks_exact(8).zip(out).for_each(|(c, o)| {
-            *o = f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
-        }),
-        // Through f32, which holds every f16 and bf16 value exactly: the same f64, by a
-        // conversion that vectorises (half's `to_f64` handles each exponent case in turn).
-        Dtype::F16 => bytes
-            .chunks_exact(2)
-            .zip(out)
-            .for_each(|(c, o)| *o = f64::from(f16::from_le_bytes([c[0], c[1]]).to_f32())),
-        // A bf16 is the upper half of the f32 with its bits (half's conversion does the same
-        // and quiets a signalling NaN, which widening to f64 does too), written so that it
-        // vectorises.
-        Dtype::BF16 => bytes.chunks_exact(2).zip(out).for_each(|(c, o)| {
-            *o = f64::from(f32::from_bits(
-                u32::from(u16::from_le_bytes([c[0], c[1]])) << 16,
-            ));
-        }),
+        Dtype::F32 => elements::<4>(bytes, out, f32_value),
+        Dtype::F64 => elements::<8>(bytes, out, f64_value),
+        Dtype::F16 => elements::<2>(bytes, out, f16_value),
+        Dtype::BF16 => elements::<2>(bytes, out, bf16_value),
         _ => return None,
     }
     Some(())
+}
+
+/// `out[k] = f(a[k], b[k])` over the decoded elements of two rows of little-endian bytes of a
+/// float `dtype`, in one pass: the element-wise work on two rows fused with their decoding,
+/// with no row of f64 written in between. Decoding is [`decode_into`]'s.
+///
+/// Returns `None` for a dtype that is not one of f16, bf16, f32, f64.
+#[multiversion::multiversion(targets("x86_64+avx2"))]
+pub fn decode_pair_into(
+    dtype: Dtype,
+    a: &[u8],
+    b: &[u8],
+    out: &mut [f64],
+    f: impl Fn(f64, f64) -> f64,
+) -> Option<()> {
+    fn pairs<const N: usize>(
+        a: &[u8],
+        b: &[u8],
+        out: &mut [f64],
+        decode: impl Fn(&[u8]) -> f64,
+        f: impl Fn(f64, f64) -> f64,
+    ) {
+        a.chunks_exact(N)
+            .zip(b.chunks_exact(N))
+            .zip(out)
+            .for_each(|((x, y), o)| *o = f(decode(x), decode(y)));
+    }
+    match dtype {
+        Dtype::F32 => pairs::<4>(a, b, out, f32_value, f),
+        Dtype::F64 => pairs::<8>(a, b, out, f64_value, f),
+        Dtype::F16 => pairs::<2>(a, b, out, f16_value, f),
+        Dtype::BF16 => pairs::<2>(a, b, out, bf16_value, f),
+        _ => return None,
+    }
+    Some(())
+}
+
+// One element each, from a slice of its size (the callers' `chunks_exact`), written so that
+// the loops calling them vectorise.
+
+#[inline]
+fn f32_value(c: &[u8]) -> f64 {
+    f64::from(f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+}
+
+#[inline]
+fn f64_value(c: &[u8]) -> f64 {
+    f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]])
+}
+
+/// Through f32, which holds every f16 value exactly: the same f64, by a conversion that
+/// vectorises (half's `to_f64` handles each exponent case in turn).
+#[inline]
+fn f16_value(c: &[u8]) -> f64 {
+    f64::from(f16::from_le_bytes([c[0], c[1]]).to_f32())
+}
+
+/// A bf16 is the upper half of the f32 with its bits (half's conversion does the same and
+/// quiets a signalling NaN, which widening to f64 does too).
+#[inline]
+fn bf16_value(c: &[u8]) -> f64 {
+    f64::from(f32::from_bits(
+        u32::from(u16::from_le_bytes([c[0], c[1]])) << 16,
+    ))
 }
 
 /// Encodes f64 values into little-endian bytes of a float `dtype` (round to nearest even).
@@ -68,6 +122,7 @@ pub fn encode(dtype: Dtype, values: &[f64]) -> Option<Vec<u8>> {
 /// even; as many values as both hold).
 ///
 /// Returns `None` for a dtype that is not one of f16, bf16, f32, f64.
+#[multiversion::multiversion(targets("x86_64+avx2"))]
 pub fn encode_into(dtype: Dtype, values: &[f64], out: &mut [u8]) -> Option<()> {
     match dtype {
         Dtype::F32 => out
@@ -199,6 +254,7 @@ pub fn non_finite(dtype: Dtype, bytes: &[u8]) -> Option<NonFinite> {
 
 /// [`non_finite`] of one piece, for elements of `N` bytes (a constant, so that reading an
 /// element compiles to one load).
+#[multiversion::multiversion(targets("x86_64+avx2"))]
 fn count_non_finite<const N: usize>(
     bytes: &[u8],
     exponent: u64,
@@ -284,6 +340,29 @@ mod tests {
                     "{dtype:?}"
                 );
             }
+        }
+    }
+
+    #[test]
+    fn fused_pair_mean_is_decoding_then_mean_bit_for_bit() {
+        use rand::{RngExt, SeedableRng};
+        let mut rng = rand::rngs::Xoshiro256PlusPlus::seed_from_u64(11);
+        for dtype in [Dtype::F16, Dtype::BF16, Dtype::F32, Dtype::F64] {
+            let bytes = element_size(dtype) * 100_003;
+            let mut random = || -> Vec<u8> { (0..bytes).map(|_| rng.random::<u8>()).collect() };
+            let (a, b) = (random(), random());
+            let mut fused = vec![0.0; 100_003];
+            decode_pair_into(dtype, &a, &b, &mut fused, crate::ops::pair_mean)
+                .unwrap_or_else(|| panic!("{dtype:?} is a float dtype"));
+            let layers = [decode(dtype, &a), decode(dtype, &b)].map(Option::unwrap_or_default);
+            let mut separate = vec![0.0; 100_003];
+            crate::ops::mean_into(&mut separate, &layers);
+            let differ = fused
+                .iter()
+                .zip(&separate)
+                .filter(|(x, y)| x.to_bits() != y.to_bits() && !(x.is_nan() && y.is_nan()))
+                .count();
+            assert_eq!(differ, 0, "{dtype:?}");
         }
     }
 

@@ -141,11 +141,10 @@ impl<'a> Source<'a> {
         })
     }
 
-    /// Decodes row `j` into `out`.
-    fn decode_row(&self, j: usize, out: &mut [f64]) -> Result<()> {
+    /// The bytes of row `j`.
+    fn row(&self, j: usize) -> Result<&'a [u8]> {
         let start = j * self.row_bytes;
-        let row = self
-            .bytes
+        self.bytes
             .get(start..start + self.row_bytes)
             .ok_or_else(|| Error::BadAxis {
                 tensor: self.name.to_string(),
@@ -155,11 +154,19 @@ impl<'a> Source<'a> {
                     "row {j} lies beyond the tensor's {} bytes",
                     self.bytes.len()
                 ),
-            })?;
-        dtype::decode_into(self.dtype, row, out).ok_or(Error::UnsupportedDtype {
+            })
+    }
+
+    /// Decodes row `j` into `out`.
+    fn decode_row(&self, j: usize, out: &mut [f64]) -> Result<()> {
+        dtype::decode_into(self.dtype, self.row(j)?, out).ok_or_else(|| self.unsupported())
+    }
+
+    fn unsupported(&self) -> Error {
+        Error::UnsupportedDtype {
             tensor: self.name.to_string(),
             dtype: self.dtype,
-        })
+        }
     }
 }
 
@@ -198,27 +205,28 @@ struct Scratch {
 impl Rows<'_> {
     /// Computes output row `i` into `out` (its bytes).
     fn compute(&self, i: usize, s: &mut Scratch, out: &mut [u8]) -> Result<()> {
+        let len = self.out_row_len;
         if self.layers.is_empty() {
             // `--depth-init zero`: an added layer's output projection, zero before any
             // interpolation.
-            s.row.clear();
-            s.row.resize(self.out_row_len, 0.0);
+            self.prefix(&mut s.row, len)?.fill(0.0);
         } else {
             self.resize_row(i, s)?;
         }
+        let row = s.row.get_mut(..len).ok_or_else(|| self.bad_row(i))?;
         if let Some((large, alpha)) = &self.large {
-            s.large.resize(self.out_row_len, 0.0);
-            large.decode_row(i, &mut s.large)?;
-            ops::interpolate_into(&s.large, &mut s.row, *alpha);
+            let large_row = self.prefix(&mut s.large, len)?;
+            large.decode_row(i, large_row)?;
+            ops::interpolate_into(large_row, row, *alpha);
         }
-        dtype::encode_into(self.tensor.dtype, &s.row, out).ok_or(Error::UnsupportedDtype {
+        dtype::encode_into(self.tensor.dtype, row, out).ok_or_else(|| Error::UnsupportedDtype {
             tensor: self.tensor.name.clone(),
             dtype: self.tensor.dtype,
         })
     }
 
-    /// Row `i` before interpolation, into `s.row`: its sources' depth operation, then the
-    /// gather of each transformed axis.
+    /// Row `i` before interpolation, into the first `out_row_len` values of `s.row`: its
+    /// sources' depth operation, then the gather of each transformed axis.
     fn resize_row(&self, i: usize, s: &mut Scratch) -> Result<()> {
         let n = self.in_row_len;
         let single = [i];
@@ -226,33 +234,25 @@ impl Rows<'_> {
             Some(g) => g.source(i).ok_or_else(|| self.bad_row(i))?,
             None => (&single[..], 1.0),
         };
-        s.row.resize(n, 0.0);
+        let row = self.prefix(&mut s.row, n)?;
         match (sources, divisor, self.layers.as_slice()) {
             // One row of one layer, as it is: decoded straight into place.
-            ([j], 1.0, [layer]) => layer.decode_row(*j, &mut s.row)?,
+            ([j], 1.0, [layer]) => layer.decode_row(*j, row)?,
             _ => {
-                s.rows.resize(sources.len() * n, 0.0);
-                s.layers.resize_with(self.layers.len(), Vec::new);
-                for (&j, dst) in sources.iter().zip(s.rows.chunks_exact_mut(n.max(1))) {
-                    match self.layers.as_slice() {
-                        [layer] => layer.decode_row(j, dst)?,
-                        layers => {
-                            for (layer, buf) in layers.iter().zip(&mut s.layers) {
-                                buf.resize(n, 0.0);
-                                layer.decode_row(j, buf)?;
-                            }
-                            ops::mean_into(dst, &s.layers);
-                        }
-                    }
+                let rows = self.prefix(&mut s.rows, sources.len() * n)?;
+                for (&j, dst) in sources.iter().zip(rows.chunks_exact_mut(n.max(1))) {
+                    self.depth_row(j, dst, &mut s.layers)?;
                 }
+                let rows = &*rows;
                 let row_of = |j: usize| {
                     let k = sources.iter().position(|&x| x == j).unwrap_or(0);
-                    s.rows.get(k * n..(k + 1) * n).unwrap_or_default()
+                    rows.get(k * n..(k + 1) * n).unwrap_or_default()
                 };
-                ops::combine(&mut s.row, sources, divisor, row_of);
+                ops::combine(row, sources, divisor, row_of);
             }
         }
 
+        let mut len = n;
         s.shape.clear();
         s.shape.extend_from_slice(&self.in_row_shape);
         for (k, gather) in self.row_gathers.iter().enumerate() {
@@ -267,31 +267,86 @@ impl Rows<'_> {
             s.split_shape.push(*block);
             s.split_shape
                 .extend_from_slice(s.shape.get(k + 1..).unwrap_or_default());
-            match gather.apply_into(&s.row, &s.split_shape, k, &mut s.tmp) {
-                Ok(()) => std::mem::swap(&mut s.row, &mut s.tmp),
-                Err(GatherError::Shape) => {
-                    return Err(Error::BadAxis {
-                        tensor: self.tensor.name.clone(),
-                        axis: k + 1,
-                        shape: self.tensor.shape.clone(),
-                        reason: "the row does not fill the shape".into(),
-                    });
-                }
-                Err(GatherError::OutOfMemory(bytes)) => {
-                    return Err(Error::OutOfMemory {
-                        tensor: self.tensor.name.clone(),
-                        bytes,
-                    });
-                }
-            }
+            let gathered = gather
+                .output_size(&s.split_shape, k)
+                .map_err(|e| self.gather_error(e, k))?;
+            let out = self.prefix(&mut s.tmp, gathered)?;
+            let row = s.row.get(..len).ok_or_else(|| self.bad_row(i))?;
+            gather
+                .apply_into(row, &s.split_shape, k, out)
+                .map_err(|e| self.gather_error(e, k))?;
+            std::mem::swap(&mut s.row, &mut s.tmp);
+            len = gathered;
             if let Some(size) = s.shape.get_mut(k) {
                 *size = gather.output_len() * block;
             }
         }
-        if s.row.len() != self.out_row_len {
+        if len != self.out_row_len {
             return Err(self.bad_row(i));
         }
         Ok(())
+    }
+
+    /// The first `len` values of `buffer`, which grows to hold them and never shrinks: a
+    /// buffer reused row after row is filled only when it grows.
+    fn prefix<'b>(&self, buffer: &'b mut Vec<f64>, len: usize) -> Result<&'b mut [f64]> {
+        if buffer.len() < len {
+            buffer
+                .try_reserve_exact(len - buffer.len())
+                .map_err(|_| Error::OutOfMemory {
+                    tensor: self.tensor.name.clone(),
+                    bytes: len.saturating_mul(8),
+                })?;
+            buffer.resize(len, 0.0);
+        }
+        Ok(buffer.get_mut(..len).unwrap_or_default())
+    }
+
+    fn gather_error(&self, error: GatherError, row_axis: usize) -> Error {
+        match error {
+            GatherError::Shape => Error::BadAxis {
+                tensor: self.tensor.name.clone(),
+                axis: row_axis + 1,
+                shape: self.tensor.shape.clone(),
+                reason: "the row does not fill the shape".into(),
+            },
+            GatherError::OutOfMemory(bytes) => Error::OutOfMemory {
+                tensor: self.tensor.name.clone(),
+                bytes,
+            },
+        }
+    }
+
+    /// Row `j` of the depth group's layers into `dst`: the row of the single layer, or the
+    /// mean of the layers' rows ([`ops::mean_into`]). Two layers of one dtype (halving the
+    /// depth) are decoded and averaged in one pass; more are decoded a chunk at a time into
+    /// `chunks`, so that what [`ops::mean_into`] reads stays in the first-level cache.
+    fn depth_row(&self, j: usize, dst: &mut [f64], chunks: &mut Vec<Vec<f64>>) -> Result<()> {
+        match self.layers.as_slice() {
+            [layer] => layer.decode_row(j, dst),
+            [a, b] if a.dtype == b.dtype => {
+                dtype::decode_pair_into(a.dtype, a.row(j)?, b.row(j)?, dst, ops::pair_mean)
+                    .ok_or_else(|| a.unsupported())
+            }
+            layers => {
+                const CHUNK: usize = 512;
+                chunks.resize_with(layers.len(), Vec::new);
+                for (k, out) in dst.chunks_mut(CHUNK).enumerate() {
+                    for (layer, chunk) in layers.iter().zip(chunks.iter_mut()) {
+                        let size = element_size(layer.dtype);
+                        let bytes = layer
+                            .row(j)?
+                            .get(k * CHUNK * size..(k * CHUNK + out.len()) * size)
+                            .ok_or_else(|| self.bad_row(j))?;
+                        chunk.resize(out.len(), 0.0);
+                        dtype::decode_into(layer.dtype, bytes, chunk)
+                            .ok_or_else(|| layer.unsupported())?;
+                    }
+                    ops::mean_into(out, chunks);
+                }
+                Ok(())
+            }
+        }
     }
 
     fn bad_row(&self, i: usize) -> Error {

@@ -154,7 +154,7 @@ struct OutputArgs {
     #[arg(long, value_parser = parse_size)]
     shard_size: Option<u64>,
     /// Refuse inputs holding NaN or infinite values and outputs that overflow their dtype
-    /// (default: warn and go on).
+    /// (default: warn and go on). Checked while writing: a dry run reads no tensor data.
     #[arg(long)]
     strict: bool,
 }
@@ -392,7 +392,7 @@ fn resize(args: ResizeArgs, coalescing: bool, quiet: bool) -> Result<ExitCode> {
 }
 
 fn finish(job: Job, output: &OutputArgs, quiet: bool) -> Result<ExitCode> {
-    let job = job.strict(output.strict)?;
+    let job = job.strict(output.strict);
     if !quiet {
         for warning in job.warnings() {
             eprintln!("warning: {warning}");
@@ -413,7 +413,7 @@ fn finish(job: Job, output: &OutputArgs, quiet: bool) -> Result<ExitCode> {
         bar.bar.finish_and_clear();
         written?;
         if !quiet {
-            for warning in job.output_warnings() {
+            for warning in job.write_warnings() {
                 eprintln!("warning: {warning}");
             }
             eprintln!(

@@ -171,50 +171,65 @@ impl Gather {
         shape: &[usize],
         axis: usize,
     ) -> Result<Vec<f64>, GatherError> {
+        let len = self.output_size(shape, axis)?;
         let mut out = Vec::new();
+        out.try_reserve_exact(len)
+            .map_err(|_| GatherError::OutOfMemory(len.saturating_mul(8)))?;
+        out.resize(len, 0.0);
         self.apply_into(data, shape, axis, &mut out)?;
         Ok(out)
     }
 
-    /// [`Gather::apply`] into `out` (resized), so that a caller can reuse one buffer.
+    /// The number of values the gather along `axis` of a tensor of `shape` gives.
+    pub fn output_size(&self, shape: &[usize], axis: usize) -> Result<usize, GatherError> {
+        let (outer, inner) = self.around(shape, axis)?;
+        outer
+            .checked_mul(self.output_len())
+            .and_then(|n| n.checked_mul(inner))
+            .ok_or(GatherError::OutOfMemory(usize::MAX))
+    }
+
+    /// The sizes before and after `axis` of `shape`, whose `axis` must be the gather's input.
+    fn around(&self, shape: &[usize], axis: usize) -> Result<(usize, usize), GatherError> {
+        let (Some(before), Some(after)) = (shape.get(..axis), shape.get(axis + 1..)) else {
+            return Err(GatherError::Shape);
+        };
+        if shape.get(axis) != Some(&self.input_len) {
+            return Err(GatherError::Shape);
+        }
+        let product = |dims: &[usize]| {
+            dims.iter()
+                .try_fold(1usize, |n, &d| n.checked_mul(d))
+                .ok_or(GatherError::Shape)
+        };
+        Ok((product(before)?, product(after)?))
+    }
+
+    /// [`Gather::apply`] into `out`, which must hold [`Gather::output_size`] values (every one
+    /// is written), so that a caller can reuse one buffer.
     pub fn apply_into(
         &self,
         data: &[f64],
         shape: &[usize],
         axis: usize,
-        out: &mut Vec<f64>,
+        out: &mut [f64],
     ) -> Result<(), GatherError> {
-        let (Some(before), Some(after)) = (shape.get(..axis), shape.get(axis + 1..)) else {
-            return Err(GatherError::Shape);
-        };
-        let outer: usize = before
-            .iter()
-            .try_fold(1usize, |n, &d| n.checked_mul(d))
-            .ok_or(GatherError::Shape)?;
-        let inner: usize = after
-            .iter()
-            .try_fold(1usize, |n, &d| n.checked_mul(d))
-            .ok_or(GatherError::Shape)?;
+        let (outer, inner) = self.around(shape, axis)?;
         let n_in = self.input_len;
         let n_out = self.output_len();
         let expected = outer.checked_mul(n_in).and_then(|n| n.checked_mul(inner));
-        if shape.get(axis) != Some(&n_in) || expected != Some(data.len()) {
+        let len = outer.checked_mul(n_out).and_then(|n| n.checked_mul(inner));
+        if expected != Some(data.len()) || len != Some(out.len()) {
             return Err(GatherError::Shape);
         }
-        let len = outer
-            .checked_mul(n_out)
-            .and_then(|n| n.checked_mul(inner))
-            .ok_or(GatherError::OutOfMemory(usize::MAX))?;
-        out.clear();
-        out.try_reserve_exact(len)
-            .map_err(|_| GatherError::OutOfMemory(len.saturating_mul(8)))?;
-        out.resize(len, 0.0);
         // Every source row lies inside a block: with this checked, the slicing below cannot
         // go out of bounds.
         if !self.in_bounds {
             return Err(GatherError::Shape);
         }
-        if len == 0 || n_in == 0 {
+        if n_in == 0 {
+            // Nothing to gather from: every output sums no value.
+            out.fill(0.0);
             return Ok(());
         }
         if inner == 1 {
@@ -246,6 +261,7 @@ impl Gather {
 
 /// One output row of a gather: `dst = (Σ row(j) for j in sources) / divisor`, with the sum of
 /// a single row exact and a mean taken by [`shifted_mean`]. Every row must be `dst`'s length.
+#[multiversion::multiversion(targets("x86_64+avx2"))]
 pub fn combine<'a>(
     dst: &mut [f64],
     sources: &[usize],
@@ -272,7 +288,7 @@ pub fn combine<'a>(
                 shifted_mean(dst, first, rest.iter().map(|&j| row(j)), divisor);
             }
         }
-        [] => {}
+        [] => dst.fill(0.0),
     }
 }
 
@@ -318,9 +334,19 @@ fn shifted_mean<'a>(
     mut rows: impl Iterator<Item = &'a [f64]>,
     n: f64,
 ) {
+    let second = rows.next();
+    let third = rows.next();
+    if let (Some(second), None, 2.0) = (second, &third, n) {
+        // The same operations, one pass.
+        dst.iter_mut()
+            .zip(first.iter().zip(second))
+            .for_each(|(d, (&f, &s))| *d = pair_mean(f, s));
+        return;
+    }
+    let rows = third.into_iter().chain(rows);
     // The first difference is added to 0 rather than stored, as the sum of all of them would
     // (0 + −0 is +0).
-    match rows.next() {
+    match second {
         Some(row) => dst
             .iter_mut()
             .zip(row.iter().zip(first))
@@ -348,6 +374,7 @@ fn exact_reciprocal(divisor: f64) -> Option<f64> {
 
 /// Depth coalescing: `dst` = the element-wise mean of the group's layers (a single layer is
 /// copied).
+#[multiversion::multiversion(targets("x86_64+avx2"))]
 pub fn mean_into<L: AsRef<[f64]>>(dst: &mut [f64], layers: &[L]) {
     match layers {
         [] => {}
@@ -359,10 +386,18 @@ pub fn mean_into<L: AsRef<[f64]>>(dst: &mut [f64], layers: &[L]) {
     }
 }
 
+/// The mean of two values as [`mean_into`] and [`combine`] compute it ([`shifted_mean`] of two
+/// rows, element by element), for kernels that fuse it with decoding.
+#[inline]
+pub fn pair_mean(first: f64, second: f64) -> f64 {
+    first + (0.0 + (second - first)) * 0.5
+}
+
 /// Interpolation: `decoalesced` becomes θ = (1 − α)·large + α·decoalesced.
 ///
 /// The end points return an input unchanged (α = 0: `large`, α = 1: `decoalesced`), bit for
 /// bit, including signed zeros that the formula would turn into +0.
+#[multiversion::multiversion(targets("x86_64+avx2"))]
 pub fn interpolate_into(large: &[f64], decoalesced: &mut [f64], alpha: f64) {
     if alpha == 0.0 {
         decoalesced.copy_from_slice(large);
