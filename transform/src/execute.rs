@@ -8,6 +8,8 @@
 //! one of applying the operators to the whole tensor in turn (depth mean, then each axis in
 //! order, then interpolation), so results are the same bit for bit.
 
+use std::cell::Cell;
+
 use rayon::prelude::*;
 use safetensors::Dtype;
 
@@ -21,6 +23,13 @@ use crate::read::Checkpoint;
 const BLOCK_BYTES: usize = 4 << 20;
 /// Output bytes per parallel task within a block.
 const TASK_BYTES: usize = 256 << 10;
+
+thread_local! {
+    /// The two blocks a stream alternates between (one computed while the other is written),
+    /// kept from one tensor to the next so that they are not allocated and zeroed again for
+    /// each tensor.
+    static BLOCKS: Cell<[Vec<u8>; 2]> = Cell::default();
+}
 
 /// The checkpoints a plan reads.
 #[derive(Clone, Copy)]
@@ -480,7 +489,7 @@ fn stream_float(
     // block consumed can be released as it goes.
     let rows_in_order = rows.rows_gather.is_none();
     let starts: Vec<usize> = (0..out_rows).step_by(block_rows).collect();
-    let (mut ready, mut next) = (Vec::new(), Vec::new());
+    let [mut ready, mut next] = BLOCKS.take();
     compute_block(0, &mut ready)?;
     for (k, &start) in starts.iter().enumerate() {
         // The next block is computed while this one is written.
@@ -510,5 +519,6 @@ fn stream_float(
             checkpoint.release(large.name, start * large.row_bytes..end * large.row_bytes);
         }
     }
+    BLOCKS.set([ready, next]);
     Ok(())
 }
