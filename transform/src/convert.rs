@@ -41,6 +41,10 @@ pub struct Job {
     write_warnings: Mutex<Vec<String>>,
 }
 
+/// How many bytes of the scanned inputs of one output tensor stay mapped until it is computed:
+/// about a CPU's last-level cache, beyond which scanned bytes would not be found there anyway.
+const KEEP_SCANNED_BYTES: usize = 32 << 20;
+
 /// An input tensor: (in the large checkpoint, name).
 type InputKey<'a> = (bool, &'a str);
 
@@ -247,12 +251,12 @@ impl Job {
         let scanned = Mutex::new(Scanned::default());
         // Inputs no output reads are scanned now; the others just before the first output
         // computed from them, whose computation then finds their bytes in the CPU cache if
-        // they fit (reading them twice from memory costed a tenth of a coalesce's time).
+        // they fit (reading them twice from memory cost a tenth of a coalesce's time).
         let read: BTreeSet<InputKey<'_>> = plan.tensors.iter().flat_map(input_keys).collect();
         for (in_large, checkpoint) in [(false, Some(&self.primary)), (true, self.large.as_ref())] {
             for name in checkpoint.iter().flat_map(|c| c.tensors().keys()) {
                 if !read.contains(&(in_large, name.as_str())) {
-                    self.scan_input((in_large, name), &scanned)?;
+                    self.scan_input((in_large, name), &scanned, &mut 0)?;
                 }
             }
         }
@@ -264,8 +268,9 @@ impl Job {
             &self.metadata,
             force,
             &|t, sink| {
+                let mut keep = KEEP_SCANNED_BYTES;
                 for key in input_keys(t) {
-                    self.scan_input(key, &scanned)?;
+                    self.scan_input(key, &scanned, &mut keep)?;
                 }
                 let size = crate::dtype::element_size(t.dtype);
                 let mut elements = 0;
@@ -317,7 +322,14 @@ impl Job {
 
     /// Scans input tensor `key` for NaN and infinite values unless it was scanned already:
     /// refused in strict mode, a warning otherwise.
-    fn scan_input(&self, (in_large, name): InputKey<'_>, scanned: &Mutex<Scanned>) -> Result<()> {
+    /// Its pages stay mapped for the computation if it fits in `keep` bytes (then counted
+    /// off), and are released otherwise, so that memory stays flat.
+    fn scan_input(
+        &self,
+        (in_large, name): InputKey<'_>,
+        scanned: &Mutex<Scanned>,
+        keep: &mut usize,
+    ) -> Result<()> {
         let checkpoint = match (in_large, &self.large) {
             (false, _) => &self.primary,
             (true, Some(large)) => large,
@@ -333,6 +345,10 @@ impl Job {
             return Ok(());
         };
         let found = crate::dtype::non_finite(info.dtype, bytes);
+        match keep.checked_sub(bytes.len()) {
+            Some(left) => *keep = left,
+            None => checkpoint.release_all(name),
+        }
         let Some(found) = found else {
             return Ok(());
         };
