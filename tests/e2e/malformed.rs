@@ -241,7 +241,7 @@ fn non_finite_weights_warn_by_default_naming_the_tensor() {
 fn a_dry_run_reads_no_tensor_data_so_it_neither_scans_nor_refuses_non_finite_weights() {
     for case in corpus::warning_cases() {
         let (sb, _guard) = prepare(&case).expect("no mount needed");
-        let run = sb.run(&["coalesce", "in", "--heads", "2", "--dry-run", "--strict"]);
+        let run = sb.run(["coalesce", "in", "--heads", "2", "--dry-run", "--strict"]);
         assert_eq!(run.code, 0, "{run}");
         assert!(!run.stderr.contains("NaN"), "{run}");
         assert!(!run.stdout.is_empty(), "the plan is printed:\n{run}");
