@@ -253,8 +253,8 @@ impl Job {
         // computed from them, whose computation then finds their bytes in the CPU cache if
         // they fit (reading them twice from memory cost a tenth of a coalesce's time).
         let read: BTreeSet<InputKey<'_>> = plan.tensors.iter().flat_map(input_keys).collect();
-        for (in_large, checkpoint) in [(false, Some(&self.primary)), (true, self.large.as_ref())] {
-            for name in checkpoint.iter().flat_map(|c| c.tensors().keys()) {
+        for in_large in [false, true] {
+            for name in self.input(in_large).iter().flat_map(|c| c.tensors().keys()) {
                 if !read.contains(&(in_large, name.as_str())) {
                     self.scan_input((in_large, name), &scanned, &mut 0)?;
                 }
@@ -272,11 +272,18 @@ impl Job {
                 for key in input_keys(t) {
                     self.scan_input(key, &scanned, &mut keep)?;
                 }
+                // Non-finite values that come from the inputs were reported with them.
+                let from_inputs = scanned.lock().is_ok_and(|scanned| {
+                    input_keys(t).any(|(in_large, name)| {
+                        scanned.non_finite.contains(&(in_large, name.to_string()))
+                    })
+                });
+                let check_output = !from_inputs && self.may_overflow(t);
                 let size = crate::dtype::element_size(t.dtype);
                 let mut elements = 0;
                 let mut found: Option<NonFinite> = None;
                 execute::stream(plan, t, inputs, &mut |bytes| {
-                    if let Some(more) = crate::dtype::non_finite(t.dtype, bytes) {
+                    if check_output && let Some(more) = crate::dtype::non_finite(t.dtype, bytes) {
                         let f = found.get_or_insert(NonFinite {
                             first: elements + more.first,
                             ..NonFinite::default()
@@ -292,14 +299,6 @@ impl Job {
                 let Some(found) = found else {
                     return Ok(());
                 };
-                let from_inputs = scanned.lock().is_ok_and(|scanned| {
-                    input_keys(t).any(|(in_large, name)| {
-                        scanned.non_finite.contains(&(in_large, name.to_string()))
-                    })
-                });
-                if from_inputs {
-                    return Ok(());
-                }
                 let count = found.nan + found.inf;
                 if self.strict {
                     return Err(Error::NonFiniteOutput {
@@ -320,6 +319,27 @@ impl Job {
         )
     }
 
+    /// Whether finite inputs can give output `t` values beyond its dtype's range: see
+    /// [`Plan::may_overflow`]; also when an input's dtype is not the output's (an f32 value
+    /// beyond f16's range).
+    fn may_overflow(&self, t: &TensorPlan) -> bool {
+        self.plan.may_overflow(t)
+            || input_keys(t).any(|(in_large, name)| {
+                self.input(in_large)
+                    .and_then(|c| c.info(name))
+                    .is_none_or(|info| info.dtype != t.dtype)
+            })
+    }
+
+    /// The primary checkpoint, or the saved large one.
+    fn input(&self, in_large: bool) -> Option<&Checkpoint> {
+        if in_large {
+            self.large.as_ref()
+        } else {
+            Some(&self.primary)
+        }
+    }
+
     /// Scans input tensor `key` for NaN and infinite values unless it was scanned already:
     /// refused in strict mode, a warning otherwise.
     /// Its pages stay mapped for the computation if it fits in `keep` bytes (then counted
@@ -330,10 +350,8 @@ impl Job {
         scanned: &Mutex<Scanned>,
         keep: &mut usize,
     ) -> Result<()> {
-        let checkpoint = match (in_large, &self.large) {
-            (false, _) => &self.primary,
-            (true, Some(large)) => large,
-            (true, None) => return Ok(()),
+        let Some(checkpoint) = self.input(in_large) else {
+            return Ok(());
         };
         let Ok(mut scanned) = scanned.lock() else {
             return Ok(());

@@ -218,6 +218,19 @@ impl Plan {
             .collect()
     }
 
+    /// Whether finite inputs can give tensor `t` values beyond its dtype's range (or NaN):
+    /// only a sum along an axis or an interpolation outside [0, 1] can. Means, copies, splits
+    /// and convex combinations stay within the range of their inputs, which their dtype holds.
+    pub fn may_overflow(&self, t: &TensorPlan) -> bool {
+        let extrapolates = match self.operator {
+            Operator::Interpolate { alpha } | Operator::Grow { alpha } => {
+                !(0.0..=1.0).contains(&alpha)
+            }
+            Operator::Coalesce | Operator::Decoalesce => false,
+        };
+        extrapolates || t.axes.iter().any(|a| a.op == Some(AxisOp::Sum))
+    }
+
     /// Bytes of the output tensors.
     pub fn output_bytes(&self) -> u64 {
         self.tensors

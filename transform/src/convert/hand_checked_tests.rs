@@ -240,6 +240,52 @@ fn depth_coalesce_averages_adjacent_or_strided_layers_and_decoalesce_copies() {
 }
 
 #[test]
+fn three_layers_average_into_one_over_rows_longer_than_a_decoding_chunk() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    // FFN 1200: the rows of c_fc ([hidden, ffn]) span several of the executor's decoding
+    // chunks, which three layers (not the fused pair) are averaged by.
+    let spec = FixtureSpec {
+        dims: Dims {
+            layers: 3,
+            hidden: 4,
+            heads: 4,
+            kv_heads: 4,
+            head_dim: 1,
+            ffn: 1200,
+            tied: true,
+            fixed: BTreeMap::from([("vocab".into(), 3), ("positions".into(), 2)]),
+        },
+        ..fixture::gpt2_lm(5)
+    };
+    let large_path = tmp.path().join("large");
+    fixture::write_dir(&spec, &large_path).expect("fixture");
+    let large = Checkpoint::open(&large_path).expect("open");
+    let small = run(
+        Job::coalesce(
+            &large_path,
+            &options(None, Some(1), "strided", EmbeddingRule::Exact),
+        ),
+        &tmp.path().join("small"),
+    );
+    let name = |i: usize| format!("transformer.h.{i}.mlp.c_fc.weight");
+    let [a, b, c] = [0, 1, 2].map(|i| values(&large, &name(i)));
+    // The shifted mean, first + ((0 + (b − first)) + (c − first)) / 3, rounded to f32.
+    let want: Vec<f64> = (0..a.len())
+        .map(|k| {
+            let d = (0.0 + (b[k] - a[k])) + (c[k] - a[k]);
+            f64::from((a[k] + d / 3.0) as f32)
+        })
+        .collect();
+    let got = values(&small, &name(0));
+    assert_eq!(got.len(), 4 * 1200);
+    let differ = got
+        .iter()
+        .zip(&want)
+        .filter(|(g, w)| g.to_bits() != w.to_bits());
+    assert_eq!(differ.count(), 0, "bit for bit");
+}
+
+#[test]
 fn interpolate_quarter_weights_the_decoalesced_model() {
     let tmp = tempfile::tempdir().expect("tmp");
     let large_path = tiny_gpt2(tmp.path());
@@ -268,4 +314,46 @@ fn interpolate_quarter_weights_the_decoalesced_model() {
         let want: Vec<f64> = l.iter().zip(&d).map(|(l, d)| 0.75 * l + 0.25 * d).collect();
         assert_close(&values(&mixed, name), &want, name);
     }
+}
+
+#[test]
+fn only_sums_and_extrapolations_are_scanned_for_overflow() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let large_path = tiny_gpt2(tmp.path());
+    let overflowing = |job: &Job| -> Vec<String> {
+        let plan = job.plan();
+        let names = plan.tensors.iter().filter(|t| job.may_overflow(t));
+        names.map(|t| t.name.clone()).collect()
+    };
+    let reference = options(Some(2), None, "strided", EmbeddingRule::Reference);
+    let coalesce = Job::coalesce(&large_path, &reference).expect("coalesce");
+    let sums = overflowing(&coalesce);
+    // The reference rule sums the embeddings' hidden axis and every `in` axis of width.
+    assert!(
+        sums.contains(&"transformer.wte.weight".to_string()),
+        "{sums:?}"
+    );
+    assert!(
+        sums.contains(&"transformer.h.0.attn.c_proj.weight".to_string()),
+        "{sums:?}"
+    );
+    assert!(
+        !sums.contains(&"transformer.ln_f.bias".to_string()),
+        "{sums:?}"
+    );
+
+    let small_path = tmp.path().join("small");
+    run(Ok(coalesce), &small_path);
+    let wide = options(Some(4), None, "strided", EmbeddingRule::Reference);
+    let decoalesce = Job::decoalesce(&small_path, &wide).expect("decoalesce");
+    assert_eq!(overflowing(&decoalesce), Vec::<String>::new());
+    let big_path = tmp.path().join("big");
+    run(Ok(decoalesce), &big_path);
+
+    let convex = Job::interpolate(&large_path, &big_path, 0.5, &Options::default());
+    assert_eq!(overflowing(&convex.expect("α 0.5")), Vec::<String>::new());
+    let range = AlphaRange::Extrapolate;
+    let beyond = Job::interpolate_in(&large_path, &big_path, 1.5, range, &Options::default());
+    let beyond = beyond.expect("α 1.5");
+    assert_eq!(overflowing(&beyond).len(), beyond.plan().tensors.len());
 }
