@@ -249,9 +249,10 @@ impl Job {
         };
         let plan = &self.plan;
         let scanned = Mutex::new(Scanned::default());
-        // Inputs no output reads are scanned now; the others just before the first output
-        // computed from them, whose computation then finds their bytes in the CPU cache if
-        // they fit (reading them twice from memory cost a tenth of a coalesce's time).
+        // Inputs no output reads are scanned now; the others with the first output computed
+        // from them: before it (its computation then finds their bytes in the CPU cache if
+        // they fit; reading them twice from memory cost a tenth of a coalesce's time), or,
+        // where their NaN would show in it, only if it holds one.
         let read: BTreeSet<InputKey<'_>> = plan.tensors.iter().flat_map(input_keys).collect();
         for in_large in [false, true] {
             for name in self.input(in_large).iter().flat_map(|c| c.tensors().keys()) {
@@ -268,17 +269,22 @@ impl Job {
             &self.metadata,
             force,
             &|t, sink| {
-                let mut keep = KEEP_SCANNED_BYTES;
-                for key in input_keys(t) {
-                    self.scan_input(key, &scanned, &mut keep)?;
-                }
-                // Non-finite values that come from the inputs were reported with them.
-                let from_inputs = scanned.lock().is_ok_and(|scanned| {
-                    input_keys(t).any(|(in_large, name)| {
-                        scanned.non_finite.contains(&(in_large, name.to_string()))
+                let from_inputs = || {
+                    scanned.lock().is_ok_and(|scanned| {
+                        input_keys(t).any(|(in_large, name)| {
+                            scanned.non_finite.contains(&(in_large, name.to_string()))
+                        })
                     })
-                });
-                let check_output = !from_inputs && self.may_overflow(t);
+                };
+                let output_first = self.non_finite_inputs_reach_output(t);
+                if !output_first {
+                    let mut keep = KEEP_SCANNED_BYTES;
+                    for key in input_keys(t) {
+                        self.scan_input(key, &scanned, &mut keep)?;
+                    }
+                }
+                // Non-finite values that come from the inputs are reported with them.
+                let check_output = output_first || (!from_inputs() && self.may_overflow(t));
                 let size = crate::dtype::element_size(t.dtype);
                 let mut elements = 0;
                 let mut found: Option<NonFinite> = None;
@@ -299,6 +305,14 @@ impl Job {
                 let Some(found) = found else {
                     return Ok(());
                 };
+                if output_first {
+                    for key in input_keys(t) {
+                        self.scan_input(key, &scanned, &mut 0)?;
+                    }
+                }
+                if from_inputs() {
+                    return Ok(());
+                }
                 let count = found.nan + found.inf;
                 if self.strict {
                     return Err(Error::NonFiniteOutput {
@@ -329,6 +343,15 @@ impl Job {
                     .and_then(|c| c.info(name))
                     .is_none_or(|info| info.dtype != t.dtype)
             })
+    }
+
+    /// Whether every input value of output `t` passes through arithmetic into it, so that a
+    /// NaN or infinite input shows in the output: then the output is scanned as it streams
+    /// and its inputs only when it holds one (to name them). A coalesced output is several
+    /// times smaller than its inputs, which are merged whole (schemes are partitions), so
+    /// this saves most of the scan's reading; other operators scan the inputs first.
+    fn non_finite_inputs_reach_output(&self, t: &TensorPlan) -> bool {
+        self.plan.operator == plan::Operator::Coalesce && t.interpolate_with.is_none()
     }
 
     /// The primary checkpoint, or the saved large one.
@@ -428,5 +451,7 @@ fn output_form(
 
 #[cfg(test)]
 mod hand_checked_tests;
+#[cfg(test)]
+mod non_finite_tests;
 #[cfg(test)]
 mod round_trip_tests;
