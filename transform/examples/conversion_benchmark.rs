@@ -661,10 +661,11 @@ fn copy(op: &str, inputs: &[String], small: [&String; 3], output: &Path) -> Resu
                     reason: "the reader panicked".into(),
                 })?;
             let mut left = dtype::byte_len(t.dtype, &t.shape).unwrap_or(0);
+            let mut block = Vec::new();
             while left > 0 {
-                let chunk = replay.next(left)?;
-                left -= chunk.len();
-                sink(chunk)?;
+                replay.next(left, &mut block)?;
+                left -= block.len();
+                sink(&mut block)?;
             }
             Ok(())
         },
@@ -681,11 +682,11 @@ struct Replay {
     files: Vec<PathBuf>,
     current: usize,
     file: File,
-    buffer: Vec<u8>,
     wrapped: bool,
 }
 
 impl Replay {
+    /// The executor's block size.
     const BLOCK: usize = 4 << 20;
 
     fn new(files: Vec<PathBuf>) -> Result<Self> {
@@ -694,18 +695,19 @@ impl Replay {
             file: File::open(first)?,
             files,
             current: 0,
-            buffer: vec![0; Self::BLOCK],
             wrapped: false,
         })
     }
 
-    /// Up to `max` bytes of the next block.
-    fn next(&mut self, max: usize) -> vcycle_transform::Result<&[u8]> {
-        let want = max.min(Self::BLOCK);
+    /// Up to `max` bytes of the next block, into `block` (reused as the executor reuses its
+    /// blocks: only what it lacks is zeroed first).
+    fn next(&mut self, max: usize, block: &mut Vec<u8>) -> vcycle_transform::Result<()> {
+        block.resize(max.min(Self::BLOCK), 0);
         loop {
-            let n = self.read(want)?;
+            let n = self.read(block)?;
             if n > 0 {
-                return Ok(&self.buffer[..n]);
+                block.truncate(n);
+                return Ok(());
             }
             self.open_next()?;
         }
@@ -713,17 +715,18 @@ impl Replay {
 
     /// Reads what the copy has not read yet of the inputs: every input byte is read.
     fn read_to_end(&mut self) -> vcycle_transform::Result<()> {
+        let mut block = vec![0; Self::BLOCK];
         while !self.wrapped {
-            if self.read(Self::BLOCK)? == 0 {
+            if self.read(&mut block)? == 0 {
                 self.open_next()?;
             }
         }
         Ok(())
     }
 
-    fn read(&mut self, want: usize) -> vcycle_transform::Result<usize> {
+    fn read(&mut self, block: &mut [u8]) -> vcycle_transform::Result<usize> {
         self.file
-            .read(&mut self.buffer[..want])
+            .read(block)
             .map_err(|source| vcycle_transform::Error::Io {
                 path: self.files[self.current].clone(),
                 source,

@@ -297,9 +297,10 @@ impl Job {
                         f.nan += more.nan;
                         f.inf += more.inf;
                     }
-                    elements += bytes.len() / size.max(1);
+                    let len = bytes.len();
+                    elements += len / size.max(1);
                     sink(bytes)?;
-                    progress.advance(bytes.len() as u64);
+                    progress.advance(len as u64);
                     Ok(())
                 })?;
                 let Some(found) = found else {

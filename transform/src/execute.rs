@@ -8,8 +8,6 @@
 //! one of applying the operators to the whole tensor in turn (depth mean, then each axis in
 //! order, then interpolation), so results are the same bit for bit.
 
-use std::cell::Cell;
-
 use rayon::prelude::*;
 use safetensors::Dtype;
 
@@ -24,13 +22,6 @@ const BLOCK_BYTES: usize = 4 << 20;
 /// Output bytes per parallel task within a block.
 const TASK_BYTES: usize = 256 << 10;
 
-thread_local! {
-    /// The two blocks a stream alternates between (one computed while the other is written),
-    /// kept from one tensor to the next so that they are not allocated and zeroed again for
-    /// each tensor.
-    static BLOCKS: Cell<[Vec<u8>; 2]> = Cell::default();
-}
-
 /// The checkpoints a plan reads.
 #[derive(Clone, Copy)]
 pub struct Inputs<'a> {
@@ -41,8 +32,11 @@ pub struct Inputs<'a> {
     pub large: Option<&'a Checkpoint>,
 }
 
-/// Where one output tensor's bytes are handed, piece by piece, in order.
-pub type Sink<'s> = dyn FnMut(&[u8]) -> Result<()> + 's;
+/// Where one output tensor's bytes are handed, block by block, in order. The sink takes the
+/// block and leaves in its place a buffer of unspecified contents (one it took before, for the
+/// next block to be computed into), so that a block is written while the next is computed
+/// without being copied.
+pub type Sink<'s> = dyn FnMut(&mut Vec<u8>) -> Result<()> + 's;
 
 /// Computes one planned output tensor and hands its bytes to `sink` in order, in blocks of
 /// whole rows.
@@ -107,8 +101,11 @@ fn stream_raw(
         }
     }
     let mut offset = 0;
+    let mut block = Vec::new();
     for chunk in bytes.chunks(BLOCK_BYTES) {
-        sink(chunk)?;
+        block.clear();
+        block.extend_from_slice(chunk);
+        sink(&mut block)?;
         inputs.primary.release(first, offset..offset + chunk.len());
         offset += chunk.len();
     }
@@ -473,6 +470,7 @@ fn stream_float(
     let task_rows = (TASK_BYTES / out_row_bytes).max(1);
     let compute_block = |start: usize, buffer: &mut Vec<u8>| -> Result<()> {
         let end = (start + block_rows).min(out_rows);
+        // Only what a reused buffer lacks is zeroed before being overwritten.
         buffer.resize((end - start) * out_row_bytes, 0);
         buffer
             .par_chunks_mut(task_rows * out_row_bytes)
@@ -488,26 +486,10 @@ fn stream_float(
     // Row i of the output reads row i of its inputs unless axis 0 is gathered: then what a
     // block consumed can be released as it goes.
     let rows_in_order = rows.rows_gather.is_none();
-    let starts: Vec<usize> = (0..out_rows).step_by(block_rows).collect();
-    let [mut ready, mut next] = BLOCKS.take();
-    compute_block(0, &mut ready)?;
-    for (k, &start) in starts.iter().enumerate() {
-        // The next block is computed while this one is written.
-        let next_buffer = &mut next;
-        let compute_block = &compute_block;
-        let (written, computed) = std::thread::scope(|scope| {
-            let worker = starts
-                .get(k + 1)
-                .map(|&n| scope.spawn(move || compute_block(n, next_buffer)));
-            (sink(&ready), worker.map(|w| w.join()))
-        });
-        written?;
-        match computed {
-            Some(Ok(result)) => result?,
-            Some(Err(panic)) => std::panic::resume_unwind(panic),
-            None => {}
-        }
-        std::mem::swap(&mut ready, &mut next);
+    let mut block = Vec::new();
+    for start in (0..out_rows).step_by(block_rows) {
+        compute_block(start, &mut block)?;
+        sink(&mut block)?;
         let end = (start + block_rows).min(out_rows);
         if rows_in_order {
             for layer in &rows.layers {
@@ -519,6 +501,5 @@ fn stream_float(
             checkpoint.release(large.name, start * large.row_bytes..end * large.row_bytes);
         }
     }
-    BLOCKS.set([ready, next]);
     Ok(())
 }

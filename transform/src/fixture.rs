@@ -373,9 +373,9 @@ pub fn write_dir(spec: &FixtureSpec, dir: &Path) -> Result<()> {
     let _ = std::fs::remove_dir_all(&tmp);
     crate::write::write_output(&tmp, &form, &plans, &metadata, true, &|t, sink| {
         sink(
-            by_name
+            &mut by_name
                 .get(t.name.as_str())
-                .map(|f| f.data.as_slice())
+                .map(|f| f.data.clone())
                 .unwrap_or_default(),
         )
     })?;

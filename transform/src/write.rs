@@ -404,19 +404,35 @@ fn replace(tmp: PathBuf, output: &Path, force: bool) -> Result<()> {
 
 #[cfg(test)]
 thread_local! {
-    /// Under test: bytes of tensor files the disk still takes before it is full.
-    static DISK_SPACE: std::cell::Cell<Option<u64>> = const { std::cell::Cell::new(None) };
+    /// Under test: bytes of tensor files the disk still takes before it is full (shared with
+    /// the writer threads of this thread's conversions).
+    static DISK_SPACE: std::cell::RefCell<Option<std::sync::Arc<std::sync::atomic::AtomicU64>>> =
+        const { std::cell::RefCell::new(None) };
 }
 
 /// The writer of safetensors files; under test, a disk that can fill up.
 struct Disk<'a> {
     file: &'a File,
+    /// Under test: [`DISK_SPACE`] of the thread that opened the file (writes run on another).
+    #[cfg(test)]
+    space: Option<std::sync::Arc<std::sync::atomic::AtomicU64>>,
+}
+
+impl<'a> Disk<'a> {
+    fn new(file: &'a File) -> Self {
+        Disk {
+            file,
+            #[cfg(test)]
+            space: DISK_SPACE.with_borrow(Clone::clone),
+        }
+    }
 }
 
 impl Write for Disk<'_> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         #[cfg(test)]
-        if let Some(left) = DISK_SPACE.get() {
+        if let Some(space) = &self.space {
+            let left = space.load(std::sync::atomic::Ordering::SeqCst);
             if left == 0 && !buf.is_empty() {
                 return Err(std::io::Error::new(
                     std::io::ErrorKind::StorageFull,
@@ -424,7 +440,7 @@ impl Write for Disk<'_> {
                 ));
             }
             let n = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
-            DISK_SPACE.set(Some(left - n as u64));
+            space.store(left - n as u64, std::sync::atomic::Ordering::SeqCst);
             return self.file.write(&buf[..n]);
         }
         self.file.write(buf)
@@ -508,13 +524,52 @@ fn write_safetensors(
         })?;
     header_bytes.resize(header_bytes.len().next_multiple_of(8), b' ');
 
-    let mut w = BufWriter::with_capacity(1 << 20, Disk { file });
-    let mut writeback = Writeback::new(file, path);
-    let io = Error::io(path);
+    let mut w = BufWriter::with_capacity(1 << 20, Disk::new(file));
     let write = |w: &mut BufWriter<Disk<'_>>, bytes: &[u8]| w.write_all(bytes);
     write(&mut w, &(header_bytes.len() as u64).to_le_bytes())
         .and_then(|_| write(&mut w, &header_bytes))
         .map_err(Error::io(path))?;
+
+    // Blocks are written by a thread of their own while the next ones (of this tensor or the
+    // next) are computed; written blocks come back to be computed into again.
+    let (full, to_write) = std::sync::mpsc::sync_channel::<Vec<u8>>(BLOCKS_IN_FLIGHT);
+    let (written_back, empty) = std::sync::mpsc::channel::<Vec<u8>>();
+    std::thread::scope(|scope| {
+        let writer = scope.spawn(move || -> Result<()> {
+            let mut writeback = Writeback::new(file, path);
+            for block in to_write {
+                w.write_all(&block).map_err(Error::io(path))?;
+                writeback.wrote(block.len())?;
+                // The computation may be over: then the block is not needed.
+                let _ = written_back.send(block);
+            }
+            w.flush().map_err(Error::io(path))?;
+            writeback.finish()
+        });
+        let computed = compute_all(&order, compute, &full, &empty);
+        drop(full);
+        let written = writer.join().unwrap_or_else(|_| {
+            Err(Error::io(path)(std::io::Error::other(
+                "the writer thread panicked",
+            )))
+        });
+        // A failed write stops the computation; its error is the cause.
+        written.and(computed)
+    })
+}
+
+/// Blocks computed and waiting to be written, beyond the one being written: what memory a
+/// conversion holds for writing (blocks are 4 MB).
+const BLOCKS_IN_FLIGHT: usize = 2;
+
+/// Computes the tensors in `order`, sending each block to the writer and taking in its place a
+/// block written before.
+fn compute_all(
+    order: &[&TensorPlan],
+    compute: &Produce<'_>,
+    full: &std::sync::mpsc::SyncSender<Vec<u8>>,
+    empty: &std::sync::mpsc::Receiver<Vec<u8>>,
+) -> Result<()> {
     for t in order {
         let planned = byte_len(t);
         let mut written = 0usize;
@@ -524,21 +579,24 @@ fn write_safetensors(
             shape: t.shape.clone(),
             reason: format!("computed {written} bytes, planned {planned}"),
         };
-        compute(t, &mut |bytes| {
-            written += bytes.len();
+        compute(t, &mut |block| {
+            written += block.len();
             // Checked before writing: the header already promised `planned` bytes.
             if written > planned {
                 return Err(wrong_size(written));
             }
-            w.write_all(bytes).map_err(Error::io(path))?;
-            writeback.wrote(bytes.len())
+            let spare = empty.try_recv().unwrap_or_default();
+            full.send(std::mem::replace(block, spare))
+                .map_err(|_| Error::Output {
+                    output: PathBuf::new(),
+                    reason: "the writer stopped".into(),
+                })
         })?;
         if written != planned {
             return Err(wrong_size(written));
         }
     }
-    w.flush().map_err(io)?;
-    writeback.finish()
+    Ok(())
 }
 
 /// Bytes written between two starts of [`Writeback`].
@@ -611,7 +669,7 @@ mod tests {
     }
 
     fn zeros(t: &TensorPlan, sink: &mut Sink<'_>) -> Result<()> {
-        sink(&vec![0; byte_len(t)])
+        sink(&mut vec![0; byte_len(t)])
     }
 
     fn entries(dir: &Path) -> Vec<String> {
@@ -625,7 +683,8 @@ mod tests {
 
     /// Runs `f` on a disk that takes `space` more bytes of tensor data.
     fn with_disk_space<T>(space: u64, f: impl FnOnce() -> T) -> T {
-        DISK_SPACE.set(Some(space));
+        let space = std::sync::atomic::AtomicU64::new(space);
+        DISK_SPACE.set(Some(std::sync::Arc::new(space)));
         let out = f();
         DISK_SPACE.set(None);
         out
