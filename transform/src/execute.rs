@@ -8,6 +8,8 @@
 //! one of applying the operators to the whole tensor in turn (depth mean, then each axis in
 //! order, then interpolation), so results are the same bit for bit.
 
+use std::cell::Cell;
+
 use rayon::prelude::*;
 use safetensors::Dtype;
 
@@ -21,6 +23,12 @@ use crate::read::Checkpoint;
 const BLOCK_BYTES: usize = 4 << 20;
 /// Output bytes per parallel task within a block.
 const TASK_BYTES: usize = 256 << 10;
+
+thread_local! {
+    /// The block a stream computes into, kept from one tensor to the next: a buffer freed and
+    /// allocated again for every tensor costs fresh pages (and, freed, TLB shootdowns).
+    static BLOCK: Cell<Vec<u8>> = Cell::default();
+}
 
 /// The checkpoints a plan reads.
 #[derive(Clone, Copy)]
@@ -101,7 +109,7 @@ fn stream_raw(
         }
     }
     let mut offset = 0;
-    let mut block = Vec::new();
+    let mut block = BLOCK.take();
     for chunk in bytes.chunks(BLOCK_BYTES) {
         block.clear();
         block.extend_from_slice(chunk);
@@ -109,6 +117,7 @@ fn stream_raw(
         inputs.primary.release(first, offset..offset + chunk.len());
         offset += chunk.len();
     }
+    BLOCK.set(block);
     Ok(())
 }
 
@@ -486,7 +495,7 @@ fn stream_float(
     // Row i of the output reads row i of its inputs unless axis 0 is gathered: then what a
     // block consumed can be released as it goes.
     let rows_in_order = rows.rows_gather.is_none();
-    let mut block = Vec::new();
+    let mut block = BLOCK.take();
     for start in (0..out_rows).step_by(block_rows) {
         compute_block(start, &mut block)?;
         sink(&mut block)?;
@@ -501,5 +510,6 @@ fn stream_float(
             checkpoint.release(large.name, start * large.row_bytes..end * large.row_bytes);
         }
     }
+    BLOCK.set(block);
     Ok(())
 }
