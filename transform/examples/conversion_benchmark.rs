@@ -283,6 +283,7 @@ fn bench_model(root: &Path, model: &Model, cache: Cache) -> Result<Vec<Value>> {
         // from one run to the next.
         let mut conversion: Option<Value> = None;
         let mut copy: Option<Value> = None;
+        let mut copy_times = Vec::new();
         for _ in 0..RUNS {
             cache.prepare()?;
             let c = run_child(&args)?;
@@ -295,6 +296,7 @@ fn bench_model(root: &Path, model: &Model, cache: Cache) -> Result<Vec<Value>> {
             copy_args.extend(inputs.iter().map(|p| p.display().to_string()));
             cache.prepare()?;
             let k = run_child(&copy_args)?;
+            copy_times.push(seconds(&k));
             conversion = Some(best(conversion, c));
             copy = Some(best(copy, k));
         }
@@ -323,6 +325,8 @@ fn bench_model(root: &Path, model: &Model, cache: Cache) -> Result<Vec<Value>> {
             "wall_s": wall,
             "gb_per_s": bytes as f64 / wall / 1e9,
             "copy_wall_s": copy_wall,
+            // How much the same copy varied between runs: the noise the ratios carry.
+            "copy_slowest_over_fastest": copy_times.iter().copied().fold(0.0, f64::max) / copy_wall,
             "ratio_to_copy": wall / copy_wall,
             "ratio_to_copy_ok": wall / copy_wall <= COPY_RATIO_LIMIT,
             "peak_rss_bytes": rss,
@@ -747,7 +751,7 @@ impl Replay {
 
 fn print_table(rows: &[Value]) {
     println!(
-        "\n{:<10} {:<10} {:<5} {:>9} {:>6} {:>5} {:>6} {:>12} {:>7} {:>12} {:>12}",
+        "\n{:<10} {:<10} {:<5} {:>9} {:>6} {:>5} {:>6} {:>9} {:>12} {:>7} {:>12} {:>12}",
         "operation",
         "model",
         "dtype",
@@ -755,14 +759,15 @@ fn print_table(rows: &[Value]) {
         "wall s",
         "GB/s",
         "copy s",
+        "copy max",
         "vs copy",
         "peak MB",
         "RSS limit MB",
         "dense/ours",
     );
     println!(
-        "{:>60} {:>20} {:>12}",
-        "(target <= 1.5)", "(2 x largest + 100)", "(1 thread)"
+        "{:>57} {:>12} {:>20} {:>12}",
+        "(/ copy s)", "(target <= 1.5)", "(2 x largest + 100)", "(1 thread)"
     );
     for r in rows {
         let gb = (r["input_bytes"].as_u64().unwrap_or(0) + r["output_bytes"].as_u64().unwrap_or(0))
@@ -776,7 +781,7 @@ fn print_table(rows: &[Value]) {
             }
         };
         println!(
-            "{:<10} {:<10} {:<5} {:>9.2} {:>6.2} {:>5.2} {:>6.2} {:>7.2} {:<4} {:>7.0} {:>7.0} {:<4} {:>11.1}x",
+            "{:<10} {:<10} {:<5} {:>9.2} {:>6.2} {:>5.2} {:>6.2} {:>8.1}x {:>7.2} {:<4} {:>7.0} {:>7.0} {:<4} {:>11.1}x",
             r["operation"].as_str().unwrap_or(""),
             r["model"].as_str().unwrap_or(""),
             r["dtype"].as_str().unwrap_or(""),
@@ -784,6 +789,7 @@ fn print_table(rows: &[Value]) {
             r["wall_s"].as_f64().unwrap_or(f64::NAN),
             r["gb_per_s"].as_f64().unwrap_or(f64::NAN),
             r["copy_wall_s"].as_f64().unwrap_or(f64::NAN),
+            r["copy_slowest_over_fastest"].as_f64().unwrap_or(f64::NAN),
             r["ratio_to_copy"].as_f64().unwrap_or(f64::NAN),
             verdict(&r["ratio_to_copy_ok"]),
             r["peak_rss_bytes"].as_u64().unwrap_or(0) as f64 / 1e6,
