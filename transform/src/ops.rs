@@ -277,16 +277,18 @@ pub fn combine<'a>(
                 None => dst.iter_mut().zip(src).for_each(|(d, s)| *d = s / divisor),
             }
         }
-        [first, rest @ ..] => {
-            let first = row(*first);
-            if divisor == 1.0 {
-                dst.copy_from_slice(first);
-                for &j in rest {
-                    dst.iter_mut().zip(row(j)).for_each(|(d, s)| *d += s);
-                }
-            } else {
-                shifted_mean(dst, first, rest.iter().map(|&j| row(j)), divisor);
+        // A sum, left to right; the first two rows in one pass.
+        [first, second, rest @ ..] if divisor == 1.0 => {
+            let (first, second) = (row(*first), row(*second));
+            dst.iter_mut()
+                .zip(first.iter().zip(second))
+                .for_each(|(d, (a, b))| *d = a + b);
+            for &j in rest {
+                dst.iter_mut().zip(row(j)).for_each(|(d, s)| *d += s);
             }
+        }
+        [first, rest @ ..] => {
+            shifted_mean(dst, row(*first), rest.iter().map(|&j| row(j)), divisor);
         }
         [] => dst.fill(0.0),
     }
