@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Component, Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 
 use serde_json::{Map, Value, json};
@@ -534,19 +535,28 @@ fn write_safetensors(
     // next) are computed; written blocks come back to be computed into again.
     let (full, to_write) = std::sync::mpsc::sync_channel::<Vec<u8>>(BLOCKS_IN_FLIGHT);
     let (written_back, empty) = std::sync::mpsc::channel::<Vec<u8>>();
+    // Set when the computation failed: the file will be removed, so it is not finished.
+    let abandoned = AtomicBool::new(false);
     std::thread::scope(|scope| {
-        let writer = scope.spawn(move || -> Result<()> {
+        let writer = scope.spawn(|| -> Result<()> {
             let mut writeback = Writeback::new(file, path);
             for block in to_write {
+                if abandoned.load(Ordering::Relaxed) {
+                    return Ok(());
+                }
                 w.write_all(&block).map_err(Error::io(path))?;
                 writeback.wrote(block.len())?;
                 // The computation may be over: then the block is not needed.
                 let _ = written_back.send(block);
             }
+            if abandoned.load(Ordering::Relaxed) {
+                return Ok(());
+            }
             w.flush().map_err(Error::io(path))?;
             writeback.finish()
         });
         let computed = compute_all(&order, compute, &full, &empty);
+        abandoned.store(computed.is_err(), Ordering::Relaxed);
         drop(full);
         let written = writer.join().unwrap_or_else(|_| {
             Err(Error::io(path)(std::io::Error::other(
