@@ -361,8 +361,9 @@ pub fn write_dir(spec: &FixtureSpec, dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(Error::io(dir))?;
     let config = config(spec)?;
     let plans: Vec<TensorPlan> = tensors.iter().map(tensor_plan).collect();
-    let by_name: BTreeMap<&str, &FixtureTensor> =
-        tensors.iter().map(|t| (t.name.as_str(), t)).collect();
+    // Each tensor's bytes are handed to the writer, not copied (a benchmark model is GBs).
+    let by_name: std::sync::Mutex<BTreeMap<String, Vec<u8>>> =
+        std::sync::Mutex::new(tensors.into_iter().map(|t| (t.name, t.data)).collect());
     let form = crate::write::OutputForm::Directory {
         config: Some(config),
         extra_files: Vec::new(),
@@ -372,12 +373,8 @@ pub fn write_dir(spec: &FixtureSpec, dir: &Path) -> Result<()> {
     let tmp = dir.with_extension("building");
     let _ = std::fs::remove_dir_all(&tmp);
     crate::write::write_output(&tmp, &form, &plans, &metadata, true, &|t, sink| {
-        sink(
-            &mut by_name
-                .get(t.name.as_str())
-                .map(|f| f.data.clone())
-                .unwrap_or_default(),
-        )
+        let data = by_name.lock().ok().and_then(|mut m| m.remove(&t.name));
+        sink(&mut data.unwrap_or_default())
     })?;
     match std::fs::remove_dir_all(dir) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(Error::io(dir)(e)),

@@ -11,22 +11,26 @@ use crate::fixture::{self, FixtureSpec};
 
 const WIDTH: &str = "[[0,2],[1,3]]";
 
-fn tiny_gpt2(dir: &Path) -> PathBuf {
-    let spec = FixtureSpec {
+/// A GPT-2 with hidden 4, 4 heads of size 1, vocabulary 3 and 2 positions.
+fn gpt2_spec(layers: usize, ffn: usize, seed: u64) -> FixtureSpec {
+    FixtureSpec {
         dims: Dims {
-            layers: 4,
+            layers,
             hidden: 4,
             heads: 4,
             kv_heads: 4,
             head_dim: 1,
-            ffn: 8,
+            ffn,
             tied: true,
             fixed: BTreeMap::from([("vocab".into(), 3), ("positions".into(), 2)]),
         },
-        ..fixture::gpt2_lm(11)
-    };
+        ..fixture::gpt2_lm(seed)
+    }
+}
+
+fn tiny_gpt2(dir: &Path) -> PathBuf {
     let path = dir.join("large");
-    fixture::write_dir(&spec, &path).expect("fixture");
+    fixture::write_dir(&gpt2_spec(4, 8, 11), &path).expect("fixture");
     path
 }
 
@@ -244,21 +248,8 @@ fn three_layers_average_into_one_over_rows_longer_than_a_decoding_chunk() {
     let tmp = tempfile::tempdir().expect("tmp");
     // FFN 1200: the rows of c_fc ([hidden, ffn]) span several of the executor's decoding
     // chunks, which three layers (not the fused pair) are averaged by.
-    let spec = FixtureSpec {
-        dims: Dims {
-            layers: 3,
-            hidden: 4,
-            heads: 4,
-            kv_heads: 4,
-            head_dim: 1,
-            ffn: 1200,
-            tied: true,
-            fixed: BTreeMap::from([("vocab".into(), 3), ("positions".into(), 2)]),
-        },
-        ..fixture::gpt2_lm(5)
-    };
     let large_path = tmp.path().join("large");
-    fixture::write_dir(&spec, &large_path).expect("fixture");
+    fixture::write_dir(&gpt2_spec(3, 1200, 5), &large_path).expect("fixture");
     let large = Checkpoint::open(&large_path).expect("open");
     let small = run(
         Job::coalesce(
