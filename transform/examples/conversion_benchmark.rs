@@ -9,7 +9,7 @@
 //! same writer, best of three runs each, and on the largest tensors the time of the same
 //! operator written as dense matrix products. Prints a table with each figure's target and writes the figures to
 //! `target/bench/conversion.json`; the generated checkpoints are deleted unless `--keep`.
-//! The inputs are in the page cache (just generated or read): warm-cache figures; with
+//! The inputs are read into the page cache before every run: warm-cache figures; with
 //! `--cold` (root only) the page cache is dropped before every run.
 
 use std::collections::BTreeMap;
@@ -230,7 +230,8 @@ fn machine() -> Value {
 /// Where the inputs are when a run starts.
 #[derive(Clone, Copy)]
 enum Cache {
-    /// In the page cache (just generated, or read by the run before).
+    /// In the page cache: read through before every run (outputs, and so the checkpoints
+    /// generated here, are written past the page cache).
     Warm,
     /// On disk only: the page cache is dropped before every run (needs root).
     Cold,
@@ -245,11 +246,22 @@ impl Cache {
     }
 
     /// Called before each run. Every output is fsynced, so dropping the cache loses nothing.
-    fn prepare(self) -> Result<()> {
-        if let Cache::Cold = self {
-            std::fs::write("/proc/sys/vm/drop_caches", "3").context(
-                "--cold drops the page cache: it needs root (writing /proc/sys/vm/drop_caches)",
-            )?;
+    fn prepare(self, inputs: &[PathBuf]) -> Result<()> {
+        match self {
+            Cache::Warm => {
+                for dir in inputs {
+                    for entry in std::fs::read_dir(dir)? {
+                        let path = entry?.path();
+                        std::io::copy(&mut File::open(&path)?, &mut std::io::sink())
+                            .with_context(|| format!("reading {}", path.display()))?;
+                    }
+                }
+            }
+            Cache::Cold => {
+                std::fs::write("/proc/sys/vm/drop_caches", "3").context(
+                    "--cold drops the page cache: it needs root (writing /proc/sys/vm/drop_caches)",
+                )?;
+            }
         }
         Ok(())
     }
@@ -285,7 +297,7 @@ fn bench_model(root: &Path, model: &Model, cache: Cache) -> Result<Vec<Value>> {
         let mut copy: Option<Value> = None;
         let mut copy_times = Vec::new();
         for _ in 0..RUNS {
-            cache.prepare()?;
+            cache.prepare(&inputs)?;
             let c = run_child(&args)?;
             let mut copy_args = vec![
                 "copy".to_string(),
@@ -294,7 +306,7 @@ fn bench_model(root: &Path, model: &Model, cache: Cache) -> Result<Vec<Value>> {
             ];
             copy_args.extend(shrink.iter().cloned());
             copy_args.extend(inputs.iter().map(|p| p.display().to_string()));
-            cache.prepare()?;
+            cache.prepare(&inputs)?;
             let k = run_child(&copy_args)?;
             copy_times.push(seconds(&k));
             conversion = Some(best(conversion, c));

@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{BufWriter, Write};
+use std::io::Write;
 use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
@@ -20,6 +20,12 @@ use crate::error::{Error, Result};
 use crate::execute::Sink;
 use crate::plan::TensorPlan;
 use crate::read::{CONFIG_FILE, INDEX_FILE, SINGLE_FILE};
+
+mod disk;
+
+#[cfg(test)]
+use disk::DISK_SPACE;
+use disk::Disk;
 
 /// The form of the output.
 #[derive(Debug, Clone)]
@@ -403,55 +409,6 @@ fn replace(tmp: PathBuf, output: &Path, force: bool) -> Result<()> {
     sync_dir(&parent)
 }
 
-#[cfg(test)]
-thread_local! {
-    /// Under test: bytes of tensor files the disk still takes before it is full (shared with
-    /// the writer threads of this thread's conversions).
-    static DISK_SPACE: std::cell::RefCell<Option<std::sync::Arc<std::sync::atomic::AtomicU64>>> =
-        const { std::cell::RefCell::new(None) };
-}
-
-/// The writer of safetensors files; under test, a disk that can fill up.
-struct Disk<'a> {
-    file: &'a File,
-    /// Under test: [`DISK_SPACE`] of the thread that opened the file (writes run on another).
-    #[cfg(test)]
-    space: Option<std::sync::Arc<std::sync::atomic::AtomicU64>>,
-}
-
-impl<'a> Disk<'a> {
-    fn new(file: &'a File) -> Self {
-        Disk {
-            file,
-            #[cfg(test)]
-            space: DISK_SPACE.with_borrow(Clone::clone),
-        }
-    }
-}
-
-impl Write for Disk<'_> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        #[cfg(test)]
-        if let Some(space) = &self.space {
-            let left = space.load(std::sync::atomic::Ordering::SeqCst);
-            if left == 0 && !buf.is_empty() {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::StorageFull,
-                    "no space left on device (simulated)",
-                ));
-            }
-            let n = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
-            space.store(left - n as u64, std::sync::atomic::Ordering::SeqCst);
-            return self.file.write(&buf[..n]);
-        }
-        self.file.write(buf)
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.file.flush()
-    }
-}
-
 fn sync_dir(dir: &Path) -> Result<()> {
     // Directory fsync makes the renames durable; not every filesystem supports it.
     if let Ok(d) = File::open(dir) {
@@ -525,10 +482,9 @@ fn write_safetensors(
         })?;
     header_bytes.resize(header_bytes.len().next_multiple_of(8), b' ');
 
-    let mut w = BufWriter::with_capacity(1 << 20, Disk::new(file));
-    let write = |w: &mut BufWriter<Disk<'_>>, bytes: &[u8]| w.write_all(bytes);
-    write(&mut w, &(header_bytes.len() as u64).to_le_bytes())
-        .and_then(|_| write(&mut w, &header_bytes))
+    let mut disk = Disk::new(file);
+    disk.write_all(&(header_bytes.len() as u64).to_le_bytes())
+        .and_then(|_| disk.write_all(&header_bytes))
         .map_err(Error::io(path))?;
 
     // Blocks are written by a thread of their own while the next ones (of this tensor or the
@@ -544,15 +500,17 @@ fn write_safetensors(
                 if abandoned.load(Ordering::Relaxed) {
                     return Ok(());
                 }
-                w.write_all(&block).map_err(Error::io(path))?;
-                writeback.wrote(block.len())?;
+                let written = disk.write_all(&block).map_err(Error::io(path))?;
+                if !disk.is_direct() {
+                    writeback.wrote(written)?;
+                }
                 // The computation may be over: then the block is not needed.
                 let _ = written_back.send(block);
             }
             if abandoned.load(Ordering::Relaxed) {
                 return Ok(());
             }
-            w.flush().map_err(Error::io(path))?;
+            disk.finish().map_err(Error::io(path))?;
             writeback.finish()
         });
         let computed = compute_all(&order, compute, &full, &empty);
