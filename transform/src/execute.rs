@@ -19,6 +19,9 @@ use crate::ops::{self, Gather, GatherError};
 use crate::plan::{DepthOp, Operator, Plan, TensorPlan};
 use crate::read::Checkpoint;
 
+#[cfg(test)]
+mod rearrange_tests;
+
 /// Output bytes computed per block: what a tensor in flight holds, whatever its size.
 const BLOCK_BYTES: usize = 4 << 20;
 /// Output bytes per parallel task within a block.
@@ -28,6 +31,8 @@ thread_local! {
     /// The block a stream computes into, kept from one tensor to the next: a buffer freed and
     /// allocated again for every tensor costs fresh pages (and, freed, TLB shootdowns).
     static BLOCK: Cell<Vec<u8>> = Cell::default();
+    /// A worker's buffers, kept from one task to the next.
+    static SCRATCH: Cell<Scratch> = Cell::default();
 }
 
 /// The checkpoints a plan reads.
@@ -198,9 +203,108 @@ struct Rows<'a> {
     /// The shape of an input row (axes 1..).
     in_row_shape: Vec<usize>,
     in_row_len: usize,
+    out_rows: usize,
     out_row_len: usize,
     /// The saved large tensor interpolated with, and α.
     large: Option<(Source<'a>, f64)>,
+    /// Where every output row is bytes of one input row moved and divided by powers of two.
+    rearrange: Option<Rearrange>,
+}
+
+/// An output tensor whose rows are the bytes of single rows of one input tensor of the same
+/// dtype, moved whole blocks at a time and divided by powers of two: a de-coalesce, which
+/// duplicates `out` axes and splits `in` axes into groups of 2^k (and copies layers). Values
+/// are divided in their own encoding ([`dtype::divide_by_power_of_two`]), with the bits the
+/// decoding and f64 arithmetic of [`Rows::resize_row`] give; most values are not decoded.
+struct Rearrange {
+    dtype: Dtype,
+    /// The transformed axis of a row, if any: the row seen as (outer, blocks, block bytes).
+    columns: Option<Columns>,
+}
+
+struct Columns {
+    outer: usize,
+    input_blocks: usize,
+    /// Per output block: its input block and the power of two it is divided by.
+    blocks: Vec<(usize, u32)>,
+    block_bytes: usize,
+}
+
+impl Rearrange {
+    /// None unless every gather takes single elements and divides them by powers of two, and
+    /// at most one axis of a row changes.
+    fn new(
+        rows_gather: Option<&Gather>,
+        row_gathers: &[Option<(Gather, usize)>],
+        in_row_shape: &[usize],
+        dtype: Dtype,
+    ) -> Option<Self> {
+        if let Some(gather) = rows_gather {
+            (0..gather.output_len()).try_for_each(|i| single_source(gather, i).map(|_| ()))?;
+        }
+        let mut changed = row_gathers
+            .iter()
+            .enumerate()
+            .filter_map(|(axis, g)| g.as_ref().map(|g| (axis, g)));
+        let columns = match (changed.next(), changed.next()) {
+            (None, _) => None,
+            (Some((axis, (gather, block))), None) => {
+                let outer: usize = in_row_shape.get(..axis)?.iter().product();
+                let inner: usize = in_row_shape.get(axis + 1..)?.iter().product();
+                let blocks = (0..gather.output_len())
+                    .map(|b| single_source(gather, b))
+                    .collect::<Option<Vec<_>>>()?;
+                Some(Columns {
+                    outer,
+                    input_blocks: gather.input_len(),
+                    blocks,
+                    block_bytes: block * inner * element_size(dtype),
+                })
+            }
+            (Some(_), Some(_)) => return None,
+        };
+        Some(Rearrange { dtype, columns })
+    }
+
+    /// Output row `out` from input row `row` divided by 2^`k`.
+    fn row(&self, row: &[u8], k: u32, out: &mut [u8]) -> Option<()> {
+        let Some(c) = &self.columns else {
+            return (row.len() == out.len())
+                .then(|| dtype::divide_by_power_of_two(self.dtype, row, k, out))
+                .flatten();
+        };
+        let in_len = c.input_blocks * c.block_bytes;
+        let out_len = c.blocks.len() * c.block_bytes;
+        if row.len() != c.outer * in_len || out.len() != c.outer * out_len {
+            return None;
+        }
+        for (src, dst) in row
+            .chunks_exact(in_len.max(1))
+            .zip(out.chunks_exact_mut(out_len.max(1)))
+        {
+            for (&(block, kb), dst) in c.blocks.iter().zip(dst.chunks_exact_mut(c.block_bytes)) {
+                let start = block * c.block_bytes;
+                let src = src.get(start..start + c.block_bytes)?;
+                dtype::divide_by_power_of_two(self.dtype, src, k + kb, dst)?;
+            }
+        }
+        Some(())
+    }
+}
+
+/// The only source of output index `i` of `gather` and the power of two it is divided by, if
+/// it has one source and such a divisor.
+fn single_source(gather: &Gather, i: usize) -> Option<(usize, u32)> {
+    match gather.source(i)? {
+        (&[j], divisor) => Some((j, power_of_two(divisor)?)),
+        _ => None,
+    }
+}
+
+/// k where `divisor` = 2^k.
+fn power_of_two(divisor: f64) -> Option<u32> {
+    let k = divisor.log2().round();
+    ((0.0..64.0).contains(&k) && 2f64.powi(k as i32) == divisor).then_some(k as u32)
 }
 
 /// Buffers of one worker, reused row after row.
@@ -217,9 +321,33 @@ struct Scratch {
     large: Vec<f64>,
 }
 
+/// The worker's [`Scratch`], taken for a task and given back when it ends.
+struct ReusedScratch(Scratch);
+
+impl ReusedScratch {
+    fn take() -> Self {
+        ReusedScratch(SCRATCH.take())
+    }
+}
+
+impl Drop for ReusedScratch {
+    fn drop(&mut self) {
+        SCRATCH.set(std::mem::take(&mut self.0));
+    }
+}
+
 impl Rows<'_> {
     /// Computes output row `i` into `out` (its bytes).
     fn compute(&self, i: usize, s: &mut Scratch, out: &mut [u8]) -> Result<()> {
+        if let (Some(rearrange), [layer]) = (&self.rearrange, self.layers.as_slice()) {
+            let (j, k) = match &self.rows_gather {
+                Some(gather) => single_source(gather, i).ok_or_else(|| self.bad_row(i))?,
+                None => (i, 0),
+            };
+            return rearrange
+                .row(layer.row(j)?, k, out)
+                .ok_or_else(|| self.bad_row(i));
+        }
         let len = self.out_row_len;
         if self.layers.is_empty() {
             // `--depth-init zero`: an added layer's output projection, zero before any
@@ -374,6 +502,121 @@ impl Rows<'_> {
     }
 }
 
+impl<'a> Rows<'a> {
+    /// Opens the inputs of a float output tensor and checks their shapes against the plan.
+    fn open(
+        plan: &Plan,
+        tensor: &'a TensorPlan,
+        first: &'a str,
+        inputs: Inputs<'a>,
+    ) -> Result<Self> {
+        let in_shape = inputs
+            .primary
+            .info(first)
+            .map(|i| i.shape.clone())
+            .ok_or_else(|| missing(plan, first, inputs.primary))?;
+        let rank = in_shape.len();
+        let mut shape = in_shape.clone();
+        let mut gathers: Vec<Option<Gather>> = plan.axis_gathers(tensor);
+        gathers.resize(rank, None);
+        for (axis, (gather, rule_axis)) in gathers.iter().zip(&tensor.rule_axes).enumerate() {
+            let Some(gather) = gather else {
+                continue;
+            };
+            if shape.get(axis) != Some(&gather.input_len()) {
+                return Err(Error::BadAxis {
+                    tensor: first.to_string(),
+                    axis,
+                    shape: shape.clone(),
+                    reason: format!("expected size {} for `{rule_axis}`", gather.input_len()),
+                });
+            }
+            if let Some(size) = shape.get_mut(axis) {
+                *size = gather.output_len();
+            }
+        }
+        if shape != tensor.shape {
+            return Err(Error::BadAxis {
+                tensor: tensor.name.clone(),
+                axis: 0,
+                shape,
+                reason: format!("planned shape {:?} was not produced", tensor.shape),
+            });
+        }
+        // A scalar is one row of one value.
+        let in_row_shape = in_shape.get(1..).unwrap_or_default().to_vec();
+        let in_row_len: usize = in_row_shape.iter().product();
+        let out_rows = tensor.shape.first().copied().unwrap_or(1);
+        let out_row_len: usize = tensor.shape.iter().skip(1).product();
+
+        let depth = match tensor.depth {
+            DepthOp::Mean => tensor.sources.as_slice(),
+            DepthOp::Single | DepthOp::First => tensor.sources.get(..1).unwrap_or_default(),
+            DepthOp::Zero => &[],
+        };
+        let mut layers = Vec::with_capacity(depth.len());
+        for name in depth {
+            let layer = Source::open(plan, inputs.primary, name, in_row_len)?;
+            let layer_shape = inputs.primary.info(name).map(|i| i.shape.as_slice());
+            if layer_shape != Some(in_shape.as_slice()) {
+                return Err(Error::BadAxis {
+                    tensor: name.clone(),
+                    axis: 0,
+                    shape: layer_shape.unwrap_or_default().to_vec(),
+                    reason: format!("averaged with `{first}`, whose shape is {in_shape:?}"),
+                });
+            }
+            layers.push(layer);
+        }
+        let large = match (&tensor.interpolate_with, inputs.large, plan.operator) {
+            (
+                Some(with),
+                Some(large),
+                Operator::Interpolate { alpha } | Operator::Grow { alpha },
+            ) => {
+                let source = Source::open(plan, large, with, out_row_len)?;
+                let numel: usize = tensor.shape.iter().product();
+                let large_numel = large.info(with).map_or(0, |i| i.numel());
+                if large_numel != numel {
+                    return Err(Error::Incompatible {
+                        tensor: tensor.name.clone(),
+                        reason: format!(
+                            "{large_numel} values in {} but {numel} computed",
+                            large.path().display(),
+                        ),
+                    });
+                }
+                Some((source, alpha))
+            }
+            _ => None,
+        };
+        let mut gathers = gathers.into_iter();
+        let rows_gather = gathers.next().flatten();
+        let row_gathers: Vec<_> = gathers.map(|g| g.map(|g| g.blocks())).collect();
+        let rearrange = match (layers.as_slice(), &large) {
+            ([layer], None) if layer.dtype == tensor.dtype => Rearrange::new(
+                rows_gather.as_ref(),
+                &row_gathers,
+                &in_row_shape,
+                tensor.dtype,
+            ),
+            _ => None,
+        };
+        Ok(Rows {
+            tensor,
+            layers,
+            rows_gather,
+            row_gathers,
+            in_row_shape,
+            in_row_len,
+            out_rows,
+            out_row_len,
+            large,
+            rearrange,
+        })
+    }
+}
+
 fn stream_float(
     plan: &Plan,
     tensor: &TensorPlan,
@@ -381,97 +624,9 @@ fn stream_float(
     inputs: Inputs<'_>,
     sink: &mut Sink<'_>,
 ) -> Result<()> {
-    let in_shape = inputs
-        .primary
-        .info(first)
-        .map(|i| i.shape.clone())
-        .ok_or_else(|| missing(plan, first, inputs.primary))?;
-    let rank = in_shape.len();
-    let mut shape = in_shape.clone();
-    let mut gathers: Vec<Option<Gather>> = plan.axis_gathers(tensor);
-    gathers.resize(rank, None);
-    for (axis, (gather, rule_axis)) in gathers.iter().zip(&tensor.rule_axes).enumerate() {
-        let Some(gather) = gather else {
-            continue;
-        };
-        if shape.get(axis) != Some(&gather.input_len()) {
-            return Err(Error::BadAxis {
-                tensor: first.to_string(),
-                axis,
-                shape: shape.clone(),
-                reason: format!("expected size {} for `{rule_axis}`", gather.input_len()),
-            });
-        }
-        if let Some(size) = shape.get_mut(axis) {
-            *size = gather.output_len();
-        }
-    }
-    if shape != tensor.shape {
-        return Err(Error::BadAxis {
-            tensor: tensor.name.clone(),
-            axis: 0,
-            shape,
-            reason: format!("planned shape {:?} was not produced", tensor.shape),
-        });
-    }
-    // A scalar is one row of one value.
-    let in_row_shape = in_shape.get(1..).unwrap_or_default().to_vec();
-    let in_row_len: usize = in_row_shape.iter().product();
-    let out_rows = tensor.shape.first().copied().unwrap_or(1);
-    let out_row_len: usize = tensor.shape.iter().skip(1).product();
-
-    let depth = match tensor.depth {
-        DepthOp::Mean => tensor.sources.as_slice(),
-        DepthOp::Single | DepthOp::First => tensor.sources.get(..1).unwrap_or_default(),
-        DepthOp::Zero => &[],
-    };
-    let mut layers = Vec::with_capacity(depth.len());
-    for name in depth {
-        let layer = Source::open(plan, inputs.primary, name, in_row_len)?;
-        let layer_shape = inputs.primary.info(name).map(|i| i.shape.as_slice());
-        if layer_shape != Some(in_shape.as_slice()) {
-            return Err(Error::BadAxis {
-                tensor: name.clone(),
-                axis: 0,
-                shape: layer_shape.unwrap_or_default().to_vec(),
-                reason: format!("averaged with `{first}`, whose shape is {in_shape:?}"),
-            });
-        }
-        layers.push(layer);
-    }
-    let large = match (&tensor.interpolate_with, inputs.large, plan.operator) {
-        (Some(with), Some(large), Operator::Interpolate { alpha } | Operator::Grow { alpha }) => {
-            let source = Source::open(plan, large, with, out_row_len)?;
-            let numel: usize = tensor.shape.iter().product();
-            let large_numel = large.info(with).map_or(0, |i| i.numel());
-            if large_numel != numel {
-                return Err(Error::Incompatible {
-                    tensor: tensor.name.clone(),
-                    reason: format!(
-                        "{large_numel} values in {} but {numel} computed",
-                        large.path().display(),
-                    ),
-                });
-            }
-            Some((source, alpha))
-        }
-        _ => None,
-    };
-    let mut gathers = gathers.into_iter();
-    let rows_gather = gathers.next().flatten();
-    let row_gathers = gathers.map(|g| g.map(|g| g.blocks())).collect();
-    let rows = Rows {
-        tensor,
-        layers,
-        rows_gather,
-        row_gathers,
-        in_row_shape,
-        in_row_len,
-        out_row_len,
-        large,
-    };
-
-    let out_row_bytes = out_row_len * element_size(tensor.dtype);
+    let rows = Rows::open(plan, tensor, first, inputs)?;
+    let out_row_bytes = rows.out_row_len * element_size(tensor.dtype);
+    let out_rows = rows.out_rows;
     if out_row_bytes == 0 || out_rows == 0 {
         return Ok(());
     }
@@ -484,12 +639,12 @@ fn stream_float(
         buffer
             .par_chunks_mut(task_rows * out_row_bytes)
             .enumerate()
-            .try_for_each_init(Scratch::default, |scratch, (task, chunk)| {
+            .try_for_each_init(ReusedScratch::take, |scratch, (task, chunk)| {
                 let first_row = start + task * task_rows;
                 chunk
                     .chunks_exact_mut(out_row_bytes)
                     .enumerate()
-                    .try_for_each(|(r, out)| rows.compute(first_row + r, scratch, out))
+                    .try_for_each(|(r, out)| rows.compute(first_row + r, &mut scratch.0, out))
             })
     };
     // Row i of the output reads row i of its inputs unless axis 0 is gathered: then what a
