@@ -6,9 +6,10 @@
 //! coalesce, decoalesce and grow, measures in a child process each (the benchmark re-invoking
 //! itself) the wall time and peak resident memory (VmHWM, which counts touched pages of
 //! memory-mapped inputs) of the conversion and of a plain copy of the same bytes through the
-//! same writer, best of three runs each, and on the largest tensors the time of the same
-//! operator written as dense matrix products. Prints a table with each figure's target and writes the figures to
-//! `target/bench/conversion.json`; the generated checkpoints are deleted unless `--keep`.
+//! same writer, best of three runs each (each run goes through every model in turn), and on
+//! the largest tensors the time of the same operator written as dense matrix products. Prints
+//! a table with each figure's target and writes the figures to `target/bench/conversion.json`;
+//! the generated checkpoints are deleted unless `--keep`.
 //! The inputs are read into the page cache before every run: warm-cache figures; with
 //! `--cold` (root only) the page cache is dropped before every run.
 
@@ -159,10 +160,27 @@ fn main() -> Result<()> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
     std::fs::create_dir_all(&root)?;
     let load_at_start = load_average();
+    let checkpoints = models(quick)
+        .iter()
+        .map(|model| Checkpoints::generate(&root, model))
+        .collect::<Result<Vec<_>>>()?;
     let mut rows = Vec::new();
-    for model in models(quick) {
-        rows.extend(bench_model(&root, &model, cache)?);
+    for op in ["coalesce", "decoalesce", "grow"] {
+        rows.extend(bench_operation(&root, &checkpoints, op, cache)?);
     }
+    for c in &checkpoints {
+        c.remove_outputs();
+    }
+    // Model by model, as the table reads.
+    rows.sort_by_key(|r| {
+        let model = checkpoints
+            .iter()
+            .position(|c| r["model"] == c.name && r["dtype"] == c.dtype.as_str());
+        let op = ["coalesce", "decoalesce", "grow"]
+            .iter()
+            .position(|op| r["operation"] == *op);
+        (model, op)
+    });
     let load_at_end = load_average();
     let machine = machine();
     println!(
@@ -267,61 +285,113 @@ impl Cache {
     }
 }
 
-/// Generates the model's checkpoints and measures the three conversions.
-fn bench_model(root: &Path, model: &Model, cache: Cache) -> Result<Vec<Value>> {
-    let dtype = format!("{:?}", model.spec.dtype).to_lowercase();
-    let tag = format!("{}-{dtype}", model.name);
-    let large = root.join(&tag);
-    if !large.join("model.safetensors").exists() {
-        eprintln!("generating {tag} ...");
-        fixture::write_dir(&model.spec, &large)?;
+/// One model's checkpoints: the generated one and the conversions' outputs.
+struct Checkpoints {
+    name: &'static str,
+    dtype: String,
+    large: PathBuf,
+    small: PathBuf,
+    decoalesced: PathBuf,
+    grown: PathBuf,
+    /// The coalesced sizes: heads, kv heads, layers.
+    shrink: [String; 3],
+}
+
+impl Checkpoints {
+    /// Generates the model's checkpoint unless it is there.
+    fn generate(root: &Path, model: &Model) -> Result<Self> {
+        let dtype = format!("{:?}", model.spec.dtype).to_lowercase();
+        let tag = format!("{}-{dtype}", model.name);
+        let large = root.join(&tag);
+        if !large.join("model.safetensors").exists() {
+            eprintln!("generating {tag} ...");
+            fixture::write_dir(&model.spec, &large)?;
+        }
+        let (heads, kv, layers) = model.small;
+        Ok(Checkpoints {
+            name: model.name,
+            dtype,
+            small: root.join(format!("{tag}.small")),
+            decoalesced: root.join(format!("{tag}.decoalesced")),
+            grown: root.join(format!("{tag}.grown")),
+            large,
+            shrink: [heads.to_string(), kv.to_string(), layers.to_string()],
+        })
     }
-    let small = root.join(format!("{tag}.small"));
-    let grown_plain = root.join(format!("{tag}.decoalesced"));
-    let grown = root.join(format!("{tag}.grown"));
-    let (heads, kv, layers) = model.small;
-    let shrink = [heads.to_string(), kv.to_string(), layers.to_string()];
-    let mut rows = Vec::new();
-    for (op, inputs, output) in [
-        ("coalesce", vec![large.clone()], &small),
-        ("decoalesce", vec![small.clone()], &grown_plain),
-        ("grow", vec![small.clone(), large.clone()], &grown),
-    ] {
-        eprintln!("measuring {op} {tag} ...");
-        let mut args: Vec<String> = vec![op.into(), output.display().to_string()];
-        args.extend(shrink.iter().cloned());
-        args.extend(inputs.iter().map(|p| p.display().to_string()));
-        // The best of several runs for both, alternating: disk writes on a shared machine vary
-        // from one run to the next.
-        let mut conversion: Option<Value> = None;
-        let mut copy: Option<Value> = None;
-        let mut copy_times = Vec::new();
-        for _ in 0..RUNS {
+
+    /// The inputs and the output of `op`.
+    fn operation(&self, op: &str) -> (Vec<PathBuf>, &PathBuf) {
+        match op {
+            "coalesce" => (vec![self.large.clone()], &self.small),
+            "decoalesce" => (vec![self.small.clone()], &self.decoalesced),
+            _ => (vec![self.small.clone(), self.large.clone()], &self.grown),
+        }
+    }
+
+    fn remove_outputs(&self) {
+        for dir in [&self.small, &self.decoalesced, &self.grown] {
+            std::fs::remove_dir_all(dir).ok();
+        }
+    }
+}
+
+/// The fastest conversion and copy of one operation on one model, and every copy's time.
+#[derive(Default)]
+struct Runs {
+    conversion: Option<Value>,
+    copy: Option<Value>,
+    copy_times: Vec<f64>,
+}
+
+/// Measures `op` on every model: each run converts and copies every model in turn, so that
+/// the models (f32 and bf16 above all, whose throughputs are compared) meet the same
+/// conditions of the machine; disk writes on a shared machine vary from one minute to the next.
+fn bench_operation(
+    root: &Path,
+    models: &[Checkpoints],
+    op: &str,
+    cache: Cache,
+) -> Result<Vec<Value>> {
+    let copy_out = root.join("copy.out");
+    let mut runs: Vec<Runs> = models.iter().map(|_| Runs::default()).collect();
+    for run in 0..RUNS {
+        for (m, runs) in models.iter().zip(&mut runs) {
+            eprintln!(
+                "measuring {op} {}-{} (run {}) ...",
+                m.name,
+                m.dtype,
+                run + 1
+            );
+            let (inputs, output) = m.operation(op);
+            let mut args: Vec<String> = vec![op.into(), output.display().to_string()];
+            args.extend(m.shrink.iter().cloned());
+            args.extend(inputs.iter().map(|p| p.display().to_string()));
+            let mut copy_args = vec!["copy".to_string(), op.to_string()];
+            copy_args.extend(args.iter().skip(1).cloned());
+            copy_args[2] = copy_out.display().to_string();
             // Deleting the last run's output is not part of a conversion (it costs a large
             // file's unlink, 0.1 s per GB here): neither run finds one.
             remove(output)?;
             cache.prepare(&inputs)?;
             let c = run_child(&args)?;
-            let mut copy_args = vec![
-                "copy".to_string(),
-                op.to_string(),
-                root.join("copy.out").display().to_string(),
-            ];
-            copy_args.extend(shrink.iter().cloned());
-            copy_args.extend(inputs.iter().map(|p| p.display().to_string()));
-            remove(&root.join("copy.out"))?;
+            remove(&copy_out)?;
             cache.prepare(&inputs)?;
             let k = run_child(&copy_args)?;
-            copy_times.push(seconds(&k));
-            conversion = Some(best(conversion, c));
-            copy = Some(best(copy, k));
+            runs.copy_times.push(seconds(&k));
+            runs.conversion = Some(best(runs.conversion.take(), c));
+            runs.copy = Some(best(runs.copy.take(), k));
         }
-        std::fs::remove_dir_all(root.join("copy.out")).ok();
-        let (Some(conversion), Some(copy)) = (conversion, copy) else {
+    }
+    remove(&copy_out)?;
+    let mut rows = Vec::new();
+    for (m, runs) in models.iter().zip(runs) {
+        let (Some(conversion), Some(copy)) = (runs.conversion, runs.copy) else {
             bail!("no measurement");
         };
+        let (inputs, output) = m.operation(op);
         let input_args: Vec<String> = inputs.iter().map(|p| p.display().to_string()).collect();
-        let dense = dense_comparison(op, &input_args, [&shrink[0], &shrink[1], &shrink[2]])?;
+        let [heads, kv, layers] = &m.shrink;
+        let dense = dense_comparison(op, &input_args, [heads, kv, layers])?;
         let mut all = inputs.clone();
         all.push(output.clone());
         let largest = largest_tensor(&all)?;
@@ -332,17 +402,18 @@ fn bench_model(root: &Path, model: &Model, cache: Cache) -> Result<Vec<Value>> {
         let copy_wall = seconds(&copy);
         let rss = conversion["vm_hwm_bytes"].as_u64().unwrap_or(0);
         let rss_limit = 2 * largest + RSS_ALLOWANCE;
-        rows.push(json!({
+        let slowest_copy = runs.copy_times.iter().copied().fold(0.0, f64::max);
+        let row = json!({
             "operation": op,
-            "model": model.name,
-            "dtype": dtype,
+            "model": m.name,
+            "dtype": m.dtype,
             "input_bytes": in_bytes,
             "output_bytes": out_bytes,
             "wall_s": wall,
             "gb_per_s": bytes as f64 / wall / 1e9,
             "copy_wall_s": copy_wall,
             // How much the same copy varied between runs: the noise the ratios carry.
-            "copy_slowest_over_fastest": copy_times.iter().copied().fold(0.0, f64::max) / copy_wall,
+            "copy_slowest_over_fastest": slowest_copy / copy_wall,
             "ratio_to_copy": wall / copy_wall,
             "ratio_to_copy_ok": wall / copy_wall <= COPY_RATIO_LIMIT,
             "peak_rss_bytes": rss,
@@ -352,13 +423,9 @@ fn bench_model(root: &Path, model: &Model, cache: Cache) -> Result<Vec<Value>> {
             "rss_limit_bytes": rss_limit,
             "rss_ok": rss <= rss_limit,
             "dense": dense,
-        }));
-        if let Some(row) = rows.last() {
-            eprintln!("{row}");
-        }
-    }
-    for dir in [&small, &grown_plain, &grown] {
-        std::fs::remove_dir_all(dir).ok();
+        });
+        eprintln!("{row}");
+        rows.push(row);
     }
     Ok(rows)
 }

@@ -292,6 +292,58 @@ impl Rearrange {
     }
 }
 
+impl Rearrange {
+    /// Output row `out` (values) interpolated between the saved large row `large` (bytes) and
+    /// input row `row` divided by 2^`k`, decoded together as [`Rows::compute`] would decode
+    /// them, with the same arithmetic: (1 − α)·large + α·(value · 2^−k).
+    fn interpolated_row(
+        &self,
+        row: &[u8],
+        k: u32,
+        large: &[u8],
+        alpha: f64,
+        out: &mut [f64],
+    ) -> Option<()> {
+        let size = element_size(self.dtype);
+        let mix = |k: u32, large: &[u8], row: &[u8], out: &mut [f64]| {
+            let scale = 0.5f64.powi(k as i32);
+            dtype::decode_pair_into(self.dtype, large, row, out, |l, v| {
+                ops::interpolate(l, v * scale, alpha)
+            })
+        };
+        if large.len() != out.len() * size {
+            return None;
+        }
+        let Some(c) = &self.columns else {
+            return (row.len() == large.len())
+                .then(|| mix(k, large, row, out))
+                .flatten();
+        };
+        let in_len = c.input_blocks * c.block_bytes;
+        let out_len = c.blocks.len() * c.block_bytes;
+        if row.len() != c.outer * in_len || large.len() != c.outer * out_len {
+            return None;
+        }
+        let block_values = c.block_bytes / size;
+        for ((src, large), out) in row
+            .chunks_exact(in_len.max(1))
+            .zip(large.chunks_exact(out_len.max(1)))
+            .zip(out.chunks_exact_mut((out_len / size).max(1)))
+        {
+            for ((&(block, kb), large), out) in c
+                .blocks
+                .iter()
+                .zip(large.chunks_exact(c.block_bytes))
+                .zip(out.chunks_exact_mut(block_values))
+            {
+                let start = block * c.block_bytes;
+                mix(k + kb, large, src.get(start..start + c.block_bytes)?, out)?;
+            }
+        }
+        Some(())
+    }
+}
+
 /// The only source of output index `i` of `gather` and the power of two it is divided by, if
 /// it has one source and such a divisor.
 fn single_source(gather: &Gather, i: usize) -> Option<(usize, u32)> {
@@ -344,9 +396,17 @@ impl Rows<'_> {
                 Some(gather) => single_source(gather, i).ok_or_else(|| self.bad_row(i))?,
                 None => (i, 0),
             };
-            return rearrange
-                .row(layer.row(j)?, k, out)
-                .ok_or_else(|| self.bad_row(i));
+            let row = layer.row(j)?;
+            let done = match &self.large {
+                None => rearrange.row(row, k, out),
+                Some((large, alpha)) => {
+                    let values = self.prefix(&mut s.row, self.out_row_len)?;
+                    rearrange
+                        .interpolated_row(row, k, large.row(i)?, *alpha, values)
+                        .and_then(|()| dtype::encode_into(self.tensor.dtype, values, out))
+                }
+            };
+            return done.ok_or_else(|| self.bad_row(i));
         }
         let len = self.out_row_len;
         if self.layers.is_empty() {
@@ -593,14 +653,26 @@ impl<'a> Rows<'a> {
         let mut gathers = gathers.into_iter();
         let rows_gather = gathers.next().flatten();
         let row_gathers: Vec<_> = gathers.map(|g| g.map(|g| g.blocks())).collect();
-        let rearrange = match (layers.as_slice(), &large) {
-            ([layer], None) if layer.dtype == tensor.dtype => Rearrange::new(
+        // Interpolation at an end point copies one input: the general path does that.
+        let rearranged = match (layers.as_slice(), &large) {
+            ([layer], None) => layer.dtype == tensor.dtype,
+            ([layer], Some((large, alpha))) => {
+                layer.dtype == tensor.dtype
+                    && large.dtype == tensor.dtype
+                    && *alpha != 0.0
+                    && *alpha != 1.0
+            }
+            _ => false,
+        };
+        let rearrange = if rearranged {
+            Rearrange::new(
                 rows_gather.as_ref(),
                 &row_gathers,
                 &in_row_shape,
                 tensor.dtype,
-            ),
-            _ => None,
+            )
+        } else {
+            None
         };
         Ok(Rows {
             tensor,

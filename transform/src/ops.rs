@@ -407,8 +407,14 @@ pub fn interpolate_into(large: &[f64], decoalesced: &mut [f64], alpha: f64) {
         decoalesced
             .iter_mut()
             .zip(large)
-            .for_each(|(d, l)| *d = (1.0 - alpha) * l + alpha * *d);
+            .for_each(|(d, l)| *d = interpolate(*l, *d, alpha));
     }
+}
+
+/// One value of [`interpolate_into`] for α in (0, 1), for kernels that fuse it with decoding.
+#[inline]
+pub fn interpolate(large: f64, decoalesced: f64, alpha: f64) -> f64 {
+    (1.0 - alpha) * large + alpha * decoalesced
 }
 
 #[cfg(test)]

@@ -1,7 +1,8 @@
-//! A de-coalesce's rows moved as bytes ([`Rearrange`]) are the rows of the general path
-//! (decoding, f64 gathers, encoding) bit for bit: on every built-in architecture, in f32, bf16
-//! and f16, with NaN, infinities, zeros, subnormals and values whose halves are subnormal in
-//! the inputs, for splits into 2 and 4 (powers of two) and into 3 (the general path only).
+//! A de-coalesce's rows moved as bytes ([`Rearrange`]), and a grow's rows decoded from them
+//! and interpolated in one pass, are the rows of the general path (decoding, f64 gathers,
+//! interpolation, encoding) bit for bit: on every built-in architecture, in f32, bf16 and f16,
+//! with NaN, infinities, zeros, subnormals and values whose halves are subnormal in the
+//! inputs, for splits into 2 and 4 (powers of two) and into 3 (the general path only).
 
 use std::path::Path;
 
@@ -56,33 +57,44 @@ fn poke_specials(dir: &Path, dtype: Dtype) {
     std::fs::write(&path, bytes).expect("write fixture");
 }
 
-/// De-coalesces `spec` by `factor` and compares the two paths on every float output tensor;
-/// returns how many took the byte path.
-fn both_paths_agree(spec: &FixtureSpec, factor: usize) -> usize {
-    let tmp = tempfile::tempdir().expect("tmp");
-    let dir = tmp.path().join("small");
-    fixture::write_dir(spec, &dir).expect("fixture");
-    poke_specials(&dir, spec.dtype);
-    let dims = &spec.dims;
-    let options = Options {
-        target: Target {
-            heads: Some(dims.heads * factor),
-            kv_heads: Some(dims.kv_heads * factor),
-            layers: Some(dims.layers * 2),
-            ..Target::default()
-        },
-        ..Options::default()
-    };
-    let job = Job::decoalesce(&dir, &options).expect("plan");
+/// Overwrites every float value of `dir/model.safetensors` with a random one (then the
+/// special values): a saved large model unlike the de-coalesced small one.
+fn randomize(dir: &Path, dtype: Dtype, seed: u64) {
+    use rand::SeedableRng;
+    use rand_distr::Distribution;
+    let path = dir.join("model.safetensors");
+    let mut bytes = std::fs::read(&path).expect("read");
+    let (header_len, metadata) = safetensors::SafeTensors::read_metadata(&bytes).expect("header");
+    let mut rng = rand::rngs::Xoshiro256PlusPlus::seed_from_u64(seed);
+    let normal = rand_distr::Normal::new(0.0, 0.5).expect("normal");
+    for (_, info) in metadata.tensors() {
+        if info.dtype != dtype {
+            continue;
+        }
+        let (start, end) = info.data_offsets;
+        let data = &mut bytes[8 + header_len + start..8 + header_len + end];
+        let values: Vec<f64> = (0..data.len() / element_size(dtype))
+            .map(|_| normal.sample(&mut rng))
+            .collect();
+        data.copy_from_slice(&dtype::encode(dtype, &values).expect("float"));
+    }
+    std::fs::write(&path, bytes).expect("write");
+    poke_specials(dir, dtype);
+}
+
+/// Compares the two paths on every float output tensor of `job`; returns how many took the
+/// byte path.
+fn both_paths_agree(job: &Job, small: &Path, large: Option<&Path>, what: &str) -> usize {
     let plan = job.plan();
-    let checkpoint = Checkpoint::open(&dir).expect("open");
+    let small = Checkpoint::open(small).expect("open");
+    let large = large.map(|l| Checkpoint::open(l).expect("open"));
     let inputs = Inputs {
-        primary: &checkpoint,
-        large: None,
+        primary: &small,
+        large: large.as_ref(),
     };
     let mut rearranged = 0;
     for tensor in plan.tensors.iter().filter(|t| dtype::is_float(t.dtype)) {
-        let what = format!("{} {:?} x{factor}: {}", spec.arch, spec.dtype, tensor.name);
+        let what = format!("{what}: {}", tensor.name);
         let first = tensor.sources.first().expect("a source");
         let mut rows = Rows::open(plan, tensor, first, inputs).expect(&what);
         if rows.rearrange.is_none() {
@@ -103,6 +115,34 @@ fn both_paths_agree(spec: &FixtureSpec, factor: usize) -> usize {
     rearranged
 }
 
+/// De-coalesces `spec` by `factor`, then grows it back to a randomized copy of the result,
+/// comparing the two paths; returns how many tensors took the byte path in each.
+fn decoalesce_and_grow(spec: &FixtureSpec, factor: usize) -> [usize; 2] {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let small = tmp.path().join("small");
+    fixture::write_dir(spec, &small).expect("fixture");
+    poke_specials(&small, spec.dtype);
+    let dims = &spec.dims;
+    let options = Options {
+        target: Target {
+            heads: Some(dims.heads * factor),
+            kv_heads: Some(dims.kv_heads * factor),
+            layers: Some(dims.layers * 2),
+            ..Target::default()
+        },
+        ..Options::default()
+    };
+    let what = format!("{} {:?} x{factor}", spec.arch, spec.dtype);
+    let job = Job::decoalesce(&small, &options).expect("plan");
+    let decoalesced = both_paths_agree(&job, &small, None, &what);
+    let large = tmp.path().join("large");
+    job.write(&large, false).expect("decoalesce");
+    randomize(&large, spec.dtype, spec.seed + 1);
+    let grow = Job::grow(&small, &large, 0.3, &options).expect("plan");
+    let grown = both_paths_agree(&grow, &small, Some(&large), &format!("{what} grow"));
+    [decoalesced, grown]
+}
+
 #[test]
 fn rows_moved_as_bytes_are_the_general_paths_bit_for_bit() {
     for dtype in [Dtype::F32, Dtype::BF16, Dtype::F16] {
@@ -115,15 +155,15 @@ fn rows_moved_as_bytes_are_the_general_paths_bit_for_bit() {
             let spec = FixtureSpec { dtype, ..spec };
             let tensors = spec.dims.layers * 4;
             for factor in [2, 4] {
-                let rearranged = both_paths_agree(&spec, factor);
+                let counts = decoalesce_and_grow(&spec, factor);
                 assert!(
-                    rearranged > tensors,
-                    "{} {dtype:?} x{factor}: only {rearranged} tensors took the byte path",
+                    counts.iter().all(|&n| n > tensors),
+                    "{} {dtype:?} x{factor}: only {counts:?} tensors took the byte path",
                     spec.arch
                 );
             }
             // Groups of 3: splits leave the byte path (duplicates keep it).
-            both_paths_agree(&spec, 3);
+            decoalesce_and_grow(&spec, 3);
         }
     }
 }
