@@ -513,7 +513,7 @@ fn write_safetensors(
             disk.finish().map_err(Error::io(path))?;
             writeback.finish()
         });
-        let computed = compute_all(&order, compute, &full, &empty);
+        let computed = compute_all(&order, compute, &full, &empty, path);
         abandoned.store(computed.is_err(), Ordering::Relaxed);
         drop(full);
         let written = writer.join().unwrap_or_else(|_| {
@@ -537,6 +537,7 @@ fn compute_all(
     compute: &Produce<'_>,
     full: &std::sync::mpsc::SyncSender<Vec<u8>>,
     empty: &std::sync::mpsc::Receiver<Vec<u8>>,
+    path: &Path,
 ) -> Result<()> {
     for t in order {
         let planned = byte_len(t);
@@ -556,8 +557,8 @@ fn compute_all(
             let spare = empty.try_recv().unwrap_or_default();
             full.send(std::mem::replace(block, spare))
                 .map_err(|_| Error::Output {
-                    output: PathBuf::new(),
-                    reason: "the writer stopped".into(),
+                    output: path.to_path_buf(),
+                    reason: "its writer stopped".into(),
                 })
         })?;
         if written != planned {
