@@ -268,4 +268,25 @@ mod tests {
         disk.finish().unwrap();
         assert!(std::fs::read(&path).unwrap() == data);
     }
+
+    /// A direct write the filesystem refuses (here: from a buffer off the alignment) is
+    /// written through the page cache, and so is everything after it.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_refused_direct_write_falls_back_to_the_page_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("misaligned");
+        let file = File::create(&path).unwrap();
+        let mut disk = Disk::new(&file);
+        let direct = disk.is_direct();
+        disk.start += 1;
+        let data = pattern(2 * STAGE_BYTES + 3);
+        assert_eq!(disk.write_all(&data).unwrap(), 2 * STAGE_BYTES);
+        assert!(!disk.is_direct());
+        disk.finish().unwrap();
+        assert!(
+            std::fs::read(&path).unwrap() == data,
+            "direct I/O at first: {direct}"
+        );
+    }
 }
