@@ -20,11 +20,11 @@ use burn::nn::{
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Device, Int, Tensor, activation};
-use burn::train::{InferenceStep, SequenceOutput, TrainOutput, TrainStep};
+use burn::train::SequenceOutput;
 use serde_json::json;
 
 use crate::error::{Error, Result};
-use crate::hf::{self, HfModel, LinearLayout};
+use crate::hf::{self, HfLayout, HfModel, LinearLayout};
 use crate::text::MlmBatch;
 use crate::vcycle::{FlopCounter, VCycleModel};
 
@@ -389,39 +389,26 @@ impl Bert {
     }
 }
 
-impl TrainStep for Bert {
-    type Input = MlmBatch;
-    type Output = SequenceOutput;
+hf::sequence_steps!(Bert, MlmBatch, forward_mlm);
 
-    fn step(&self, batch: MlmBatch) -> TrainOutput<SequenceOutput> {
-        let out = self.forward_mlm(batch);
-        TrainOutput::new(self, out.loss.backward(), out)
-    }
-}
-
-impl InferenceStep for Bert {
-    type Input = MlmBatch;
-    type Output = SequenceOutput;
-
-    fn step(&self, batch: MlmBatch) -> SequenceOutput {
-        self.forward_mlm(batch)
-    }
-}
-
-/// Burn path → HF name on export, after the PyTorch adapter (`gamma` → `weight`).
-const EXPORT_NAMES: &[(&str, &str)] = &[
-    (r"^(embeddings|encoder)\.", "bert.$1."),
-    (r"\.layer_norm\.", ".LayerNorm."),
-    (r"\.self_attn\.", ".self."),
-];
-
-/// HF name → Burn path on import, before the PyTorch adapter (`BertForMaskedLM` with the
-/// prefix, `BertModel` without).
-const IMPORT_NAMES: &[(&str, &str)] = &[
-    (r"^bert\.", ""),
-    (r"\.LayerNorm\.", ".layer_norm."),
-    (r"\.self\.", ".self_attn."),
-];
+/// How [`Bert`] maps to its HuggingFace checkpoint.
+const HF_LAYOUT: HfLayout = HfLayout {
+    // Burn path → HF name on export, after the PyTorch adapter (`gamma` → `weight`).
+    export_names: &[
+        (r"^(embeddings|encoder)\.", "bert.$1."),
+        (r"\.layer_norm\.", ".LayerNorm."),
+        (r"\.self_attn\.", ".self."),
+    ],
+    // HF name → Burn path on import, before the PyTorch adapter (`BertForMaskedLM` with the
+    // prefix, `BertModel` without).
+    import_names: &[
+        (r"^bert\.", ""),
+        (r"\.LayerNorm\.", ".layer_norm."),
+        (r"\.self\.", ".self_attn."),
+    ],
+    linear: LinearLayout::OutIn,
+    may_be_unused,
+};
 
 /// HF tensors a BERT checkpoint may hold that this model does not use: index buffers, the
 /// pooler, the tied decoder and its bias alias, the next-sentence head.
@@ -439,25 +426,12 @@ impl HfModel for Bert {
     }
 
     fn write_hf_files(&self, dir: &Path) -> Result<()> {
-        hf::write_json(&dir.join(hf::CONFIG_FILE), &self.config.hf_config())?;
-        hf::save_safetensors(
-            self,
-            &dir.join(hf::WEIGHTS_FILE),
-            EXPORT_NAMES,
-            LinearLayout::OutIn,
-        )
+        HF_LAYOUT.write(self, &self.config.hf_config(), dir)
     }
 
     fn load_hf(dir: &Path, device: &Device) -> Result<Self> {
-        let config = BertConfig::from_hf_config(&hf::read_config(dir)?, dir)?;
-        let mut model = config.init(device)?;
-        hf::load_safetensors(
-            &mut model,
-            &dir.join(hf::WEIGHTS_FILE),
-            IMPORT_NAMES,
-            LinearLayout::OutIn,
-            &may_be_unused,
-        )?;
+        let mut model = BertConfig::from_hf_config(&hf::read_config(dir)?, dir)?.init(device)?;
+        HF_LAYOUT.load(&mut model, dir)?;
         Ok(model)
     }
 }

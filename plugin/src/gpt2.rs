@@ -19,11 +19,11 @@ use burn::nn::{
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Device, Int, Tensor, activation};
-use burn::train::{InferenceStep, SequenceOutput, TrainOutput, TrainStep};
+use burn::train::SequenceOutput;
 use serde_json::json;
 
 use crate::error::{Error, Result};
-use crate::hf::{self, HfModel, LinearLayout};
+use crate::hf::{self, HfLayout, HfModel, LinearLayout};
 use crate::text::LmBatch;
 use crate::vcycle::{FlopCounter, VCycleModel};
 
@@ -309,38 +309,25 @@ impl Gpt2 {
     }
 }
 
-impl TrainStep for Gpt2 {
-    type Input = LmBatch;
-    type Output = SequenceOutput;
+hf::sequence_steps!(Gpt2, LmBatch, forward_lm);
 
-    fn step(&self, batch: LmBatch) -> TrainOutput<SequenceOutput> {
-        let out = self.forward_lm(batch);
-        TrainOutput::new(self, out.loss.backward(), out)
-    }
-}
-
-impl InferenceStep for Gpt2 {
-    type Input = LmBatch;
-    type Output = SequenceOutput;
-
-    fn step(&self, batch: LmBatch) -> SequenceOutput {
-        self.forward_lm(batch)
-    }
-}
-
-/// Burn path → HF name, applied in order on export.
-const EXPORT_NAMES: &[(&str, &str)] = &[
-    (r"^(.*)\.gamma$", "$1.weight"),
-    (r"^(.*)\.beta$", "$1.bias"),
-    (r"^", "transformer."),
-];
-
-/// HF name → Burn path on import (`GPT2LMHeadModel` with the prefix, `GPT2Model` without).
-const IMPORT_NAMES: &[(&str, &str)] = &[
-    (r"^transformer\.", ""),
-    (r"^(.*ln_[12f])\.weight$", "$1.gamma"),
-    (r"^(.*ln_[12f])\.bias$", "$1.beta"),
-];
+/// How [`Gpt2`] maps to its HuggingFace checkpoint.
+const HF_LAYOUT: HfLayout = HfLayout {
+    // Burn path → HF name, applied in order on export.
+    export_names: &[
+        (r"^(.*)\.gamma$", "$1.weight"),
+        (r"^(.*)\.beta$", "$1.bias"),
+        (r"^", "transformer."),
+    ],
+    // HF name → Burn path on import (`GPT2LMHeadModel` with the prefix, `GPT2Model` without).
+    import_names: &[
+        (r"^transformer\.", ""),
+        (r"^(.*ln_[12f])\.weight$", "$1.gamma"),
+        (r"^(.*ln_[12f])\.bias$", "$1.beta"),
+    ],
+    linear: LinearLayout::InOut,
+    may_be_unused,
+};
 
 /// HF tensors a GPT-2 checkpoint may hold that this model does not use: the tied head and the
 /// causal-mask buffers of older `transformers` versions.
@@ -354,25 +341,12 @@ impl HfModel for Gpt2 {
     }
 
     fn write_hf_files(&self, dir: &Path) -> Result<()> {
-        hf::write_json(&dir.join(hf::CONFIG_FILE), &self.config.hf_config())?;
-        hf::save_safetensors(
-            self,
-            &dir.join(hf::WEIGHTS_FILE),
-            EXPORT_NAMES,
-            LinearLayout::InOut,
-        )
+        HF_LAYOUT.write(self, &self.config.hf_config(), dir)
     }
 
     fn load_hf(dir: &Path, device: &Device) -> Result<Self> {
-        let config = Gpt2Config::from_hf_config(&hf::read_config(dir)?, dir)?;
-        let mut model = config.init(device)?;
-        hf::load_safetensors(
-            &mut model,
-            &dir.join(hf::WEIGHTS_FILE),
-            IMPORT_NAMES,
-            LinearLayout::InOut,
-            &may_be_unused,
-        )?;
+        let mut model = Gpt2Config::from_hf_config(&hf::read_config(dir)?, dir)?.init(device)?;
+        HF_LAYOUT.load(&mut model, dir)?;
         Ok(model)
     }
 }

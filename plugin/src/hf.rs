@@ -157,10 +157,73 @@ pub(crate) enum LinearLayout {
     OutIn,
 }
 
+/// How a model's Burn module maps to its HuggingFace checkpoint: the rules of one architecture,
+/// as data.
+pub(crate) struct HfLayout {
+    /// Burn path → HF name on export, applied in order (regex, replacement), after the layout
+    /// adapter.
+    pub export_names: &'static [(&'static str, &'static str)],
+    /// HF name → Burn path on import, before the layout adapter.
+    pub import_names: &'static [(&'static str, &'static str)],
+    pub linear: LinearLayout,
+    /// HF tensors a checkpoint may hold that the model does not use.
+    pub may_be_unused: fn(&str) -> bool,
+}
+
+impl HfLayout {
+    /// Writes `config` as `config.json` and `module` as `model.safetensors` into `dir`.
+    pub fn write<M: Module>(&self, module: &M, config: &Value, dir: &Path) -> Result<()> {
+        write_json(&dir.join(CONFIG_FILE), config)?;
+        save_safetensors(
+            module,
+            &dir.join(WEIGHTS_FILE),
+            self.export_names,
+            self.linear,
+        )
+    }
+
+    /// Loads `module`'s weights from `dir`'s `model.safetensors`.
+    pub fn load<M: Module>(&self, module: &mut M, dir: &Path) -> Result<()> {
+        load_safetensors(
+            module,
+            &dir.join(WEIGHTS_FILE),
+            self.import_names,
+            self.linear,
+            &self.may_be_unused,
+        )
+    }
+}
+
+/// `TrainStep` and `InferenceStep` for a model whose method `$forward` gives the loss and the
+/// outputs of a batch of type `$batch`.
+macro_rules! sequence_steps {
+    ($model:ty, $batch:ty, $forward:ident) => {
+        impl burn::train::TrainStep for $model {
+            type Input = $batch;
+            type Output = burn::train::SequenceOutput;
+
+            fn step(&self, batch: $batch) -> burn::train::TrainOutput<Self::Output> {
+                let out = self.$forward(batch);
+                burn::train::TrainOutput::new(self, out.loss.backward(), out)
+            }
+        }
+
+        impl burn::train::InferenceStep for $model {
+            type Input = $batch;
+            type Output = burn::train::SequenceOutput;
+
+            fn step(&self, batch: $batch) -> Self::Output {
+                self.$forward(batch)
+            }
+        }
+    };
+}
+pub(crate) use sequence_steps;
+
 /// Saves `module` to `path` as safetensors with HF metadata (`format = pt`, which
 /// `transformers` requires), renaming Burn paths with `rename` (regex, replacement; applied in
 /// order, each rule seeing the previous rule's result, after the layout adapter).
-pub(crate) fn save_safetensors<M: Module>(
+fn save_safetensors<M: Module>(
     module: &M,
     path: &Path,
     rename: &[(&str, &str)],
@@ -187,7 +250,7 @@ pub(crate) fn save_safetensors<M: Module>(
 /// Loads `module`'s tensors from the safetensors file at `path`, whose names `rename` maps to
 /// Burn paths. Every module tensor must be present with its shape; file tensors the module does
 /// not use are an error unless `may_be_unused` accepts their (file) name.
-pub(crate) fn load_safetensors<M: Module>(
+fn load_safetensors<M: Module>(
     module: &mut M,
     path: &Path,
     rename: &[(&str, &str)],
