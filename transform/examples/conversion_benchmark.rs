@@ -363,12 +363,17 @@ fn bench_operation(
                 run + 1
             );
             let (inputs, output) = m.operation(op);
-            let mut args: Vec<String> = vec![op.into(), output.display().to_string()];
-            args.extend(m.shrink.iter().cloned());
-            args.extend(inputs.iter().map(|p| p.display().to_string()));
-            let mut copy_args = vec!["copy".to_string(), op.to_string()];
-            copy_args.extend(args.iter().skip(1).cloned());
-            copy_args[2] = copy_out.display().to_string();
+            // op, output, heads, kv heads, layers, inputs...
+            let child_args = |out: &Path| {
+                let mut args: Vec<String> = vec![op.into(), out.display().to_string()];
+                args.extend(m.shrink.iter().cloned());
+                args.extend(inputs.iter().map(|p| p.display().to_string()));
+                args
+            };
+            let args = child_args(output);
+            let copy_args: Vec<String> = std::iter::once("copy".to_string())
+                .chain(child_args(&copy_out))
+                .collect();
             // Deleting the last run's output is not part of a conversion (it costs a large
             // file's unlink, 0.1 s per GB here): neither run finds one.
             remove(output)?;

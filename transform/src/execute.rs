@@ -218,6 +218,9 @@ struct Rows<'a> {
 /// decoding and f64 arithmetic of [`Rows::resize_row`] give; most values are not decoded.
 struct Rearrange {
     dtype: Dtype,
+    /// Per output row, when axis 0 is gathered: its input row and the power of two it is
+    /// divided by (otherwise row i is input row i, undivided).
+    rows: Option<Vec<(usize, u32)>>,
     /// The transformed axis of a row, if any: the row seen as (outer, blocks, block bytes).
     columns: Option<Columns>,
 }
@@ -239,9 +242,15 @@ impl Rearrange {
         in_row_shape: &[usize],
         dtype: Dtype,
     ) -> Option<Self> {
-        if let Some(gather) = rows_gather {
-            (0..gather.output_len()).try_for_each(|i| single_source(gather, i).map(|_| ()))?;
-        }
+        let single_sources = |gather: &Gather| {
+            (0..gather.output_len())
+                .map(|i| single_source(gather, i))
+                .collect::<Option<Vec<_>>>()
+        };
+        let rows = match rows_gather {
+            Some(gather) => Some(single_sources(gather)?),
+            None => None,
+        };
         let mut changed = row_gathers
             .iter()
             .enumerate()
@@ -251,48 +260,70 @@ impl Rearrange {
             (Some((axis, (gather, block))), None) => {
                 let outer: usize = in_row_shape.get(..axis)?.iter().product();
                 let inner: usize = in_row_shape.get(axis + 1..)?.iter().product();
-                let blocks = (0..gather.output_len())
-                    .map(|b| single_source(gather, b))
-                    .collect::<Option<Vec<_>>>()?;
                 Some(Columns {
                     outer,
                     input_blocks: gather.input_len(),
-                    blocks,
+                    blocks: single_sources(gather)?,
                     block_bytes: block * inner * element_size(dtype),
                 })
             }
             (Some(_), Some(_)) => return None,
         };
-        Some(Rearrange { dtype, columns })
+        Some(Rearrange {
+            dtype,
+            rows,
+            columns,
+        })
     }
 
-    /// Output row `out` from input row `row` divided by 2^`k`.
-    fn row(&self, row: &[u8], k: u32, out: &mut [u8]) -> Option<()> {
+    /// The input row of output row `i` and the power of two it is divided by.
+    fn source_row(&self, i: usize) -> Option<(usize, u32)> {
+        match &self.rows {
+            Some(rows) => rows.get(i).copied(),
+            None => Some((i, 0)),
+        }
+    }
+
+    /// Hands each block of the output row made from input row `row` divided by 2^`k` to `f`:
+    /// its input bytes, the index of its first value in the output row and its power of two.
+    /// Returns the number of output values, or None if `row` does not have the planned length.
+    fn each_block(
+        &self,
+        row: &[u8],
+        k: u32,
+        mut f: impl FnMut(&[u8], usize, u32) -> Option<()>,
+    ) -> Option<usize> {
+        let size = element_size(self.dtype);
         let Some(c) = &self.columns else {
-            return (row.len() == out.len())
-                .then(|| dtype::divide_by_power_of_two(self.dtype, row, k, out))
-                .flatten();
+            f(row, 0, k)?;
+            return Some(row.len() / size);
         };
         let in_len = c.input_blocks * c.block_bytes;
-        let out_len = c.blocks.len() * c.block_bytes;
-        if row.len() != c.outer * in_len || out.len() != c.outer * out_len {
+        if row.len() != c.outer * in_len {
             return None;
         }
-        for (src, dst) in row
-            .chunks_exact(in_len.max(1))
-            .zip(out.chunks_exact_mut(out_len.max(1)))
-        {
-            for (&(block, kb), dst) in c.blocks.iter().zip(dst.chunks_exact_mut(c.block_bytes)) {
+        let block_values = c.block_bytes / size;
+        let mut at = 0;
+        for src in row.chunks_exact(in_len.max(1)) {
+            for &(block, kb) in &c.blocks {
                 let start = block * c.block_bytes;
-                let src = src.get(start..start + c.block_bytes)?;
-                dtype::divide_by_power_of_two(self.dtype, src, k + kb, dst)?;
+                f(src.get(start..start + c.block_bytes)?, at, k + kb)?;
+                at += block_values;
             }
         }
-        Some(())
+        Some(at)
     }
-}
 
-impl Rearrange {
+    /// Output row `out` (bytes) from input row `row` divided by 2^`k`.
+    fn row(&self, row: &[u8], k: u32, out: &mut [u8]) -> Option<()> {
+        let size = element_size(self.dtype);
+        let values = self.each_block(row, k, |src, at, k| {
+            let dst = out.get_mut(at * size..at * size + src.len())?;
+            dtype::divide_by_power_of_two(self.dtype, src, k, dst)
+        })?;
+        (values * size == out.len()).then_some(())
+    }
+
     /// Output row `out` (values) interpolated between the saved large row `large` (bytes) and
     /// input row `row` divided by 2^`k`, decoded together as [`Rows::compute`] would decode
     /// them, with the same arithmetic: (1 − α)·large + α·(value · 2^−k).
@@ -305,42 +336,18 @@ impl Rearrange {
         out: &mut [f64],
     ) -> Option<()> {
         let size = element_size(self.dtype);
-        let mix = |k: u32, large: &[u8], row: &[u8], out: &mut [f64]| {
+        let values = self.each_block(row, k, |src, at, k| {
+            let n = src.len() / size;
             let scale = 0.5f64.powi(k as i32);
-            dtype::decode_pair_into(self.dtype, large, row, out, |l, v| {
-                ops::interpolate(l, v * scale, alpha)
-            })
-        };
-        if large.len() != out.len() * size {
-            return None;
-        }
-        let Some(c) = &self.columns else {
-            return (row.len() == large.len())
-                .then(|| mix(k, large, row, out))
-                .flatten();
-        };
-        let in_len = c.input_blocks * c.block_bytes;
-        let out_len = c.blocks.len() * c.block_bytes;
-        if row.len() != c.outer * in_len || large.len() != c.outer * out_len {
-            return None;
-        }
-        let block_values = c.block_bytes / size;
-        for ((src, large), out) in row
-            .chunks_exact(in_len.max(1))
-            .zip(large.chunks_exact(out_len.max(1)))
-            .zip(out.chunks_exact_mut((out_len / size).max(1)))
-        {
-            for ((&(block, kb), large), out) in c
-                .blocks
-                .iter()
-                .zip(large.chunks_exact(c.block_bytes))
-                .zip(out.chunks_exact_mut(block_values))
-            {
-                let start = block * c.block_bytes;
-                mix(k + kb, large, src.get(start..start + c.block_bytes)?, out)?;
-            }
-        }
-        Some(())
+            dtype::decode_pair_into(
+                self.dtype,
+                large.get(at * size..(at + n) * size)?,
+                src,
+                out.get_mut(at..at + n)?,
+                |l, v| ops::interpolate(l, v * scale, alpha),
+            )
+        })?;
+        (values == out.len() && values * size == large.len()).then_some(())
     }
 }
 
@@ -392,10 +399,7 @@ impl Rows<'_> {
     /// Computes output row `i` into `out` (its bytes).
     fn compute(&self, i: usize, s: &mut Scratch, out: &mut [u8]) -> Result<()> {
         if let (Some(rearrange), [layer]) = (&self.rearrange, self.layers.as_slice()) {
-            let (j, k) = match &self.rows_gather {
-                Some(gather) => single_source(gather, i).ok_or_else(|| self.bad_row(i))?,
-                None => (i, 0),
-            };
+            let (j, k) = rearrange.source_row(i).ok_or_else(|| self.bad_row(i))?;
             let row = layer.row(j)?;
             let done = match &self.large {
                 None => rearrange.row(row, k, out),

@@ -98,18 +98,13 @@ impl<'a> Disk<'a> {
     /// cache. The file is complete, not yet synced.
     pub(super) fn finish(&mut self) -> std::io::Result<()> {
         let aligned = self.staged / ALIGN * ALIGN;
-        let tail = self.staged - aligned;
         if aligned > 0 {
+            // Leaves the tail staged at the start.
             self.write_stage(aligned)?;
         }
-        if tail > 0 {
-            self.buffer.copy_within(
-                self.start + aligned..self.start + aligned + tail,
-                self.start,
-            );
+        if self.staged > 0 {
             self.direct = None;
-            self.staged = tail;
-            self.write_stage(tail)?;
+            self.write_stage(self.staged)?;
         }
         Ok(())
     }
@@ -119,11 +114,11 @@ impl<'a> Disk<'a> {
     fn write_stage(&mut self, len: usize) -> std::io::Result<()> {
         let bytes = &self.buffer[self.start..self.start + len];
         self.take_space(len)?;
-        let direct = match &self.direct {
+        let written = match &self.direct {
             Some(direct) => write_at(direct, bytes, self.position),
             None => write_at(self.file, bytes, self.position),
         };
-        match direct {
+        match written {
             Ok(()) => {}
             // The filesystem took the direct open but not the write: the page cache, from now.
             Err(e) if self.direct.is_some() && e.kind() == std::io::ErrorKind::InvalidInput => {
