@@ -390,7 +390,7 @@ fn run_plan(plan: &Plan, primary: &Checkpoint, large: Option<&Checkpoint>) {
     for t in &plan.tensors {
         let mut bytes = Vec::new();
         let streamed = execute::stream(plan, t, inputs, &mut |block| {
-            bytes.extend_from_slice(block);
+            bytes.extend_from_slice(block.bytes());
             Ok(())
         });
         if streamed.is_ok() {

@@ -25,7 +25,7 @@ use anyhow::{Context, Result, bail};
 use ndarray::Array2;
 use safetensors::Dtype;
 use serde_json::{Value, json};
-use vcycle_transform::execute::{self, Inputs};
+use vcycle_transform::execute::{self, Block, Inputs};
 use vcycle_transform::fixture::{self, FixtureSpec};
 use vcycle_transform::ops::Gather;
 use vcycle_transform::plan::{self, DepthOp, TensorPlan};
@@ -598,7 +598,7 @@ fn dense_comparison(op: &str, inputs: &[String], small: [&String; 3]) -> Result<
         let mut streamed = Vec::new();
         one_thread.install(|| {
             execute::stream(plan, t, exec_inputs, &mut |b| {
-                streamed.extend_from_slice(b);
+                streamed.extend_from_slice(b.bytes());
                 Ok(())
             })
         })?;
@@ -665,10 +665,10 @@ fn dense(plan: &Plan, t: &TensorPlan, inputs: Inputs<'_>) -> Result<Vec<u8>> {
         m
     };
     if let Some(Some(g)) = gathers.first() {
-        w = operator(g).dot(&w);
+        w = operator(&g.gather).dot(&w);
     }
     if let Some(Some(g)) = gathers.get(1) {
-        w = w.dot(&operator(g).t());
+        w = w.dot(&operator(&g.gather).t());
     }
     if let (Some(with), Some(large), Operator::Grow { alpha } | Operator::Interpolate { alpha }) =
         (&t.interpolate_with, inputs.large, plan.operator)
@@ -768,10 +768,10 @@ fn copy(op: &str, inputs: &[String], small: [&String; 3], output: &Path) -> Resu
                     reason: "the reader panicked".into(),
                 })?;
             let mut left = dtype::byte_len(t.dtype, &t.shape).unwrap_or(0);
-            let mut block = Vec::new();
+            let mut block = Block::default();
             while left > 0 {
                 replay.next(left, &mut block)?;
-                left -= block.len();
+                left -= block.bytes().len();
                 sink(&mut block)?;
             }
             Ok(())
@@ -807,13 +807,13 @@ impl Replay {
     }
 
     /// Up to `max` bytes of the next block, into `block` (reused as the executor reuses its
-    /// blocks: only what it lacks is zeroed first).
-    fn next(&mut self, max: usize, block: &mut Vec<u8>) -> vcycle_transform::Result<()> {
-        block.resize(max.min(Self::BLOCK), 0);
+    /// blocks).
+    fn next(&mut self, max: usize, block: &mut Block) -> vcycle_transform::Result<()> {
+        let len = max.min(Self::BLOCK);
         loop {
-            let n = self.read(block)?;
+            let n = self.read(block.fill(len))?;
             if n > 0 {
-                block.truncate(n);
+                block.fill(n);
                 return Ok(());
             }
             self.open_next()?;

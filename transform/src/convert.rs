@@ -288,7 +288,8 @@ impl Job {
                 let size = crate::dtype::element_size(t.dtype);
                 let mut elements = 0;
                 let mut found: Option<NonFinite> = None;
-                execute::stream(plan, t, inputs, &mut |bytes| {
+                execute::stream(plan, t, inputs, &mut |block| {
+                    let bytes = block.bytes();
                     if check_output && let Some(more) = crate::dtype::non_finite(t.dtype, bytes) {
                         let f = found.get_or_insert(NonFinite {
                             first: elements + more.first,
@@ -299,7 +300,7 @@ impl Job {
                     }
                     let len = bytes.len();
                     elements += len / size.max(1);
-                    sink(bytes)?;
+                    sink(block)?;
                     progress.advance(len as u64);
                     Ok(())
                 })?;

@@ -15,8 +15,10 @@ use safetensors::Dtype;
 
 use crate::dtype::{self, element_size};
 use crate::error::{Error, Result};
+use std::sync::Arc;
+
 use crate::ops::{self, Gather, GatherError};
-use crate::plan::{DepthOp, Operator, Plan, TensorPlan};
+use crate::plan::{AxisGather, DepthOp, Operator, Plan, TensorPlan};
 use crate::read::Checkpoint;
 
 #[cfg(test)]
@@ -30,7 +32,7 @@ const TASK_BYTES: usize = 256 << 10;
 thread_local! {
     /// The block a stream computes into, kept from one tensor to the next: a buffer freed and
     /// allocated again for every tensor costs fresh pages (and, freed, TLB shootdowns).
-    static BLOCK: Cell<Vec<u8>> = Cell::default();
+    static BLOCK: Cell<Block> = Cell::default();
     /// A worker's buffers, kept from one task to the next.
     static SCRATCH: Cell<Scratch> = Cell::default();
 }
@@ -46,10 +48,44 @@ pub struct Inputs<'a> {
 }
 
 /// Where one output tensor's bytes are handed, block by block, in order. The sink takes the
-/// block and leaves in its place a buffer of unspecified contents (one it took before, for the
-/// next block to be computed into), so that a block is written while the next is computed
-/// without being copied.
-pub type Sink<'s> = dyn FnMut(&mut Vec<u8>) -> Result<()> + 's;
+/// block and leaves in its place one of unspecified contents (one it took before, for the next
+/// block to be computed into), so that a block is written while the next is computed without
+/// being copied.
+pub type Sink<'s> = dyn FnMut(&mut Block) -> Result<()> + 's;
+
+/// Bytes of one block of an output tensor: the first `len` bytes of a buffer that keeps the
+/// largest length it had, so that a buffer reused for blocks of other sizes is not zeroed again
+/// before it is overwritten (zeroing and faulting in fresh pages cost a conversion more than a
+/// tenth of its time, on the thread that hands out the work).
+#[derive(Default)]
+pub struct Block {
+    buffer: Vec<u8>,
+    len: usize,
+}
+
+impl Block {
+    /// The block's bytes.
+    pub fn bytes(&self) -> &[u8] {
+        self.buffer.get(..self.len).unwrap_or_default()
+    }
+
+    /// The block resized to `len` bytes, to be overwritten: the bytes the buffer held are kept,
+    /// any further ones are zeros.
+    pub fn fill(&mut self, len: usize) -> &mut [u8] {
+        if self.buffer.len() < len {
+            self.buffer.resize(len, 0);
+        }
+        self.len = len;
+        self.buffer.get_mut(..len).unwrap_or_default()
+    }
+}
+
+impl From<Vec<u8>> for Block {
+    fn from(buffer: Vec<u8>) -> Self {
+        let len = buffer.len();
+        Block { buffer, len }
+    }
+}
 
 /// Computes one planned output tensor and hands its bytes to `sink` in order, in blocks of
 /// whole rows.
@@ -116,8 +152,7 @@ fn stream_raw(
     let mut offset = 0;
     let mut block = BLOCK.take();
     for chunk in bytes.chunks(BLOCK_BYTES) {
-        block.clear();
-        block.extend_from_slice(chunk);
+        block.fill(chunk.len()).copy_from_slice(chunk);
         sink(&mut block)?;
         inputs.primary.release(first, offset..offset + chunk.len());
         offset += chunk.len();
@@ -196,10 +231,10 @@ struct Rows<'a> {
     /// The depth group's layers (one unless they are averaged).
     layers: Vec<Source<'a>>,
     /// The gather of axis 0 (None: unchanged).
-    rows_gather: Option<Gather>,
+    rows_gather: Option<Arc<AxisGather>>,
     /// The gather of each further axis as a gather of blocks and the block size (None:
     /// unchanged); see [`Gather::blocks`].
-    row_gathers: Vec<Option<(Gather, usize)>>,
+    row_gathers: Vec<Option<Arc<AxisGather>>>,
     /// The shape of an input row (axes 1..).
     in_row_shape: Vec<usize>,
     in_row_len: usize,
@@ -238,7 +273,7 @@ impl Rearrange {
     /// at most one axis of a row changes.
     fn new(
         rows_gather: Option<&Gather>,
-        row_gathers: &[Option<(Gather, usize)>],
+        row_gathers: &[Option<Arc<AxisGather>>],
         in_row_shape: &[usize],
         dtype: Dtype,
     ) -> Option<Self> {
@@ -254,7 +289,7 @@ impl Rearrange {
         let mut changed = row_gathers
             .iter()
             .enumerate()
-            .filter_map(|(axis, g)| g.as_ref().map(|g| (axis, g)));
+            .filter_map(|(axis, g)| g.as_ref().map(|g| (axis, &g.blocks)));
         let columns = match (changed.next(), changed.next()) {
             (None, _) => None,
             (Some((axis, (gather, block))), None) => {
@@ -438,7 +473,7 @@ impl Rows<'_> {
         let n = self.in_row_len;
         let single = [i];
         let (sources, divisor) = match &self.rows_gather {
-            Some(g) => g.source(i).ok_or_else(|| self.bad_row(i))?,
+            Some(g) => g.gather.source(i).ok_or_else(|| self.bad_row(i))?,
             None => (&single[..], 1.0),
         };
         let row = self.prefix(&mut s.row, n)?;
@@ -463,7 +498,7 @@ impl Rows<'_> {
         s.shape.clear();
         s.shape.extend_from_slice(&self.in_row_shape);
         for (k, gather) in self.row_gathers.iter().enumerate() {
-            let Some((gather, block)) = gather else {
+            let Some((gather, block)) = gather.as_ref().map(|g| &g.blocks) else {
                 continue;
             };
             // Row axis k split into (blocks, block).
@@ -581,10 +616,10 @@ impl<'a> Rows<'a> {
             .ok_or_else(|| missing(plan, first, inputs.primary))?;
         let rank = in_shape.len();
         let mut shape = in_shape.clone();
-        let mut gathers: Vec<Option<Gather>> = plan.axis_gathers(tensor);
+        let mut gathers = plan.axis_gathers(tensor);
         gathers.resize(rank, None);
         for (axis, (gather, rule_axis)) in gathers.iter().zip(&tensor.rule_axes).enumerate() {
-            let Some(gather) = gather else {
+            let Some(AxisGather { gather, .. }) = gather.as_deref() else {
                 continue;
             };
             if shape.get(axis) != Some(&gather.input_len()) {
@@ -656,7 +691,7 @@ impl<'a> Rows<'a> {
         };
         let mut gathers = gathers.into_iter();
         let rows_gather = gathers.next().flatten();
-        let row_gathers: Vec<_> = gathers.map(|g| g.map(|g| g.blocks())).collect();
+        let row_gathers: Vec<_> = gathers.collect();
         // Interpolation at an end point copies one input: the general path does that.
         let rearranged = match (layers.as_slice(), &large) {
             ([layer], None) => layer.dtype == tensor.dtype,
@@ -670,7 +705,7 @@ impl<'a> Rows<'a> {
         };
         let rearrange = if rearranged {
             Rearrange::new(
-                rows_gather.as_ref(),
+                rows_gather.as_deref().map(|g| &g.gather),
                 &row_gathers,
                 &in_row_shape,
                 tensor.dtype,
@@ -708,11 +743,10 @@ fn stream_float(
     }
     let block_rows = (BLOCK_BYTES / out_row_bytes).max(1);
     let task_rows = (TASK_BYTES / out_row_bytes).max(1);
-    let compute_block = |start: usize, buffer: &mut Vec<u8>| -> Result<()> {
+    let compute_block = |start: usize, block: &mut Block| -> Result<()> {
         let end = (start + block_rows).min(out_rows);
-        // Only what a reused buffer lacks is zeroed before being overwritten.
-        buffer.resize((end - start) * out_row_bytes, 0);
-        buffer
+        block
+            .fill((end - start) * out_row_bytes)
             .par_chunks_mut(task_rows * out_row_bytes)
             .enumerate()
             .try_for_each_init(ReusedScratch::take, |scratch, (task, chunk)| {
@@ -743,4 +777,21 @@ fn stream_float(
     }
     BLOCK.set(block);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Block;
+
+    #[test]
+    fn a_block_keeps_its_buffer_and_hands_out_only_its_length() {
+        let mut block = Block::from(vec![1, 2, 3, 4]);
+        assert_eq!(block.bytes(), [1, 2, 3, 4]);
+        block.fill(2).copy_from_slice(&[5, 6]);
+        assert_eq!(block.bytes(), [5, 6]);
+        // Growing again within the buffer keeps what it held; beyond it, zeros.
+        assert_eq!(block.fill(3), [5, 6, 3]);
+        assert_eq!(block.fill(6), [5, 6, 3, 4, 0, 0]);
+        assert_eq!(Block::default().bytes(), [0u8; 0]);
+    }
 }

@@ -374,7 +374,7 @@ pub fn write_dir(spec: &FixtureSpec, dir: &Path) -> Result<()> {
     let _ = std::fs::remove_dir_all(&tmp);
     crate::write::write_output(&tmp, &form, &plans, &metadata, true, &|t, sink| {
         let data = by_name.lock().ok().and_then(|mut m| m.remove(&t.name));
-        sink(&mut data.unwrap_or_default())
+        sink(&mut crate::execute::Block::from(data.unwrap_or_default()))
     })?;
     match std::fs::remove_dir_all(dir) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(Error::io(dir)(e)),

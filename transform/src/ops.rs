@@ -28,10 +28,15 @@ impl AxisOp {
     }
 }
 
-/// A gather along one axis: output index i = (Σ input[j] for j in sources[i]) / divisor[i].
+/// A gather along one axis: output index i = (Σ input[j] for j in sources(i)) / divisor[i].
 #[derive(Debug, Clone)]
 pub struct Gather {
-    sources: Vec<Vec<usize>>,
+    /// The sources of every output index, one after the other: a gather is built for every
+    /// tensor of a conversion, and one list per index cost more to allocate and free than the
+    /// small tensors take to compute.
+    indices: Vec<usize>,
+    /// Output index i's sources are `indices[starts[i]..starts[i + 1]]`.
+    starts: Vec<usize>,
     divisors: Vec<f64>,
     input_len: usize,
     /// Whether every source index is below `input_len`, checked once at construction so that
@@ -44,44 +49,48 @@ impl Gather {
     pub fn new(op: AxisOp, grouping: &Grouping) -> Gather {
         match op {
             AxisOp::Mean | AxisOp::Sum => Gather::checked(
-                grouping.groups().to_vec(),
-                grouping
-                    .groups()
-                    .iter()
-                    .map(|g| {
-                        if op == AxisOp::Mean {
-                            g.len() as f64
-                        } else {
-                            1.0
-                        }
-                    })
-                    .collect(),
+                grouping.groups().iter().map(|g| {
+                    let divisor = if op == AxisOp::Mean {
+                        g.len() as f64
+                    } else {
+                        1.0
+                    };
+                    (g.iter().copied(), divisor)
+                }),
                 grouping.large(),
             ),
-            AxisOp::Duplicate | AxisOp::Split => {
-                let large = grouping.large();
-                let sources = (0..large).map(|u| vec![grouping.owner(u)]).collect();
-                let divisors = (0..large)
-                    .map(|u| {
-                        if op == AxisOp::Split {
-                            grouping
-                                .groups()
-                                .get(grouping.owner(u))
-                                .map_or(1.0, |g| g.len() as f64)
-                        } else {
-                            1.0
-                        }
-                    })
-                    .collect();
-                Gather::checked(sources, divisors, grouping.small())
-            }
+            AxisOp::Duplicate | AxisOp::Split => Gather::checked(
+                (0..grouping.large()).map(|u| {
+                    let owner = grouping.owner(u);
+                    let divisor = match (op, grouping.groups().get(owner)) {
+                        (AxisOp::Split, Some(g)) => g.len() as f64,
+                        _ => 1.0,
+                    };
+                    (std::iter::once(owner), divisor)
+                }),
+                grouping.small(),
+            ),
         }
     }
 
-    fn checked(sources: Vec<Vec<usize>>, divisors: Vec<f64>, input_len: usize) -> Gather {
-        let in_bounds = sources.iter().flatten().all(|&j| j < input_len);
+    /// The gather whose output index i sums the i-th sources and divides them by the i-th
+    /// divisor.
+    fn checked<S: IntoIterator<Item = usize>>(
+        sources: impl Iterator<Item = (S, f64)>,
+        input_len: usize,
+    ) -> Gather {
+        let mut indices = Vec::new();
+        let mut starts = vec![0];
+        let mut divisors = Vec::new();
+        for (s, divisor) in sources {
+            indices.extend(s);
+            starts.push(indices.len());
+            divisors.push(divisor);
+        }
+        let in_bounds = indices.iter().all(|&j| j < input_len);
         Gather {
-            sources,
+            indices,
+            starts,
             divisors,
             input_len,
             in_bounds,
@@ -90,23 +99,26 @@ impl Gather {
 
     /// Concatenates gathers of consecutive parts of a fused axis (GPT-2's q|k|v).
     pub fn concat(parts: Vec<Gather>) -> Gather {
-        let (mut sources, mut divisors, mut input_len) = (Vec::new(), Vec::new(), 0);
-        for part in parts {
-            let offset = input_len;
-            sources.extend(
-                part.sources
-                    .into_iter()
-                    .map(|s| s.into_iter().map(|j| j + offset).collect::<Vec<_>>()),
-            );
-            divisors.extend(part.divisors);
-            input_len += part.input_len;
+        let mut offset = 0;
+        let mut shifted = Vec::with_capacity(parts.len());
+        for part in &parts {
+            shifted.push(offset);
+            offset += part.input_len;
         }
-        Gather::checked(sources, divisors, input_len)
+        Gather::checked(
+            parts.iter().zip(shifted).flat_map(|(part, shift)| {
+                (0..part.output_len()).filter_map(move |i| {
+                    let (sources, divisor) = part.source(i)?;
+                    Some((sources.iter().map(move |j| j + shift), divisor))
+                })
+            }),
+            offset,
+        )
     }
 
     /// The identity on an axis of length `n`.
     pub fn identity(n: usize) -> Gather {
-        Gather::checked((0..n).map(|i| vec![i]).collect(), vec![1.0; n], n)
+        Gather::checked((0..n).map(|i| (std::iter::once(i), 1.0)), n)
     }
 
     pub fn input_len(&self) -> usize {
@@ -114,12 +126,18 @@ impl Gather {
     }
 
     pub fn output_len(&self) -> usize {
-        self.sources.len()
+        self.divisors.len()
     }
 
     /// The input indices summed into output index `i`, and their divisor.
     pub fn source(&self, i: usize) -> Option<(&[usize], f64)> {
-        Some((self.sources.get(i)?.as_slice(), *self.divisors.get(i)?))
+        let (start, end) = (*self.starts.get(i)?, *self.starts.get(i + 1)?);
+        Some((self.indices.get(start..end)?, *self.divisors.get(i)?))
+    }
+
+    /// Every output index's sources and divisor, in order.
+    fn sources(&self) -> impl Iterator<Item = (&[usize], f64)> {
+        (0..self.output_len()).filter_map(|i| self.source(i))
     }
 
     /// The same gather over blocks of `b` consecutive indices, with the largest such `b`:
@@ -138,26 +156,26 @@ impl Gather {
         let Some(b) = sizes.into_iter().find(|&b| b > 1 && self.is_blocked(b)) else {
             return (self.clone(), 1);
         };
-        let (sources, divisors) = (0..self.output_len() / b)
+        let blocks = (0..self.output_len() / b)
             .filter_map(|k| self.source(k * b))
-            .map(|(s, d)| (s.iter().map(|j| j / b).collect(), d))
-            .unzip();
-        (Gather::checked(sources, divisors, self.input_len / b), b)
+            .map(|(s, d)| (s.iter().map(move |j| j / b), d));
+        (Gather::checked(blocks, self.input_len / b), b)
     }
 
     /// Whether every block of `b` output indices reads whole input blocks of `b`, in order.
     fn is_blocked(&self, b: usize) -> bool {
-        self.sources
-            .chunks(b)
-            .zip(self.divisors.chunks(b))
-            .all(|(rows, divisors)| {
-                let (Some(head), Some(divisor)) = (rows.first(), divisors.first()) else {
+        self.output_len().is_multiple_of(b)
+            && (0..self.output_len()).step_by(b).all(|k| {
+                let Some((head, divisor)) = self.source(k) else {
                     return false;
                 };
                 head.iter().all(|j| j % b == 0)
-                    && divisors.iter().all(|d| d == divisor)
-                    && rows.iter().enumerate().all(|(r, row)| {
-                        row.len() == head.len() && row.iter().zip(head).all(|(j, h)| *j == h + r)
+                    && (1..b).all(|r| {
+                        self.source(k + r).is_some_and(|(row, d)| {
+                            d == divisor
+                                && row.len() == head.len()
+                                && row.iter().zip(head).all(|(j, h)| *j == h + r)
+                        })
                     })
             })
     }
@@ -235,7 +253,7 @@ impl Gather {
         if inner == 1 {
             // One value per row (the last axis): the same arithmetic without slices.
             for (src, dst) in data.chunks_exact(n_in).zip(out.chunks_exact_mut(n_out)) {
-                for ((sources, &divisor), d) in self.sources.iter().zip(&self.divisors).zip(dst) {
+                for ((sources, divisor), d) in self.sources().zip(dst) {
                     *d = combine_one(sources, divisor, src);
                 }
             }
@@ -246,12 +264,7 @@ impl Gather {
             .zip(out.chunks_exact_mut(n_out * inner))
         {
             let row = |j: usize| &src_block[j * inner..(j + 1) * inner];
-            for ((sources, &divisor), dst) in self
-                .sources
-                .iter()
-                .zip(&self.divisors)
-                .zip(dst_block.chunks_exact_mut(inner))
-            {
+            for ((sources, divisor), dst) in self.sources().zip(dst_block.chunks_exact_mut(inner)) {
                 combine(dst, sources, divisor, row);
             }
         }

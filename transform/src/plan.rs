@@ -2,8 +2,9 @@
 //! operation and shapes. The plan is the `--dry-run` output, serialises to JSON
 //! (`--plan-json`) and is what the snapshot tests pin.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
+use std::sync::{Arc, Mutex};
 
 use safetensors::Dtype;
 use serde::Serialize;
@@ -146,27 +147,70 @@ fn serialize_dtype<S: serde::Serializer>(
 }
 
 /// Element-level groupings (large → small) of each model space.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct SpaceMaps {
     maps: BTreeMap<Space, Grouping>,
+    /// The gathers built so far, by axis and by whether they coalesce: the tensors of every
+    /// layer share their axes, and building a gather costs more than computing a small tensor.
+    built: Mutex<HashMap<(Axis, bool), Arc<AxisGather>>>,
+}
+
+/// The gather of one axis, and the same gather over the largest blocks it moves whole.
+#[derive(Debug)]
+pub struct AxisGather {
+    pub gather: Gather,
+    /// [`Gather::blocks`] of `gather`: the gather over blocks, and the block size.
+    pub blocks: (Gather, usize),
+}
+
+impl Clone for SpaceMaps {
+    fn clone(&self) -> Self {
+        SpaceMaps::new(self.maps.clone())
+    }
 }
 
 impl SpaceMaps {
-    fn gather(&self, axis: &Axis, coalescing: bool) -> Option<(Gather, AxisOp)> {
+    fn new(maps: BTreeMap<Space, Grouping>) -> Self {
+        SpaceMaps {
+            maps,
+            built: Mutex::default(),
+        }
+    }
+
+    /// What a conversion does along `axis` (None: it is not changed).
+    fn op(&self, axis: &Axis, coalescing: bool) -> Option<AxisOp> {
         let Axis::Model { parts, dir } = axis else {
             return None;
         };
-        let op = match (coalescing, dir) {
+        if !parts.iter().all(|p| self.maps.contains_key(p)) {
+            return None;
+        }
+        Some(match (coalescing, dir) {
             (true, Direction::Out) => AxisOp::Mean,
             (true, Direction::In) => AxisOp::Sum,
             (false, Direction::Out) => AxisOp::Duplicate,
             (false, Direction::In) => AxisOp::Split,
+        })
+    }
+
+    fn gather(&self, axis: &Axis, coalescing: bool) -> Option<Arc<AxisGather>> {
+        let key = (axis.clone(), coalescing);
+        if let Some(built) = self.built.lock().ok()?.get(&key) {
+            return Some(built.clone());
+        }
+        let op = self.op(axis, coalescing)?;
+        let Axis::Model { parts, .. } = axis else {
+            return None;
         };
         let gathers = parts
             .iter()
             .map(|p| self.maps.get(p).map(|g| Gather::new(op, g)))
             .collect::<Option<Vec<_>>>()?;
-        Some((Gather::concat(gathers), op))
+        let gather = Gather::concat(gathers);
+        let blocks = gather.blocks();
+        let built = Arc::new(AxisGather { gather, blocks });
+        self.built.lock().ok()?.insert(key, built.clone());
+        Some(built)
     }
 }
 
@@ -204,7 +248,7 @@ pub struct Plan {
 impl Plan {
     /// The gather of each planned axis of a tensor, in axis order; None where the axis is
     /// unchanged.
-    pub fn axis_gathers(&self, tensor: &TensorPlan) -> Vec<Option<Gather>> {
+    pub fn axis_gathers(&self, tensor: &TensorPlan) -> Vec<Option<Arc<AxisGather>>> {
         let coalescing = matches!(self.operator, Operator::Coalesce);
         tensor
             .axes
@@ -212,8 +256,7 @@ impl Plan {
             .zip(&tensor.rule_axes)
             .map(|(axis_plan, rule_axis)| {
                 axis_plan.op?;
-                let (gather, _) = self.maps.as_ref()?.gather(rule_axis, coalescing)?;
-                Some(gather)
+                self.maps.as_ref()?.gather(rule_axis, coalescing)
             })
             .collect()
     }
@@ -436,7 +479,7 @@ pub fn plan_resize(
         };
         maps.insert(space, grouping);
     }
-    let maps = SpaceMaps { maps };
+    let maps = SpaceMaps::new(maps);
 
     let unequal_groups =
         !head_groups.is_equal() || !layer_groups.is_equal() || !kv_groups.is_equal();
@@ -468,7 +511,7 @@ pub fn plan_resize(
         for (axis, &size) in axes.iter().zip(&info.shape) {
             let from_size = from.axis(axis).unwrap_or(size);
             let to_size = to.axis(axis).unwrap_or(size);
-            let op = maps.gather(axis, coalescing).map(|(_, op)| op);
+            let op = maps.op(axis, coalescing);
             if op.is_some() && !float {
                 return Err(Error::UnsupportedDtype {
                     tensor: first.name.clone(),

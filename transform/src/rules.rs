@@ -56,7 +56,7 @@ impl Space {
 }
 
 /// Whether a tensor produces values in a space (`out`) or consumes them (`in`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Direction {
     /// Rows of a Linear weight, biases, norm parameters, embedding columns: averaged when
@@ -67,7 +67,7 @@ pub enum Direction {
 }
 
 /// What one axis of a tensor is.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Axis {
     /// Never changed by a width transformation: vocabulary, positions, classes, channels, ...
     /// `name` is the fixed space (sizes are checked for consistency across tensors); a literal

@@ -17,7 +17,7 @@ use std::thread::JoinHandle;
 use serde_json::{Map, Value, json};
 
 use crate::error::{Error, Result};
-use crate::execute::Sink;
+use crate::execute::{Block, Sink};
 use crate::plan::TensorPlan;
 use crate::read::{CONFIG_FILE, INDEX_FILE, SINGLE_FILE};
 
@@ -489,8 +489,8 @@ fn write_safetensors(
 
     // Blocks are written by a thread of their own while the next ones (of this tensor or the
     // next) are computed; written blocks come back to be computed into again.
-    let (full, to_write) = std::sync::mpsc::sync_channel::<Vec<u8>>(BLOCKS_IN_FLIGHT);
-    let (written_back, empty) = std::sync::mpsc::channel::<Vec<u8>>();
+    let (full, to_write) = std::sync::mpsc::sync_channel::<Block>(BLOCKS_IN_FLIGHT);
+    let (written_back, empty) = std::sync::mpsc::channel::<Block>();
     // Set when the computation failed: the file will be removed, so it is not finished.
     let abandoned = AtomicBool::new(false);
     std::thread::scope(|scope| {
@@ -500,7 +500,7 @@ fn write_safetensors(
                 if abandoned.load(Ordering::Relaxed) {
                     return Ok(());
                 }
-                let written = disk.write_all(&block).map_err(Error::io(path))?;
+                let written = disk.write_all(block.bytes()).map_err(Error::io(path))?;
                 if !disk.is_direct() {
                     writeback.wrote(written)?;
                 }
@@ -536,8 +536,8 @@ const BLOCKS_IN_FLIGHT: usize = 4;
 fn compute_all(
     order: &[&TensorPlan],
     compute: &Produce<'_>,
-    full: &std::sync::mpsc::SyncSender<Vec<u8>>,
-    empty: &std::sync::mpsc::Receiver<Vec<u8>>,
+    full: &std::sync::mpsc::SyncSender<Block>,
+    empty: &std::sync::mpsc::Receiver<Block>,
     path: &Path,
 ) -> Result<()> {
     for t in order {
@@ -550,7 +550,7 @@ fn compute_all(
             reason: format!("computed {written} bytes, planned {planned}"),
         };
         compute(t, &mut |block| {
-            written += block.len();
+            written += block.bytes().len();
             // Checked before writing: the header already promised `planned` bytes.
             if written > planned {
                 return Err(wrong_size(written));
@@ -639,7 +639,7 @@ mod tests {
     }
 
     fn zeros(t: &TensorPlan, sink: &mut Sink<'_>) -> Result<()> {
-        sink(&mut vec![0; byte_len(t)])
+        sink(&mut Block::from(vec![0; byte_len(t)]))
     }
 
     fn entries(dir: &Path) -> Vec<String> {
