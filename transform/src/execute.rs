@@ -6,14 +6,18 @@
 //! parallel, and the input pages it consumed are released (see [`Checkpoint::release`]): the
 //! memory of a conversion stays flat however large the model. Per element, the arithmetic is the
 //! one of applying the operators to the whole tensor in turn (depth mean, then each axis in
-//! order, then interpolation), so results are the same bit for bit.
+//! order, then interpolation), so results are the same bit for bit. It runs in f64, and in f32
+//! for a bf16 tensor computed from bf16 tensors without interpolation ([`Float`]); a row whose
+//! f32 values are not all finite is computed again in f64, so that infinities and NaNs come out
+//! as they do in f64 and an f32 overflow of intermediate values (a difference of two values
+//! near the largest bf16) does not make one.
 
 use std::cell::Cell;
 
 use rayon::prelude::*;
 use safetensors::Dtype;
 
-use crate::dtype::{self, element_size};
+use crate::dtype::{self, Float, element_size};
 use crate::error::{Error, Result};
 use std::sync::Arc;
 
@@ -21,6 +25,8 @@ use crate::ops::{self, Gather, GatherError};
 use crate::plan::{AxisGather, DepthOp, Operator, Plan, TensorPlan};
 use crate::read::Checkpoint;
 
+#[cfg(test)]
+mod bf16_in_f32_tests;
 #[cfg(test)]
 mod rearrange_tests;
 
@@ -213,7 +219,7 @@ impl<'a> Source<'a> {
     }
 
     /// Decodes row `j` into `out`.
-    fn decode_row(&self, j: usize, out: &mut [f64]) -> Result<()> {
+    fn decode_row<T: Float>(&self, j: usize, out: &mut [T]) -> Result<()> {
         dtype::decode_into(self.dtype, self.row(j)?, out).ok_or_else(|| self.unsupported())
     }
 
@@ -244,6 +250,9 @@ struct Rows<'a> {
     large: Option<(Source<'a>, f64)>,
     /// Where every output row is bytes of one input row moved and divided by powers of two.
     rearrange: Option<Rearrange>,
+    /// Whether rows are computed in f32: every input and the output are bf16, and nothing is
+    /// interpolated.
+    in_f32: bool,
 }
 
 /// An output tensor whose rows are the bytes of single rows of one input tensor of the same
@@ -362,18 +371,19 @@ impl Rearrange {
     /// Output row `out` (values) interpolated between the saved large row `large` (bytes) and
     /// input row `row` divided by 2^`k`, decoded together as [`Rows::compute`] would decode
     /// them, with the same arithmetic: (1 − α)·large + α·(value · 2^−k).
-    fn interpolated_row(
+    fn interpolated_row<T: Float>(
         &self,
         row: &[u8],
         k: u32,
         large: &[u8],
         alpha: f64,
-        out: &mut [f64],
+        out: &mut [T],
     ) -> Option<()> {
         let size = element_size(self.dtype);
+        let alpha = T::from_f64(alpha);
         let values = self.each_block(row, k, |src, at, k| {
             let n = src.len() / size;
-            let scale = 0.5f64.powi(k as i32);
+            let scale = T::from_f64(0.5f64.powi(k as i32));
             dtype::decode_pair_into(
                 self.dtype,
                 large.get(at * size..(at + n) * size)?,
@@ -404,15 +414,46 @@ fn power_of_two(divisor: f64) -> Option<u32> {
 /// Buffers of one worker, reused row after row.
 #[derive(Default)]
 struct Scratch {
-    /// The decoded (and depth-averaged) source rows of the output row.
-    rows: Vec<f64>,
-    /// One decoded layer row each.
-    layers: Vec<Vec<f64>>,
-    row: Vec<f64>,
-    tmp: Vec<f64>,
+    f64: Values<f64>,
+    f32: Values<f32>,
     shape: Vec<usize>,
     split_shape: Vec<usize>,
-    large: Vec<f64>,
+}
+
+/// A worker's buffers of values of one float type.
+#[derive(Default)]
+struct Values<T> {
+    /// The decoded (and depth-averaged) source rows of the output row.
+    rows: Vec<T>,
+    /// One decoded layer row each.
+    layers: Vec<Vec<T>>,
+    row: Vec<T>,
+    tmp: Vec<T>,
+    large: Vec<T>,
+}
+
+/// A float rows are computed in, with its buffers in a worker's [`Scratch`].
+trait Computed: Float {
+    /// Whether a row with a value that is not finite is computed again in f64.
+    const FINITE_ONLY: bool;
+    /// The buffers of this type, and the shape buffers.
+    fn split(s: &mut Scratch) -> (&mut Values<Self>, &mut Vec<usize>, &mut Vec<usize>);
+}
+
+impl Computed for f64 {
+    const FINITE_ONLY: bool = false;
+
+    fn split(s: &mut Scratch) -> (&mut Values<f64>, &mut Vec<usize>, &mut Vec<usize>) {
+        (&mut s.f64, &mut s.shape, &mut s.split_shape)
+    }
+}
+
+impl Computed for f32 {
+    const FINITE_ONLY: bool = true;
+
+    fn split(s: &mut Scratch) -> (&mut Values<f32>, &mut Vec<usize>, &mut Vec<usize>) {
+        (&mut s.f32, &mut s.shape, &mut s.split_shape)
+    }
 }
 
 /// The worker's [`Scratch`], taken for a task and given back when it ends.
@@ -433,16 +474,26 @@ impl Drop for ReusedScratch {
 impl Rows<'_> {
     /// Computes output row `i` into `out` (its bytes).
     fn compute(&self, i: usize, s: &mut Scratch, out: &mut [u8]) -> Result<()> {
+        if self.in_f32 && self.compute_in::<f32>(i, s, out)? {
+            return Ok(());
+        }
+        self.compute_in::<f64>(i, s, out).map(|_| ())
+    }
+
+    /// Computes output row `i` into `out` in `T`; false, with `out` unspecified, when `T` is
+    /// f32 and a value of the row is not finite.
+    fn compute_in<T: Computed>(&self, i: usize, s: &mut Scratch, out: &mut [u8]) -> Result<bool> {
+        let (values, shape, split_shape) = T::split(s);
         if let (Some(rearrange), [layer]) = (&self.rearrange, self.layers.as_slice()) {
             let (j, k) = rearrange.source_row(i).ok_or_else(|| self.bad_row(i))?;
             let row = layer.row(j)?;
             let done = match &self.large {
-                None => rearrange.row(row, k, out),
+                None => rearrange.row(row, k, out).map(|()| true),
                 Some((large, alpha)) => {
-                    let values = self.prefix(&mut s.row, self.out_row_len)?;
+                    let row_values = self.prefix(&mut values.row, self.out_row_len)?;
                     rearrange
-                        .interpolated_row(row, k, large.row(i)?, *alpha, values)
-                        .and_then(|()| dtype::encode_into(self.tensor.dtype, values, out))
+                        .interpolated_row(row, k, large.row(i)?, *alpha, row_values)
+                        .and_then(|()| self.finish(row_values, out))
                 }
             };
             return done.ok_or_else(|| self.bad_row(i));
@@ -451,39 +502,55 @@ impl Rows<'_> {
         if self.layers.is_empty() {
             // `--depth-init zero`: an added layer's output projection, zero before any
             // interpolation.
-            self.prefix(&mut s.row, len)?.fill(0.0);
+            self.prefix(&mut values.row, len)?.fill(T::ZERO);
         } else {
-            self.resize_row(i, s)?;
+            self.resize_row(i, values, shape, split_shape)?;
         }
-        let row = s.row.get_mut(..len).ok_or_else(|| self.bad_row(i))?;
+        let row = values.row.get_mut(..len).ok_or_else(|| self.bad_row(i))?;
         if let Some((large, alpha)) = &self.large {
-            let large_row = self.prefix(&mut s.large, len)?;
+            let large_row = self.prefix(&mut values.large, len)?;
             large.decode_row(i, large_row)?;
             ops::interpolate_into(large_row, row, *alpha);
         }
-        dtype::encode_into(self.tensor.dtype, row, out).ok_or_else(|| Error::UnsupportedDtype {
-            tensor: self.tensor.name.clone(),
-            dtype: self.tensor.dtype,
-        })
+        self.finish(row, out)
+            .ok_or_else(|| Error::UnsupportedDtype {
+                tensor: self.tensor.name.clone(),
+                dtype: self.tensor.dtype,
+            })
     }
 
-    /// Row `i` before interpolation, into the first `out_row_len` values of `s.row`: its
+    /// Encodes a computed row into `out`; false if the row is in f32 and holds a value that is
+    /// not finite (it is then computed again in f64).
+    fn finish<T: Computed>(&self, row: &[T], out: &mut [u8]) -> Option<bool> {
+        if T::FINITE_ONLY && !dtype::all_finite(row) {
+            return Some(false);
+        }
+        dtype::encode_into(self.tensor.dtype, row, out).map(|()| true)
+    }
+
+    /// Row `i` before interpolation, into the first `out_row_len` values of `values.row`: its
     /// sources' depth operation, then the gather of each transformed axis.
-    fn resize_row(&self, i: usize, s: &mut Scratch) -> Result<()> {
+    fn resize_row<T: Float>(
+        &self,
+        i: usize,
+        values: &mut Values<T>,
+        shape: &mut Vec<usize>,
+        split_shape: &mut Vec<usize>,
+    ) -> Result<()> {
         let n = self.in_row_len;
         let single = [i];
         let (sources, divisor) = match &self.rows_gather {
             Some(g) => g.gather.source(i).ok_or_else(|| self.bad_row(i))?,
             None => (&single[..], 1.0),
         };
-        let row = self.prefix(&mut s.row, n)?;
+        let row = self.prefix(&mut values.row, n)?;
         match (sources, divisor, self.layers.as_slice()) {
             // One row of one layer, as it is: decoded straight into place.
             ([j], 1.0, [layer]) => layer.decode_row(*j, row)?,
             _ => {
-                let rows = self.prefix(&mut s.rows, sources.len() * n)?;
+                let rows = self.prefix(&mut values.rows, sources.len() * n)?;
                 for (&j, dst) in sources.iter().zip(rows.chunks_exact_mut(n.max(1))) {
-                    self.depth_row(j, dst, &mut s.layers)?;
+                    self.depth_row(j, dst, &mut values.layers)?;
                 }
                 let rows = &*rows;
                 let row_of = |j: usize| {
@@ -495,31 +562,29 @@ impl Rows<'_> {
         }
 
         let mut len = n;
-        s.shape.clear();
-        s.shape.extend_from_slice(&self.in_row_shape);
+        shape.clear();
+        shape.extend_from_slice(&self.in_row_shape);
         for (k, gather) in self.row_gathers.iter().enumerate() {
             let Some((gather, block)) = gather.as_ref().map(|g| &g.blocks) else {
                 continue;
             };
             // Row axis k split into (blocks, block).
-            s.split_shape.clear();
-            s.split_shape
-                .extend_from_slice(s.shape.get(..k).unwrap_or_default());
-            s.split_shape.push(gather.input_len());
-            s.split_shape.push(*block);
-            s.split_shape
-                .extend_from_slice(s.shape.get(k + 1..).unwrap_or_default());
+            split_shape.clear();
+            split_shape.extend_from_slice(shape.get(..k).unwrap_or_default());
+            split_shape.push(gather.input_len());
+            split_shape.push(*block);
+            split_shape.extend_from_slice(shape.get(k + 1..).unwrap_or_default());
             let gathered = gather
-                .output_size(&s.split_shape, k)
+                .output_size(split_shape, k)
                 .map_err(|e| self.gather_error(e, k))?;
-            let out = self.prefix(&mut s.tmp, gathered)?;
-            let row = s.row.get(..len).ok_or_else(|| self.bad_row(i))?;
+            let out = self.prefix(&mut values.tmp, gathered)?;
+            let row = values.row.get(..len).ok_or_else(|| self.bad_row(i))?;
             gather
-                .apply_into(row, &s.split_shape, k, out)
+                .apply_into(row, split_shape, k, out)
                 .map_err(|e| self.gather_error(e, k))?;
-            std::mem::swap(&mut s.row, &mut s.tmp);
+            std::mem::swap(&mut values.row, &mut values.tmp);
             len = gathered;
-            if let Some(size) = s.shape.get_mut(k) {
+            if let Some(size) = shape.get_mut(k) {
                 *size = gather.output_len() * block;
             }
         }
@@ -531,15 +596,15 @@ impl Rows<'_> {
 
     /// The first `len` values of `buffer`, which grows to hold them and never shrinks: a
     /// buffer reused row after row is filled only when it grows.
-    fn prefix<'b>(&self, buffer: &'b mut Vec<f64>, len: usize) -> Result<&'b mut [f64]> {
+    fn prefix<'b, T: Float>(&self, buffer: &'b mut Vec<T>, len: usize) -> Result<&'b mut [T]> {
         if buffer.len() < len {
             buffer
                 .try_reserve_exact(len - buffer.len())
                 .map_err(|_| Error::OutOfMemory {
                     tensor: self.tensor.name.clone(),
-                    bytes: len.saturating_mul(8),
+                    bytes: len.saturating_mul(size_of::<T>()),
                 })?;
-            buffer.resize(len, 0.0);
+            buffer.resize(len, T::ZERO);
         }
         Ok(buffer.get_mut(..len).unwrap_or_default())
     }
@@ -563,7 +628,7 @@ impl Rows<'_> {
     /// mean of the layers' rows ([`ops::mean_into`]). Two layers of one dtype (halving the
     /// depth) are decoded and averaged in one pass; more are decoded a chunk at a time into
     /// `chunks`, so that what [`ops::mean_into`] reads stays in the first-level cache.
-    fn depth_row(&self, j: usize, dst: &mut [f64], chunks: &mut Vec<Vec<f64>>) -> Result<()> {
+    fn depth_row<T: Float>(&self, j: usize, dst: &mut [T], chunks: &mut Vec<Vec<T>>) -> Result<()> {
         match self.layers.as_slice() {
             [layer] => layer.decode_row(j, dst),
             [a, b] if a.dtype == b.dtype => {
@@ -580,7 +645,7 @@ impl Rows<'_> {
                             .row(j)?
                             .get(k * CHUNK * size..(k * CHUNK + out.len()) * size)
                             .ok_or_else(|| self.bad_row(j))?;
-                        chunk.resize(out.len(), 0.0);
+                        chunk.resize(out.len(), T::ZERO);
                         dtype::decode_into(layer.dtype, bytes, chunk)
                             .ok_or_else(|| layer.unsupported())?;
                     }
@@ -713,6 +778,12 @@ impl<'a> Rows<'a> {
         } else {
             None
         };
+        // Not when interpolating: (1 − α)·large + α·small of bf16 values lands exactly halfway
+        // between two bf16 values for a value in 200 (α = 0.3), where α to f32's 8 digits
+        // rounds a third of them the other way (the f64 result rounds them as the exact one).
+        let in_f32 = tensor.dtype == Dtype::BF16
+            && large.is_none()
+            && layers.iter().all(|l| l.dtype == Dtype::BF16);
         Ok(Rows {
             tensor,
             layers,
@@ -724,6 +795,7 @@ impl<'a> Rows<'a> {
             out_row_len,
             large,
             rearrange,
+            in_f32,
         })
     }
 }

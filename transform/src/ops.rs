@@ -1,6 +1,7 @@
 //! The operators, as gathers, averages and splits over rows and blocks (never dense matrix
-//! products). Values are f64; see [`crate::dtype`].
+//! products). Values are f64, or f32 for most bf16 tensors; see [`crate::dtype::Float`].
 
+use crate::dtype::Float;
 use crate::scheme::Grouping;
 
 /// What happens along one axis of one tensor.
@@ -225,12 +226,12 @@ impl Gather {
 
     /// [`Gather::apply`] into `out`, which must hold [`Gather::output_size`] values (every one
     /// is written), so that a caller can reuse one buffer.
-    pub fn apply_into(
+    pub fn apply_into<T: Float>(
         &self,
-        data: &[f64],
+        data: &[T],
         shape: &[usize],
         axis: usize,
-        out: &mut [f64],
+        out: &mut [T],
     ) -> Result<(), GatherError> {
         let (outer, inner) = self.around(shape, axis)?;
         let n_in = self.input_len;
@@ -247,7 +248,7 @@ impl Gather {
         }
         if n_in == 0 {
             // Nothing to gather from: every output sums no value.
-            out.fill(0.0);
+            out.fill(T::ZERO);
             return Ok(());
         }
         if inner == 1 {
@@ -275,19 +276,25 @@ impl Gather {
 /// One output row of a gather: `dst = (Σ row(j) for j in sources) / divisor`, with the sum of
 /// a single row exact and a mean taken by [`shifted_mean`]. Every row must be `dst`'s length.
 #[multiversion::multiversion(targets("x86_64+avx2"))]
-pub fn combine<'a>(
-    dst: &mut [f64],
+pub fn combine<'a, T: Float>(
+    dst: &mut [T],
     sources: &[usize],
     divisor: f64,
-    row: impl Fn(usize) -> &'a [f64],
+    row: impl Fn(usize) -> &'a [T],
 ) {
     match sources {
         [single] => {
             let src = row(*single);
             match exact_reciprocal(divisor) {
                 Some(1.0) => dst.copy_from_slice(src),
-                Some(r) => dst.iter_mut().zip(src).for_each(|(d, s)| *d = s * r),
-                None => dst.iter_mut().zip(src).for_each(|(d, s)| *d = s / divisor),
+                Some(r) => {
+                    let r = T::from_f64(r);
+                    dst.iter_mut().zip(src).for_each(|(d, &s)| *d = s * r);
+                }
+                None => {
+                    let divisor = T::from_f64(divisor);
+                    dst.iter_mut().zip(src).for_each(|(d, &s)| *d = s / divisor);
+                }
             }
         }
         // A sum, left to right; the first two rows in one pass.
@@ -295,15 +302,15 @@ pub fn combine<'a>(
             let (first, second) = (row(*first), row(*second));
             dst.iter_mut()
                 .zip(first.iter().zip(second))
-                .for_each(|(d, (a, b))| *d = a + b);
+                .for_each(|(d, (&a, &b))| *d = a + b);
             for &j in rest {
-                dst.iter_mut().zip(row(j)).for_each(|(d, s)| *d += s);
+                dst.iter_mut().zip(row(j)).for_each(|(d, &s)| *d += s);
             }
         }
         [first, rest @ ..] => {
             shifted_mean(dst, row(*first), rest.iter().map(|&j| row(j)), divisor);
         }
-        [] => dst.fill(0.0),
+        [] => dst.fill(T::ZERO),
     }
 }
 
@@ -321,32 +328,33 @@ pub enum GatherError {
 }
 
 /// [`combine`] of rows of one value: the same operations in the same order.
-fn combine_one(sources: &[usize], divisor: f64, row: &[f64]) -> f64 {
-    let value = |j: &usize| row.get(*j).copied().unwrap_or(0.0);
+fn combine_one<T: Float>(sources: &[usize], divisor: f64, row: &[T]) -> T {
+    let value = |j: &usize| row.get(*j).copied().unwrap_or(T::ZERO);
+    let divisor_value = T::from_f64(divisor);
     match sources {
         [single] => {
             let v = value(single);
-            if divisor != 1.0 { v / divisor } else { v }
+            if divisor != 1.0 { v / divisor_value } else { v }
         }
         [first, rest @ ..] => {
             let first = value(first);
             if divisor == 1.0 {
                 rest.iter().fold(first, |d, j| d + value(j))
             } else {
-                let d = rest.iter().fold(0.0, |d, j| d + (value(j) - first));
-                first + d / divisor
+                let d = rest.iter().fold(T::ZERO, |d, j| d + (value(j) - first));
+                first + d / divisor_value
             }
         }
-        [] => 0.0,
+        [] => T::ZERO,
     }
 }
 
 /// `dst = first + Σ (row − first) / n`: the mean, computed so that the mean of equal values
 /// is that value exactly in any precision (the naive Σ/n rounds 3x/3 for f64 data).
-fn shifted_mean<'a>(
-    dst: &mut [f64],
-    first: &[f64],
-    mut rows: impl Iterator<Item = &'a [f64]>,
+fn shifted_mean<'a, T: Float>(
+    dst: &mut [T],
+    first: &[T],
+    mut rows: impl Iterator<Item = &'a [T]>,
     n: f64,
 ) {
     let second = rows.next();
@@ -365,17 +373,27 @@ fn shifted_mean<'a>(
         Some(row) => dst
             .iter_mut()
             .zip(row.iter().zip(first))
-            .for_each(|(d, (r, f))| *d = 0.0 + (r - f)),
-        None => dst.iter_mut().for_each(|d| *d = 0.0),
+            .for_each(|(d, (&r, &f))| *d = T::ZERO + (r - f)),
+        None => dst.iter_mut().for_each(|d| *d = T::ZERO),
     }
     for row in rows {
         dst.iter_mut()
             .zip(row.iter().zip(first))
-            .for_each(|(d, (r, f))| *d += r - f);
+            .for_each(|(d, (&r, &f))| *d += r - f);
     }
     match exact_reciprocal(n) {
-        Some(r) => dst.iter_mut().zip(first).for_each(|(d, f)| *d = f + *d * r),
-        None => dst.iter_mut().zip(first).for_each(|(d, f)| *d = f + *d / n),
+        Some(r) => {
+            let r = T::from_f64(r);
+            dst.iter_mut()
+                .zip(first)
+                .for_each(|(d, &f)| *d = f + *d * r);
+        }
+        None => {
+            let n = T::from_f64(n);
+            dst.iter_mut()
+                .zip(first)
+                .for_each(|(d, &f)| *d = f + *d / n);
+        }
     }
 }
 
@@ -390,7 +408,7 @@ fn exact_reciprocal(divisor: f64) -> Option<f64> {
 /// Depth coalescing: `dst` = the element-wise mean of the group's layers (a single layer is
 /// copied).
 #[multiversion::multiversion(targets("x86_64+avx2"))]
-pub fn mean_into<L: AsRef<[f64]>>(dst: &mut [f64], layers: &[L]) {
+pub fn mean_into<T: Float, L: AsRef<[T]>>(dst: &mut [T], layers: &[L]) {
     match layers {
         [] => {}
         [single] => dst.copy_from_slice(single.as_ref()),
@@ -404,8 +422,8 @@ pub fn mean_into<L: AsRef<[f64]>>(dst: &mut [f64], layers: &[L]) {
 /// The mean of two values as [`mean_into`] and [`combine`] compute it ([`shifted_mean`] of two
 /// rows, element by element), for kernels that fuse it with decoding.
 #[inline]
-pub fn pair_mean(first: f64, second: f64) -> f64 {
-    first + (0.0 + (second - first)) * 0.5
+pub fn pair_mean<T: Float>(first: T, second: T) -> T {
+    first + (T::ZERO + (second - first)) * T::HALF
 }
 
 /// Interpolation: `decoalesced` becomes θ = (1 − α)·large + α·decoalesced.
@@ -413,21 +431,22 @@ pub fn pair_mean(first: f64, second: f64) -> f64 {
 /// The end points return an input unchanged (α = 0: `large`, α = 1: `decoalesced`), bit for
 /// bit, including signed zeros that the formula would turn into +0.
 #[multiversion::multiversion(targets("x86_64+avx2"))]
-pub fn interpolate_into(large: &[f64], decoalesced: &mut [f64], alpha: f64) {
+pub fn interpolate_into<T: Float>(large: &[T], decoalesced: &mut [T], alpha: f64) {
     if alpha == 0.0 {
         decoalesced.copy_from_slice(large);
     } else if alpha != 1.0 {
+        let alpha = T::from_f64(alpha);
         decoalesced
             .iter_mut()
             .zip(large)
-            .for_each(|(d, l)| *d = interpolate(*l, *d, alpha));
+            .for_each(|(d, &l)| *d = interpolate(l, *d, alpha));
     }
 }
 
 /// One value of [`interpolate_into`] for α in (0, 1), for kernels that fuse it with decoding.
 #[inline]
-pub fn interpolate(large: f64, decoalesced: f64, alpha: f64) -> f64 {
-    (1.0 - alpha) * large + alpha * decoalesced
+pub fn interpolate<T: Float>(large: T, decoalesced: T, alpha: T) -> T {
+    (T::ONE - alpha) * large + alpha * decoalesced
 }
 
 #[cfg(test)]
@@ -541,7 +560,7 @@ mod tests {
 
     #[test]
     fn interpolation_end_points_keep_signed_zero() {
-        let large = [-0.0, 1.0];
+        let large = [-0.0f64, 1.0];
         let small = [0.0, 3.0];
         let interpolate = |alpha| {
             let mut out = small;
