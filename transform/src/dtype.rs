@@ -279,11 +279,19 @@ fn needs_half(v: f64) -> bool {
     !(magnitude >= f64::from(f32::MIN_POSITIVE) || magnitude == 0.0)
 }
 
-/// Whether every value is finite (no infinity, no NaN).
+/// The largest magnitude among `values`, as f32 bits (a NaN's are above infinity's; 0 if
+/// there are none).
 #[multiversion::multiversion(targets("x86_64+avx2"))]
-pub fn all_finite<T: Float>(values: &[T]) -> bool {
-    values.iter().fold(true, |all, v| all & v.is_finite())
+pub fn largest_magnitude_bits(values: &[f32]) -> u32 {
+    values
+        .iter()
+        .map(|v| v.to_bits() & 0x7fff_ffff)
+        .fold(0, u32::max)
 }
+
+/// The magnitude, as f32 bits, from which an f32 value rounds to an infinite bf16: halfway
+/// between the largest bf16 and 2^128 (a tie, which rounds to the even infinity).
+pub const BF16_OVERFLOW_BITS: u32 = 0x7f7f_8000;
 
 /// [`encode_into`] from f32.
 #[multiversion::multiversion(targets("x86_64+avx2"))]

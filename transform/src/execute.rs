@@ -67,12 +67,21 @@ pub type Sink<'s> = dyn FnMut(&mut Block) -> Result<()> + 's;
 pub struct Block {
     buffer: Vec<u8>,
     len: usize,
+    /// Whether its values are known to be finite (computed in f32 and checked), so that its
+    /// scan for NaN and infinities can be skipped.
+    finite: bool,
 }
 
 impl Block {
     /// The block's bytes.
     pub fn bytes(&self) -> &[u8] {
         self.buffer.get(..self.len).unwrap_or_default()
+    }
+
+    /// Whether every value of the block is known to be finite (otherwise it may or may not
+    /// be).
+    pub fn known_finite(&self) -> bool {
+        self.finite
     }
 
     /// The block resized to `len` bytes, to be overwritten: bytes the buffer holds are kept,
@@ -86,6 +95,7 @@ impl Block {
             self.buffer = vec![0; len.max(BLOCK_BYTES)];
         }
         self.len = len;
+        self.finite = false;
         self.buffer.get_mut(..len).unwrap_or_default()
     }
 }
@@ -93,7 +103,11 @@ impl Block {
 impl From<Vec<u8>> for Block {
     fn from(buffer: Vec<u8>) -> Self {
         let len = buffer.len();
-        Block { buffer, len }
+        Block {
+            buffer,
+            len,
+            finite: false,
+        }
     }
 }
 
@@ -438,25 +452,46 @@ struct Values<T> {
 
 /// A float rows are computed in, with its buffers in a worker's [`Scratch`].
 trait Computed: Float {
-    /// Whether a row with a value that is not finite is computed again in f64.
-    const FINITE_ONLY: bool;
     /// The buffers of this type, and the shape buffers.
     fn split(s: &mut Scratch) -> (&mut Values<Self>, &mut Vec<usize>, &mut Vec<usize>);
+    /// What a computed row is before it is encoded.
+    fn check(row: &[Self]) -> Check;
+}
+
+/// What a computed row is, before it is encoded.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Check {
+    /// Not known: the row is encoded and its output scanned where that is asked for.
+    Unknown,
+    /// An f32 row whose values are finite and stay so in bf16: its output needs no scan.
+    Finite,
+    /// An f32 row holding an infinity or a NaN: computed again in f64, so that they come out
+    /// as they do there (and an overflow of f32 intermediates makes none).
+    NotFinite,
 }
 
 impl Computed for f64 {
-    const FINITE_ONLY: bool = false;
-
     fn split(s: &mut Scratch) -> (&mut Values<f64>, &mut Vec<usize>, &mut Vec<usize>) {
         (&mut s.f64, &mut s.shape, &mut s.split_shape)
+    }
+
+    fn check(_: &[f64]) -> Check {
+        Check::Unknown
     }
 }
 
 impl Computed for f32 {
-    const FINITE_ONLY: bool = true;
-
     fn split(s: &mut Scratch) -> (&mut Values<f32>, &mut Vec<usize>, &mut Vec<usize>) {
         (&mut s.f32, &mut s.shape, &mut s.split_shape)
+    }
+
+    /// For a bf16 output, the only one computed in f32.
+    fn check(row: &[f32]) -> Check {
+        match dtype::largest_magnitude_bits(row) {
+            bits if bits >= f32::INFINITY.to_bits() => Check::NotFinite,
+            bits if bits < dtype::BF16_OVERFLOW_BITS => Check::Finite,
+            _ => Check::Unknown,
+        }
     }
 }
 
@@ -476,23 +511,28 @@ impl Drop for ReusedScratch {
 }
 
 impl Rows<'_> {
-    /// Computes output row `i` into `out` (its bytes).
-    fn compute(&self, i: usize, s: &mut Scratch, out: &mut [u8]) -> Result<()> {
-        if self.in_f32 && self.compute_in::<f32>(i, s, out)? {
-            return Ok(());
+    /// Computes output row `i` into `out` (its bytes); true if its values are known to be
+    /// finite.
+    fn compute(&self, i: usize, s: &mut Scratch, out: &mut [u8]) -> Result<bool> {
+        if self.in_f32 {
+            match self.compute_in::<f32>(i, s, out)? {
+                Check::NotFinite => {}
+                check => return Ok(check == Check::Finite),
+            }
         }
-        self.compute_in::<f64>(i, s, out).map(|_| ())
+        self.compute_in::<f64>(i, s, out)
+            .map(|check| check == Check::Finite)
     }
 
-    /// Computes output row `i` into `out` in `T`; false, with `out` unspecified, when `T` is
-    /// f32 and a value of the row is not finite.
-    fn compute_in<T: Computed>(&self, i: usize, s: &mut Scratch, out: &mut [u8]) -> Result<bool> {
+    /// Computes output row `i` into `out` in `T`; with [`Check::NotFinite`] (f32 only), `out`
+    /// is left unspecified.
+    fn compute_in<T: Computed>(&self, i: usize, s: &mut Scratch, out: &mut [u8]) -> Result<Check> {
         let (values, shape, split_shape) = T::split(s);
         if let (Some(rearrange), [layer]) = (&self.rearrange, self.layers.as_slice()) {
             let (j, k) = rearrange.source_row(i).ok_or_else(|| self.bad_row(i))?;
             let row = layer.row(j)?;
             let done = match &self.large {
-                None => rearrange.row(row, k, out).map(|()| true),
+                None => rearrange.row(row, k, out).map(|()| Check::Unknown),
                 Some((large, alpha)) => {
                     let row_values = self.prefix(&mut values.row, self.out_row_len)?;
                     rearrange
@@ -523,13 +563,13 @@ impl Rows<'_> {
             })
     }
 
-    /// Encodes a computed row into `out`; false if the row is in f32 and holds a value that is
-    /// not finite (it is then computed again in f64).
-    fn finish<T: Computed>(&self, row: &[T], out: &mut [u8]) -> Option<bool> {
-        if T::FINITE_ONLY && !dtype::all_finite(row) {
-            return Some(false);
+    /// Encodes a computed row into `out`, unless [`Computed::check`] finds it not finite.
+    fn finish<T: Computed>(&self, row: &[T], out: &mut [u8]) -> Option<Check> {
+        let check = T::check(row);
+        if check != Check::NotFinite {
+            dtype::encode_into(self.tensor.dtype, row, out)?;
         }
-        dtype::encode_into(self.tensor.dtype, row, out).map(|()| true)
+        Some(check)
     }
 
     /// Row `i` before interpolation, into the first `out_row_len` values of `values.row`: its
@@ -821,17 +861,23 @@ fn stream_float(
     let task_rows = (TASK_BYTES / out_row_bytes).max(1);
     let compute_block = |start: usize, block: &mut Block| -> Result<()> {
         let end = (start + block_rows).min(out_rows);
-        block
+        let finite = block
             .fill((end - start) * out_row_bytes)
             .par_chunks_mut(task_rows * out_row_bytes)
             .enumerate()
-            .try_for_each_init(ReusedScratch::take, |scratch, (task, chunk)| {
+            .map_init(ReusedScratch::take, |scratch, (task, chunk)| {
                 let first_row = start + task * task_rows;
-                chunk
-                    .chunks_exact_mut(out_row_bytes)
-                    .enumerate()
-                    .try_for_each(|(r, out)| rows.compute(first_row + r, &mut scratch.0, out))
+                chunk.chunks_exact_mut(out_row_bytes).enumerate().try_fold(
+                    true,
+                    |finite, (r, out)| {
+                        let row = rows.compute(first_row + r, &mut scratch.0, out)?;
+                        Ok::<_, Error>(finite & row)
+                    },
+                )
             })
+            .try_reduce(|| true, |a, b| Ok(a & b))?;
+        block.finite = finite;
+        Ok(())
     };
     // Row i of the output reads row i of its inputs unless axis 0 is gathered: then what a
     // block consumed can be released as it goes.

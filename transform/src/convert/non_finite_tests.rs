@@ -1,7 +1,8 @@
 //! A coalesce scans its outputs, not its inputs, for NaN and infinite values, and reads the
 //! inputs of an output only when it holds one (see `Job::non_finite_inputs_reach_output`).
 //! That is sound only if every input value reaches an output: checked here by poking a NaN
-//! into each float input tensor of every built-in architecture in turn, and requiring the
+//! into each float input tensor of every built-in architecture in turn, in f32 and in bf16
+//! (computed in f32, whose rows known to be finite are not scanned), and requiring the
 //! conversion to name that tensor.
 
 use std::io::{Seek, SeekFrom, Write};
@@ -12,22 +13,24 @@ use safetensors::SafeTensors;
 use super::*;
 use crate::fixture::{self, FixtureSpec};
 
-/// Overwrites element `index` of f32 tensor `name` in `dir/model.safetensors` with `value`,
-/// and returns the value it held.
-fn poke(dir: &Path, name: &str, index: usize, value: f32) -> f32 {
+/// Overwrites element `index` of tensor `name` in `dir/model.safetensors` with `value` (the
+/// bytes of one element of its dtype), and returns the bytes it held.
+fn poke(dir: &Path, name: &str, index: usize, value: &[u8]) -> Vec<u8> {
     let path = dir.join("model.safetensors");
     let bytes = std::fs::read(&path).expect("read fixture");
     let (header_len, metadata) = SafeTensors::read_metadata(&bytes).expect("header");
     let info = metadata.info(name).expect("tensor in fixture");
-    let offset = 8 + header_len + info.data_offsets.0 + index * 4;
-    let old = bytes.get(offset..offset + 4).expect("element in file");
-    let old = f32::from_le_bytes([old[0], old[1], old[2], old[3]]);
+    let offset = 8 + header_len + info.data_offsets.0 + index * value.len();
+    let old = bytes
+        .get(offset..offset + value.len())
+        .expect("element in file");
+    let old = old.to_vec();
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .open(&path)
         .expect("open fixture");
     file.seek(SeekFrom::Start(offset as u64)).expect("seek");
-    file.write_all(&value.to_le_bytes()).expect("write");
+    file.write_all(value).expect("write");
     old
 }
 
@@ -40,14 +43,15 @@ fn every_input_is_named_when_it_holds_a_nan(spec: &FixtureSpec, target: Target) 
         target,
         ..Options::default()
     };
+    let nan = crate::dtype::encode(spec.dtype, &[f64::NAN]).expect("float dtype");
     let mut poked = 0;
     for (name, info) in &tensors {
-        if info.dtype != safetensors::Dtype::F32 {
+        if info.dtype != spec.dtype {
             continue;
         }
         let numel = info.numel();
         for index in [0, numel / 2, numel.saturating_sub(1)] {
-            let old = poke(&dir, name, index, f32::NAN);
+            let old = poke(&dir, name, index, &nan);
             let job = Job::coalesce(&dir, &options).expect("plan");
             assert!(
                 job.plan().operator == plan::Operator::Coalesce,
@@ -63,7 +67,7 @@ fn every_input_is_named_when_it_holds_a_nan(spec: &FixtureSpec, target: Target) 
                 "{}: a NaN at element {index} of `{name}` went unreported: {warnings:?}",
                 spec.arch
             );
-            poke(&dir, name, index, old);
+            poke(&dir, name, index, &old);
             poked += 1;
         }
     }
@@ -78,12 +82,14 @@ fn a_nan_in_any_input_of_a_coalesce_is_named() {
         layers: Some(2),
         ..Target::default()
     };
-    for (spec, target) in [
-        (fixture::bert_mlm(1), halve(None)),
-        (fixture::gpt2_lm(2), halve(None)),
-        (fixture::llama_lm(3, false), halve(Some(1))),
-        (fixture::vit_classifier(4), halve(None)),
-    ] {
-        every_input_is_named_when_it_holds_a_nan(&spec, target);
+    for dtype in [safetensors::Dtype::F32, safetensors::Dtype::BF16] {
+        for (spec, target) in [
+            (fixture::bert_mlm(1), halve(None)),
+            (fixture::gpt2_lm(2), halve(None)),
+            (fixture::llama_lm(3, false), halve(Some(1))),
+            (fixture::vit_classifier(4), halve(None)),
+        ] {
+            every_input_is_named_when_it_holds_a_nan(&FixtureSpec { dtype, ..spec }, target);
+        }
     }
 }

@@ -83,17 +83,25 @@ fn compare(job: &Job, input: &Path, what: &str) -> Compared {
         let (mut in_f32, mut in_f64) = (vec![0; row_bytes], vec![0; row_bytes]);
         let mut scratch = Scratch::default();
         for i in 0..rows.out_rows {
-            let kept = rows
+            let check = rows
                 .compute_in::<f32>(i, &mut scratch, &mut in_f32)
                 .expect(&what);
-            rows.compute(i, &mut scratch, &mut in_f32).expect(&what);
+            let known_finite = rows.compute(i, &mut scratch, &mut in_f32).expect(&what);
             rows.compute_in::<f64>(i, &mut scratch, &mut in_f64)
                 .expect(&what);
-            if kept {
-                found.f32_rows += 1;
-            } else {
+            assert_eq!(known_finite, check == Check::Finite, "{what}, row {i}");
+            if known_finite {
+                assert_eq!(
+                    dtype::non_finite(Dtype::BF16, &in_f32),
+                    None,
+                    "{what}, row {i}"
+                );
+            }
+            if check == Check::NotFinite {
                 found.f64_rows += 1;
                 assert!(in_f32 == in_f64, "{what}, row {i} computed again in f64");
+            } else {
+                found.f32_rows += 1;
             }
             for (a, b) in in_f32.chunks_exact(2).zip(in_f64.chunks_exact(2)) {
                 let (a, b) = (
@@ -170,4 +178,24 @@ fn bf16_computed_in_f32_is_the_f64_result_but_for_rare_single_steps() {
     );
     eprintln!("{total:?}");
     assert!(total.one_step * 10_000 < total.values, "{total:?}");
+}
+
+#[test]
+fn an_f32_row_is_known_finite_only_below_the_bf16_overflow() {
+    let below = f32::from_bits(dtype::BF16_OVERFLOW_BITS - 1);
+    let at = f32::from_bits(dtype::BF16_OVERFLOW_BITS);
+    let encoded = |v: f32| dtype::encode(Dtype::BF16, &[f64::from(v)]).expect("bf16");
+    assert_eq!(dtype::non_finite(Dtype::BF16, &encoded(below)), None);
+    assert!(dtype::non_finite(Dtype::BF16, &encoded(-at)).is_some());
+    for (row, check) in [
+        (vec![], Check::Finite),
+        (vec![1.0, -2.0, 0.0, -below], Check::Finite),
+        (vec![1.0, at], Check::Unknown),
+        (vec![f32::MAX], Check::Unknown),
+        (vec![1.0, f32::NEG_INFINITY], Check::NotFinite),
+        (vec![f32::NAN, 1.0], Check::NotFinite),
+        (vec![-f32::NAN], Check::NotFinite),
+    ] {
+        assert_eq!(<f32 as Computed>::check(&row), check, "{row:?}");
+    }
 }
