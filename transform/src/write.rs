@@ -829,19 +829,15 @@ mod tests {
         assert!(entries(dir.path()).is_empty());
     }
 
-    /// Tensor `t`'s bytes: its name's first byte, then a count, handed in pieces of 1000 bytes,
-    /// with `extra` bytes more (or fewer) for tensor `wrong`.
-    fn pattern(t: &TensorPlan, sink: &mut Sink<'_>, wrong: &str, extra: isize) -> Result<()> {
+    /// Tensor `t`'s bytes: its name's first byte mixed with a count, with `extra` bytes more
+    /// (or fewer) for tensor `wrong`.
+    fn pattern(t: &TensorPlan, wrong: &str, extra: isize) -> Vec<u8> {
         let mut len = byte_len(t);
         if t.name == wrong {
             len = len.saturating_add_signed(extra);
         }
         let tag = t.name.as_bytes()[0];
-        let bytes: Vec<u8> = (0..len).map(|i| tag ^ (i % 251) as u8).collect();
-        for piece in bytes.chunks(1000) {
-            sink(&mut Block::from(piece.to_vec()))?;
-        }
-        Ok(())
+        (0..len).map(|i| tag ^ (i % 251) as u8).collect()
     }
 
     #[test]
@@ -856,53 +852,38 @@ mod tests {
             tensor("e", 700),
         ];
         let dir = tempfile::tempdir().unwrap();
-        let output = dir.path().join("out.safetensors");
-        let produce = |t: &TensorPlan, sink: &mut Sink<'_>| pattern(t, sink, "", 0);
-        let metadata = BTreeMap::new();
-        write_output(
-            &output,
-            &OutputForm::File,
-            &tensors,
-            &metadata,
-            false,
-            &produce,
-        )
-        .unwrap();
-        let bytes = std::fs::read(&output).unwrap();
-        let written = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-        for t in &tensors {
-            let mut expected = Vec::new();
-            pattern(
-                t,
-                &mut |block| {
-                    expected.extend_from_slice(block.bytes());
-                    Ok(())
-                },
-                "",
-                0,
-            )
-            .unwrap();
-            assert_eq!(
-                written.tensor(&t.name).unwrap().data(),
-                expected,
-                "{}",
-                t.name
+        // Each tensor handed over in pieces of 1000 bytes.
+        let write = |name: &str, wrong: &str, extra: isize| {
+            let output = dir.path().join(name);
+            let produce = |t: &TensorPlan, sink: &mut Sink<'_>| {
+                for piece in pattern(t, wrong, extra).chunks(1000) {
+                    sink(&mut Block::from(piece.to_vec()))?;
+                }
+                Ok(())
+            };
+            let written = write_output(
+                &output,
+                &OutputForm::File,
+                &tensors,
+                &BTreeMap::new(),
+                false,
+                &produce,
             );
+            (output, written.map(|_| ()))
+        };
+        let (output, written) = write("out.safetensors", "", 0);
+        written.unwrap();
+        let bytes = std::fs::read(&output).unwrap();
+        let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        for t in &tensors {
+            let data = file.tensor(&t.name).unwrap().data().to_vec();
+            assert!(data == pattern(t, "", 0), "{}", t.name);
         }
 
         // A tensor computed with a byte too many or too few is refused, alone or in a group.
         for (wrong, extra) in [("b", 1), ("b", -1), ("d", 1), ("c", 1), ("c", -1)] {
-            let output = dir.path().join(format!("{wrong}{extra}.safetensors"));
-            let produce = |t: &TensorPlan, sink: &mut Sink<'_>| pattern(t, sink, wrong, extra);
-            let result = write_output(
-                &output,
-                &OutputForm::File,
-                &tensors,
-                &metadata,
-                false,
-                &produce,
-            );
-            let message = result.map(|_| ()).unwrap_err().to_string();
+            let (output, written) = write(&format!("{wrong}{extra}.safetensors"), wrong, extra);
+            let message = written.unwrap_err().to_string();
             assert!(
                 message.contains(&format!("`{wrong}`")) && message.contains("planned"),
                 "{message}"
