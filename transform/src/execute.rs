@@ -13,14 +13,13 @@
 //! near the largest bf16) does not make one.
 
 use std::cell::Cell;
+use std::sync::Arc;
 
 use rayon::prelude::*;
 use safetensors::Dtype;
 
 use crate::dtype::{self, Float, element_size};
 use crate::error::{Error, Result};
-use std::sync::Arc;
-
 use crate::ops::{self, Gather, GatherError};
 use crate::plan::{AxisGather, DepthOp, Operator, Plan, TensorPlan};
 use crate::read::Checkpoint;
@@ -59,10 +58,9 @@ pub struct Inputs<'a> {
 /// being copied.
 pub type Sink<'s> = dyn FnMut(&mut Block) -> Result<()> + 's;
 
-/// Bytes of one block of an output tensor: the first `len` bytes of a buffer that keeps the
-/// largest length it had, so that a buffer reused for blocks of other sizes is not zeroed again
-/// before it is overwritten (zeroing and faulting in fresh pages cost a conversion more than a
-/// tenth of its time, on the thread that hands out the work).
+/// Bytes of one block of an output tensor: the first `len` bytes of a buffer of at least a
+/// block's size, reused for blocks of every size without being zeroed again before it is
+/// overwritten (see [`Block::fill`]).
 #[derive(Default)]
 pub struct Block {
     buffer: Vec<u8>,
