@@ -301,13 +301,12 @@ type Claimed = (String, Vec<Claim>, Vec<String>);
 fn claim(checkpoint: &Checkpoint, rules: &Rules) -> Result<Claimed> {
     let mut best: Option<Claimed> = None;
     for prefix in &rules.prefixes {
-        let patterns = rules.patterns(prefix)?;
+        let patterns = rules.patterns(prefix);
         let mut claims = Vec::new();
         let mut unclaimed = Vec::new();
         for name in checkpoint.tensors().keys() {
-            let hit = patterns.iter().enumerate().find_map(|(index, re)| {
-                let caps = re.captures(name)?;
-                let layer = caps.get(1).and_then(|m| m.as_str().parse::<usize>().ok());
+            let hit = patterns.iter().enumerate().find_map(|(index, pattern)| {
+                let layer = pattern.layer_of(name)?;
                 Some(Claim {
                     name: name.clone(),
                     rule: index,
