@@ -213,12 +213,16 @@ impl Job {
     /// Things found while writing that did not stop it: input tensors holding NaN or infinite
     /// values, output tensors whose finite inputs overflowed the output dtype (empty in strict
     /// mode, where they are errors). Inputs are scanned as they are first read, so a dry run
-    /// finds none.
+    /// finds none. Sorted: small tensors are computed several at a time, so the order they
+    /// were found in varies from run to run.
     pub fn write_warnings(&self) -> Vec<String> {
-        self.write_warnings
+        let mut warnings = self
+            .write_warnings
             .lock()
             .map(|w| w.clone())
-            .unwrap_or_default()
+            .unwrap_or_default();
+        warnings.sort();
+        warnings
     }
 
     /// The input paths (for output-path checks).
