@@ -13,6 +13,8 @@
 use std::fs::File;
 use std::io::{Seek, SeekFrom, Write};
 
+use crate::pages::Pages;
+
 /// Bytes written per direct write.
 const STAGE_BYTES: usize = 4 << 20;
 /// The alignment of direct writes' buffers, lengths and offsets: a multiple of the logical
@@ -33,7 +35,7 @@ pub(super) struct Disk<'a> {
     /// The same file opened for direct I/O; None: writes go through the page cache.
     direct: Option<File>,
     /// Holds the stage at an aligned address: `STAGE_BYTES` from `start`.
-    buffer: Vec<u8>,
+    buffer: Pages,
     start: usize,
     staged: usize,
     /// The file offset of the stage's first byte.
@@ -56,8 +58,8 @@ impl<'a> Disk<'a> {
     }
 
     fn with_direct(file: &'a File, direct: Option<File>) -> Self {
-        let buffer = vec![0; STAGE_BYTES + ALIGN];
-        // Below ALIGN: a Vec of bytes can start at any address.
+        let buffer = Pages::zeroed(STAGE_BYTES + ALIGN);
+        // 0 for a mapping; below ALIGN for an allocation, which can start at any address.
         let start = buffer.as_ptr().align_offset(ALIGN).min(ALIGN);
         Disk {
             file,
