@@ -547,13 +547,15 @@ fn compute_all(
     empty: &std::sync::mpsc::Receiver<Block>,
     path: &Path,
 ) -> Result<()> {
+    let hand_over = |block: Block| {
+        full.send(block).map_err(|_| Error::Output {
+            output: path.to_path_buf(),
+            reason: "its writer stopped".into(),
+        })
+    };
     let send = |block: &mut Block| {
         let spare = empty.try_recv().unwrap_or_default();
-        full.send(std::mem::replace(block, spare))
-            .map_err(|_| Error::Output {
-                output: path.to_path_buf(),
-                reason: "its writer stopped".into(),
-            })
+        hand_over(std::mem::replace(block, spare))
     };
     let mut rest = order;
     while let Some(first) = rest.first() {
@@ -577,6 +579,8 @@ fn compute_all(
             check.finish()?;
             continue;
         }
+        // A block taken back from the writer, or a new one: handed over whole, not exchanged
+        // for another, which would be dropped here and its pages faulted in again.
         let mut block = empty.try_recv().unwrap_or_default();
         let mut parts = Vec::with_capacity(group.len());
         let mut left = block.fill(group.iter().map(|t| byte_len(t)).sum());
@@ -604,7 +608,7 @@ fn compute_all(
             .collect::<Vec<_>>()
             .into_iter()
             .collect::<Result<()>>()?;
-        send(&mut block)?;
+        hand_over(block)?;
     }
     Ok(())
 }
