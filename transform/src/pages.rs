@@ -4,8 +4,8 @@
 //! A conversion touches its few blocks of 4 MiB (see [`crate::execute::Block`]) and the
 //! writer's stage once each, so their page faults are a cost per conversion rather than per
 //! byte, and a large one for a small model: faulting in 4 KiB pages, a bf16 BERT-Large
-//! coalesce from the page cache took 13,100 page faults and 127 ms of CPU; with this memory
-//! advised as transparent huge pages (a 2 MiB page per fault), 5,100 and 116 ms. Huge pages
+//! coalesce from the page cache took 14,500 page faults and 114 ms of CPU; with this memory
+//! advised as transparent huge pages (a 2 MiB page per fault), 1,200 and 89 ms. Huge pages
 //! need 2 MiB-aligned ranges: an anonymous mapping of a multiple of 2 MiB is aligned so by
 //! Linux (6.7 and later), while the allocator's large allocations are not.
 
