@@ -289,6 +289,23 @@ pub fn largest_magnitude_bits(values: &[f32]) -> u32 {
         .fold(0, u32::max)
 }
 
+/// f32 values encoded as little-endian bf16 into `out`, in the same pass as their largest
+/// magnitude, which it returns as f32 bits ([`largest_magnitude_bits`]'s). The bytes are
+/// [`encode_into`]'s when no value is NaN (a NaN's, below infinity in the returned bits'
+/// order, are not: the caller computes such a row again), without its NaN case. As many
+/// values as both hold.
+#[multiversion::multiversion(targets("x86_64+avx2"))]
+pub fn encode_bf16_largest_magnitude(values: &[f32], out: &mut [u8]) -> u32 {
+    out.chunks_exact_mut(2)
+        .zip(values)
+        .fold(0, |largest, (o, &v)| {
+            let x = v.to_bits();
+            let rounded = (x.wrapping_add(0x7fff + ((x >> 16) & 1)) >> 16) as u16;
+            o.copy_from_slice(&rounded.to_le_bytes());
+            largest.max(x & 0x7fff_ffff)
+        })
+}
+
 /// The magnitude, as f32 bits, from which an f32 value rounds to an infinite bf16: halfway
 /// between the largest bf16 and 2^128 (a tie, which rounds to the even infinity).
 pub const BF16_OVERFLOW_BITS: u32 = 0x7f7f_8000;
@@ -729,6 +746,40 @@ mod tests {
                 v.to_bits()
             );
         }
+    }
+
+    #[test]
+    fn bf16_encoding_fused_with_the_largest_magnitude_is_encodings_without_nan() {
+        use rand::{RngExt, SeedableRng};
+        let mut rng = rand::rngs::Xoshiro256PlusPlus::seed_from_u64(11);
+        let lower = [0, 1, 0x7fff, 0x8000, 0x8001, 0xffff];
+        let mut bits: Vec<u32> = (0..=u32::from(u16::MAX))
+            .flat_map(|upper| lower.map(|low| upper << 16 | low))
+            .collect();
+        bits.extend((0..1_000_000).map(|_| rng.random::<u32>()));
+        let values: Vec<f32> = bits
+            .iter()
+            .map(|&b| f32::from_bits(b))
+            .filter(|v| !v.is_nan())
+            .collect();
+        let mut expected = vec![0u8; values.len() * 2];
+        encode_into(Dtype::BF16, &values, &mut expected).unwrap();
+        // In rows of a few lengths, so that each row's largest magnitude is checked.
+        for row in [1, 7, 64, 1000] {
+            let mut ours = vec![0u8; values.len() * 2];
+            for (v, o) in values.chunks(row).zip(ours.chunks_mut(2 * row)) {
+                assert_eq!(
+                    encode_bf16_largest_magnitude(v, o),
+                    largest_magnitude_bits(v),
+                    "{v:?}"
+                );
+            }
+            assert!(ours == expected, "rows of {row}");
+        }
+        assert_eq!(encode_bf16_largest_magnitude(&[], &mut []), 0);
+        let mut out = [0u8; 4];
+        let nan = encode_bf16_largest_magnitude(&[1.0, -f32::NAN], &mut out);
+        assert!(nan > f32::INFINITY.to_bits());
     }
 
     #[test]

@@ -453,8 +453,9 @@ struct Values<T> {
 trait Computed: Float {
     /// The buffers of this type, and the shape buffers.
     fn split(s: &mut Scratch) -> (&mut Values<Self>, &mut Vec<usize>, &mut Vec<usize>);
-    /// What a computed row is before it is encoded.
-    fn check(row: &[Self]) -> Check;
+    /// Encodes a computed row into `out` as `dtype` and says what it is; with
+    /// [`Check::NotFinite`], `out` is left unspecified.
+    fn encode(dtype: Dtype, row: &[Self], out: &mut [u8]) -> Option<Check>;
 }
 
 /// What a computed row is, before it is encoded.
@@ -474,8 +475,8 @@ impl Computed for f64 {
         (&mut s.f64, &mut s.shape, &mut s.split_shape)
     }
 
-    fn check(_: &[f64]) -> Check {
-        Check::Unknown
+    fn encode(dtype: Dtype, row: &[f64], out: &mut [u8]) -> Option<Check> {
+        dtype::encode_into(dtype, row, out).map(|()| Check::Unknown)
     }
 }
 
@@ -484,13 +485,22 @@ impl Computed for f32 {
         (&mut s.f32, &mut s.shape, &mut s.split_shape)
     }
 
-    /// For a bf16 output, the only one computed in f32.
-    fn check(row: &[f32]) -> Check {
-        match dtype::largest_magnitude_bits(row) {
-            bits if bits >= f32::INFINITY.to_bits() => Check::NotFinite,
+    /// For a bf16 output, the only one computed in f32 (see `Rows::in_f32`): encoded and
+    /// checked in one pass.
+    fn encode(dtype: Dtype, row: &[f32], out: &mut [u8]) -> Option<Check> {
+        let infinity = f32::INFINITY.to_bits();
+        if dtype != Dtype::BF16 {
+            dtype::encode_into(dtype, row, out)?;
+            return Some(match dtype::largest_magnitude_bits(row) {
+                bits if bits >= infinity => Check::NotFinite,
+                _ => Check::Unknown,
+            });
+        }
+        Some(match dtype::encode_bf16_largest_magnitude(row, out) {
+            bits if bits >= infinity => Check::NotFinite,
             bits if bits < dtype::BF16_OVERFLOW_BITS => Check::Finite,
             _ => Check::Unknown,
-        }
+        })
     }
 }
 
@@ -562,13 +572,9 @@ impl Rows<'_> {
             })
     }
 
-    /// Encodes a computed row into `out`, unless [`Computed::check`] finds it not finite.
+    /// Encodes a computed row into `out` ([`Computed::encode`]).
     fn finish<T: Computed>(&self, row: &[T], out: &mut [u8]) -> Option<Check> {
-        let check = T::check(row);
-        if check != Check::NotFinite {
-            dtype::encode_into(self.tensor.dtype, row, out)?;
-        }
-        Some(check)
+        T::encode(self.tensor.dtype, row, out)
     }
 
     /// Row `i` before interpolation, into the first `out_row_len` values of `values.row`: its

@@ -196,6 +196,13 @@ fn an_f32_row_is_known_finite_only_below_the_bf16_overflow() {
         (vec![f32::NAN, 1.0], Check::NotFinite),
         (vec![-f32::NAN], Check::NotFinite),
     ] {
-        assert_eq!(<f32 as Computed>::check(&row), check, "{row:?}");
+        let mut out = vec![0u8; 2 * row.len()];
+        let found = <f32 as Computed>::encode(Dtype::BF16, &row, &mut out);
+        assert_eq!(found, Some(check), "{row:?}");
+        if check != Check::NotFinite {
+            let mut expected = vec![0u8; 2 * row.len()];
+            dtype::encode_into(Dtype::BF16, &row, &mut expected).expect("bf16");
+            assert_eq!(out, expected, "{row:?}");
+        }
     }
 }
