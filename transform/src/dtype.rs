@@ -725,17 +725,22 @@ mod tests {
         }
     }
 
-    #[test]
-    fn bf16_encoding_from_f32_is_halfs_bit_for_bit() {
+    /// f32 values for bf16 encoding: every upper half with the lower halves around a tie, and
+    /// a million random bit patterns.
+    fn f32_patterns(seed: u64) -> Vec<f32> {
         use rand::{RngExt, SeedableRng};
-        let mut rng = rand::rngs::Xoshiro256PlusPlus::seed_from_u64(9);
-        // Every upper half with the lower halves around a tie, and random patterns.
+        let mut rng = rand::rngs::Xoshiro256PlusPlus::seed_from_u64(seed);
         let lower = [0, 1, 0x7fff, 0x8000, 0x8001, 0xffff];
         let mut bits: Vec<u32> = (0..=u32::from(u16::MAX))
             .flat_map(|upper| lower.map(|low| upper << 16 | low))
             .collect();
         bits.extend((0..1_000_000).map(|_| rng.random::<u32>()));
-        let values: Vec<f32> = bits.iter().map(|&b| f32::from_bits(b)).collect();
+        bits.into_iter().map(f32::from_bits).collect()
+    }
+
+    #[test]
+    fn bf16_encoding_from_f32_is_halfs_bit_for_bit() {
+        let values = f32_patterns(9);
         let mut ours = vec![0u8; values.len() * 2];
         encode_into(Dtype::BF16, &values, &mut ours).unwrap();
         for (v, ours) in values.iter().zip(ours.chunks_exact(2)) {
@@ -750,18 +755,8 @@ mod tests {
 
     #[test]
     fn bf16_encoding_fused_with_the_largest_magnitude_is_encodings_without_nan() {
-        use rand::{RngExt, SeedableRng};
-        let mut rng = rand::rngs::Xoshiro256PlusPlus::seed_from_u64(11);
-        let lower = [0, 1, 0x7fff, 0x8000, 0x8001, 0xffff];
-        let mut bits: Vec<u32> = (0..=u32::from(u16::MAX))
-            .flat_map(|upper| lower.map(|low| upper << 16 | low))
-            .collect();
-        bits.extend((0..1_000_000).map(|_| rng.random::<u32>()));
-        let values: Vec<f32> = bits
-            .iter()
-            .map(|&b| f32::from_bits(b))
-            .filter(|v| !v.is_nan())
-            .collect();
+        let mut values = f32_patterns(11);
+        values.retain(|v| !v.is_nan());
         let mut expected = vec![0u8; values.len() * 2];
         encode_into(Dtype::BF16, &values, &mut expected).unwrap();
         // In rows of a few lengths, so that each row's largest magnitude is checked.
