@@ -458,7 +458,7 @@ trait Computed: Float {
     fn encode(dtype: Dtype, row: &[Self], out: &mut [u8]) -> Option<Check>;
 }
 
-/// What a computed row is, before it is encoded.
+/// What a computed row is, found as it is encoded.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Check {
     /// Not known: the row is encoded and its output scanned where that is asked for.
