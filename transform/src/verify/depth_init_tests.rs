@@ -198,8 +198,12 @@ proptest! {
             ..zero_depth(8, SchemeSpec::Explicit(groups.clone()))
         };
         let d = grown_difference(&small, target, work.path());
+        // 1e-5, as the other preservation tests: random models through f32 forward passes
+        // that sum in other orders once widths are split differ by up to about 1e-6 (1.04e-6:
+        // ViT seed 472, wider, in the regression file); a growth that does not preserve the
+        // function differs by orders of magnitude more.
         prop_assert!(
-            d.as_ref().is_ok_and(|d| d.relative <= 1e-6),
+            d.as_ref().is_ok_and(|d| d.relative <= 1e-5),
             "{} seed {} groups {groups:?}: {d:?}", spec.arch, spec.seed
         );
     }
