@@ -266,8 +266,15 @@ fn encode_f64_into(dtype: Dtype, values: &[f64], out: &mut [u8]) -> Option<()> {
 /// and infinities come out right; so do finite values beyond f32's range, which convert to
 /// infinity as half rounds them.
 fn f64_to_bf16_bits(v: f64) -> u16 {
-    let x = (f64::from_bits(v.to_bits() & !0xffff_ffff) as f32).to_bits();
-    // Wrapping: a negative NaN overflows (its result is replaced by half's).
+    // A NaN's result is replaced by half's.
+    round_to_bf16_bits(f64::from_bits(v.to_bits() & !0xffff_ffff) as f32)
+}
+
+/// The upper half of `v`'s bits rounded to nearest, ties to even: its bf16 bits, unless `v`
+/// is NaN (rounding can carry a NaN's payload into an infinity, or wrap a negative NaN's).
+#[inline]
+fn round_to_bf16_bits(v: f32) -> u16 {
+    let x = v.to_bits();
     (x.wrapping_add(0x7fff + ((x >> 16) & 1)) >> 16) as u16
 }
 
@@ -279,30 +286,17 @@ fn needs_half(v: f64) -> bool {
     !(magnitude >= f64::from(f32::MIN_POSITIVE) || magnitude == 0.0)
 }
 
-/// The largest magnitude among `values`, as f32 bits (a NaN's are above infinity's; 0 if
-/// there are none).
-#[multiversion::multiversion(targets("x86_64+avx2"))]
-pub fn largest_magnitude_bits(values: &[f32]) -> u32 {
-    values
-        .iter()
-        .map(|v| v.to_bits() & 0x7fff_ffff)
-        .fold(0, u32::max)
-}
-
 /// f32 values encoded as little-endian bf16 into `out`, in the same pass as their largest
-/// magnitude, which it returns as f32 bits ([`largest_magnitude_bits`]'s). The bytes are
-/// [`encode_into`]'s when no value is NaN (a NaN's, below infinity in the returned bits'
-/// order, are not: the caller computes such a row again), without its NaN case. As many
-/// values as both hold.
+/// magnitude, which it returns as f32 bits (a NaN's are above infinity's; 0 if there are no
+/// values). The bytes are [`encode_into`]'s when no value is NaN, without its NaN case: the
+/// caller computes a row holding one again. As many values as both hold.
 #[multiversion::multiversion(targets("x86_64+avx2"))]
 pub fn encode_bf16_largest_magnitude(values: &[f32], out: &mut [u8]) -> u32 {
     out.chunks_exact_mut(2)
         .zip(values)
         .fold(0, |largest, (o, &v)| {
-            let x = v.to_bits();
-            let rounded = (x.wrapping_add(0x7fff + ((x >> 16) & 1)) >> 16) as u16;
-            o.copy_from_slice(&rounded.to_le_bytes());
-            largest.max(x & 0x7fff_ffff)
+            o.copy_from_slice(&round_to_bf16_bits(v).to_le_bytes());
+            largest.max(v.to_bits() & 0x7fff_ffff)
         })
 }
 
@@ -340,10 +334,12 @@ fn encode_f32_into(dtype: Dtype, values: &[f32], out: &mut [u8]) -> Option<()> {
 /// half made quiet (rounding could carry its payload into an infinity).
 #[inline]
 fn f32_to_bf16_bits(v: f32) -> u16 {
-    let x = v.to_bits();
-    let rounded = (x.wrapping_add(0x7fff + ((x >> 16) & 1)) >> 16) as u16;
-    let quiet_nan = ((x >> 16) | 0x40) as u16;
-    if v.is_nan() { quiet_nan } else { rounded }
+    let quiet_nan = ((v.to_bits() >> 16) | 0x40) as u16;
+    if v.is_nan() {
+        quiet_nan
+    } else {
+        round_to_bf16_bits(v)
+    }
 }
 
 /// `out` = every value of little-endian `bytes` of a float `dtype` divided by 2^`k`, with the
@@ -759,6 +755,11 @@ mod tests {
         values.retain(|v| !v.is_nan());
         let mut expected = vec![0u8; values.len() * 2];
         encode_into(Dtype::BF16, &values, &mut expected).unwrap();
+        let largest_magnitude_bits = |v: &[f32]| {
+            v.iter()
+                .map(|v| v.to_bits() & 0x7fff_ffff)
+                .fold(0, u32::max)
+        };
         // In rows of a few lengths, so that each row's largest magnitude is checked.
         for row in [1, 7, 64, 1000] {
             let mut ours = vec![0u8; values.len() * 2];

@@ -485,19 +485,14 @@ impl Computed for f32 {
         (&mut s.f32, &mut s.shape, &mut s.split_shape)
     }
 
-    /// For a bf16 output, the only one computed in f32 (see `Rows::in_f32`): encoded and
-    /// checked in one pass.
+    /// Only bf16 outputs are computed in f32 (see `Rows::in_f32`): encoded and checked in one
+    /// pass. Any other dtype is refused.
     fn encode(dtype: Dtype, row: &[f32], out: &mut [u8]) -> Option<Check> {
-        let infinity = f32::INFINITY.to_bits();
         if dtype != Dtype::BF16 {
-            dtype::encode_into(dtype, row, out)?;
-            return Some(match dtype::largest_magnitude_bits(row) {
-                bits if bits >= infinity => Check::NotFinite,
-                _ => Check::Unknown,
-            });
+            return None;
         }
         Some(match dtype::encode_bf16_largest_magnitude(row, out) {
-            bits if bits >= infinity => Check::NotFinite,
+            bits if bits >= f32::INFINITY.to_bits() => Check::NotFinite,
             bits if bits < dtype::BF16_OVERFLOW_BITS => Check::Finite,
             _ => Check::Unknown,
         })

@@ -19,12 +19,15 @@ const HUGE_PAGE: usize = 2 << 20;
 #[derive(Default)]
 pub(crate) struct Pages(Memory);
 
-#[derive(Default)]
 enum Memory {
     Mapped(memmap2::MmapMut),
     Allocated(Vec<u8>),
-    #[default]
-    Empty,
+}
+
+impl Default for Memory {
+    fn default() -> Self {
+        Memory::Allocated(Vec::new())
+    }
 }
 
 impl Pages {
@@ -56,7 +59,6 @@ impl Deref for Pages {
         match &self.0 {
             Memory::Mapped(mapped) => mapped,
             Memory::Allocated(bytes) => bytes,
-            Memory::Empty => &[],
         }
     }
 }
@@ -66,7 +68,6 @@ impl DerefMut for Pages {
         match &mut self.0 {
             Memory::Mapped(mapped) => mapped,
             Memory::Allocated(bytes) => bytes,
-            Memory::Empty => &mut [],
         }
     }
 }
