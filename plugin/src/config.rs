@@ -1,4 +1,4 @@
-//! The V-cycle's configuration (SPEC §4): levels, step budgets, α, learning rates.
+//! The V-cycle's configuration (docs/operator-contract.md §4): levels, step budgets, α, learning rates.
 
 use burn::config::Config;
 use vcycle_transform::{DepthInit, EmbeddingRule, SchemeSpec};
@@ -17,7 +17,7 @@ pub enum OptimizerStatePolicy {
 }
 
 /// How the transform treats embeddings and the norm before a tied output head
-/// (SPEC §3, "Embeddings, tied heads and exactness").
+/// (docs/operator-contract.md §3, "Embeddings, tied heads and exactness").
 #[derive(Config, Debug, Copy, PartialEq, Eq)]
 pub enum EmbeddingRuleChoice {
     /// Function preserving for pre- and post-LN models (the default).
@@ -35,7 +35,7 @@ impl From<EmbeddingRuleChoice> for EmbeddingRule {
     }
 }
 
-/// How growing initialises the layers a depth group adds (SPEC §3).
+/// How growing initialises the layers a depth group adds (docs/operator-contract.md §3).
 #[derive(Config, Debug, Copy, PartialEq, Eq)]
 pub enum DepthInitChoice {
     /// Every layer of a group copies its small layer (the paper's).

@@ -1,4 +1,4 @@
-//! The multi-level V-cycle (SPEC §4) inside Burn's own training loop.
+//! The multi-level V-cycle (docs/operator-contract.md §4) inside Burn's own training loop.
 //!
 //! Train the full model a little, coalesce it into a smaller one (the transform library,
 //! `vcycle_transform`), train that, grow it back (de-coalesce + interpolate with the saved

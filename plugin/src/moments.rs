@@ -1,4 +1,4 @@
-//! Adam's moments across a boundary (`optimizer_state = carry`, SPEC §4's open question).
+//! Adam's moments across a boundary (`optimizer_state = carry`, docs/operator-contract.md §4's open question).
 //!
 //! After a segment the optimizer's state is taken from Burn (an in-memory checkpointer: Burn's
 //! `launch` gives back only the model) and written as two HuggingFace directories shaped like

@@ -1,4 +1,4 @@
-//! The V-cycle driver (SPEC §4): one `SupervisedTraining::launch` per segment, the transform
+//! The V-cycle driver (docs/operator-contract.md §4): one `SupervisedTraining::launch` per segment, the transform
 //! library at every boundary, a checkpoint directory and a state file after each, so a killed
 //! run resumes from its last completed boundary.
 //!

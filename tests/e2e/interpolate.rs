@@ -1,4 +1,4 @@
-//! `interpolate` and `grow`: exact end points (SPEC §3, property 3) and the weighted mean
+//! `interpolate` and `grow`: exact end points (docs/operator-contract.md §3, property 3) and the weighted mean
 //! in between.
 
 use crate::util::{

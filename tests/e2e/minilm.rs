@@ -46,7 +46,7 @@ fn minilm_round_trips_bit_for_bit_in_width_and_depth() {
         "-o",
         "regrown",
     ]);
-    // SPEC property 1: coalesce(de-coalesce(θ)) = θ, here on the coalesced real model.
+    // operator contract, property 1: coalesce(de-coalesce(θ)) = θ, here on the coalesced real model.
     sb.ok([
         "coalesce",
         "regrown",

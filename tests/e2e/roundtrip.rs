@@ -1,4 +1,4 @@
-//! coalesce(decoalesce(θ)) = θ on the fixtures (SPEC §3, property 1), and the other
+//! coalesce(decoalesce(θ)) = θ on the fixtures (docs/operator-contract.md §3, property 1), and the other
 //! direction's names and shapes.
 
 use crate::util::{

@@ -22,7 +22,7 @@ pub enum ArchChoice {
     Rules(Box<Rules>),
 }
 
-/// The embedding rule (SPEC §3, "Embeddings, tied heads and exactness").
+/// The embedding rule (docs/operator-contract.md §3, "Embeddings, tied heads and exactness").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum EmbeddingRule {

@@ -4,7 +4,7 @@
 //! [`read::Checkpoint`] memory-maps safetensors files, [`anatomy::Anatomy`] claims every tensor
 //! with a rule file ([`rules::Rules`]), [`plan`] builds one entry per output tensor, and
 //! [`execute`] + [`write`] compute and write them one at a time. [`convert::Job`] ties the
-//! steps together for the CLI and the Burn plugin. The operators are defined in SPEC.md §3 and
+//! steps together for the CLI and the Burn plugin. The operators are defined in docs/operator-contract.md §3 and
 //! implemented in [`ops`].
 
 pub mod anatomy;

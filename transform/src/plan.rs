@@ -58,7 +58,7 @@ pub struct Target {
     pub depth_init: DepthInit,
 }
 
-/// How de-coalescing initialises the large layers of a depth group (SPEC §3, "Optional:
+/// How de-coalescing initialises the large layers of a depth group (docs/operator-contract.md §3, "Optional:
 /// function-preserving depth growth").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
 #[serde(rename_all = "lowercase")]

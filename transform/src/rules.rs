@@ -19,7 +19,7 @@ pub const PRESETS: &[(&str, &str)] = &[
     ("vit-timm", include_str!("../rules/vit-timm.toml")),
 ];
 
-/// A model space that width changes act on (SPEC §1).
+/// A model space that width changes act on (docs/operator-contract.md §1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Space {

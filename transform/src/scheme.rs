@@ -1,5 +1,5 @@
 //! Width and depth schemes: partitions of the large model's units (heads, layers) into the
-//! small model's units (SPEC §2).
+//! small model's units (docs/operator-contract.md §2).
 
 use std::str::FromStr;
 
@@ -206,7 +206,7 @@ impl Grouping {
         Grouping::with_owners(groups, self.large() * block)
     }
 
-    /// The query-head grouping induced by a kv-head grouping (SPEC §3, GQA): with `r` query
+    /// The query-head grouping induced by a kv-head grouping (docs/operator-contract.md §3, GQA): with `r` query
     /// heads per kv head, query head r·t + j of the small model merges query heads r·u + j for
     /// the kv heads u of group t.
     pub fn induce_queries(&self, r: usize) -> Grouping {

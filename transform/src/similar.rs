@@ -4,7 +4,7 @@
 //! that coalescing followed by de-coalescing makes to the parameters that coalescing averages,
 //! Σ_groups Σ_{u in g} ‖θ_u − mean_g θ‖². Only averaged (`out`) parameters count: when they
 //! are equal within every group, the summed (`in`) parameters make coalescing exact whatever
-//! they hold (SPEC §3), so the averaged ones are where a merge loses the function. For a
+//! they hold (docs/operator-contract.md §3), so the averaged ones are where a merge loses the function. For a
 //! head (a key/value head with its query heads under GQA), θ_u is every `out` slice it owns
 //! in every layer: its query/key/value rows, its FFN block's rows (up, gate) and its hidden
 //! block (embedding columns, norm parameters, output-projection rows), because hidden and FFN

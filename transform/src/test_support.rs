@@ -2,20 +2,14 @@
 
 use std::path::PathBuf;
 
-/// `../shared/hf-reference/<name>` beside the repository, or `$VCYCLE_HF_REFERENCE/<name>`.
+/// A folder of `fixtures/hf-reference`: a tiny HuggingFace checkpoint with the input and the
+/// logits transformers computed for it (`scripts/hf_make_reference.py` regenerates them).
 pub fn hf_reference_dir(name: &str) -> Result<PathBuf, String> {
-    let root = std::env::var_os("VCYCLE_HF_REFERENCE").map_or_else(
-        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/hf-reference"),
-        PathBuf::from,
-    );
-    let dir = root.join(name);
+    let dir = fixture_dir("hf-reference").join(name);
     if dir.is_dir() {
         Ok(dir)
     } else {
-        Err(format!(
-            "HF reference folder {} is missing; set VCYCLE_HF_REFERENCE to the folder holding bert/, gpt2/, …",
-            dir.display()
-        ))
+        Err(format!("HF reference folder {} is missing", dir.display()))
     }
 }
 

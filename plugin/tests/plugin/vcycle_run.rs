@@ -1,4 +1,4 @@
-//! Tiny V-cycles end to end, and the boundary invariants of SPEC §3 seen through the plugin.
+//! Tiny V-cycles end to end, and the boundary invariants of docs/operator-contract.md §3 seen through the plugin.
 
 use std::sync::Arc;
 

@@ -1,4 +1,4 @@
-//! The reference implementation's arithmetic (SPEC §3), checked against values derived by
+//! The reference implementation's arithmetic (docs/operator-contract.md §3), checked against values derived by
 //! hand from explicit index formulas — not from the gathers under test — on a GPT-2 with
 //! hidden 4, 4 heads of size 1, FFN 8 (blocks of 2), 4 layers, vocabulary 3.
 

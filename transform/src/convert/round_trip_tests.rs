@@ -1,4 +1,4 @@
-//! SPEC §3 property 1 over random sizes, schemes and dtypes: coalesce(de-coalesce(θ)) = θ,
+//! docs/operator-contract.md §3 property 1 over random sizes, schemes and dtypes: coalesce(de-coalesce(θ)) = θ,
 //! bit for bit for groups of two (and one), within one unit in the last place otherwise.
 //!
 //! One honest exception: a value split by |g| can fall below f16's normal range (2⁻¹⁴), where

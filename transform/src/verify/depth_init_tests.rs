@@ -1,4 +1,4 @@
-//! `--depth-init zero` (SPEC §3, optional function-preserving depth growth): in each depth
+//! `--depth-init zero` (docs/operator-contract.md §3, optional function-preserving depth growth): in each depth
 //! group one layer keeps the small layer's weights and the others get zero attention-output
 //! and FFN-down projections, so pre-LN models keep their function; post-LN models are refused.
 

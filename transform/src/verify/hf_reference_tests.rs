@@ -14,7 +14,7 @@ use crate::test_support::hf_reference_dir;
 
 const TOLERANCE: f64 = 1e-4;
 
-/// The reference input and logits of a folder of ../shared/hf-reference.
+/// The reference input and logits of a folder of `fixtures/hf-reference`.
 fn reference(name: &str) -> TestResult<(ModelInput, ArrayD<f32>)> {
     reference_in(&hf_reference_dir(name)?)
 }

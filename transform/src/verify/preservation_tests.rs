@@ -1,4 +1,4 @@
-//! SPEC §3 property 2 on the committed fixtures: width de-coalescing with the exact rule
+//! docs/operator-contract.md §3 property 2 on the committed fixtures: width de-coalescing with the exact rule
 //! preserves the function (BERT, GPT-2, Llama with GQA untied and tied, ViT, and ViT under
 //! DeiT and timm names); the reference rule does not for pre-LN GPT-2; depth copying does not.
 //! Also: GQA ratio checks, unequal groups, config.json rewriting and bit-exact round trips.
