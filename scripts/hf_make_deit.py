@@ -2,7 +2,7 @@
 """Writes fixtures/hf-deit: a tiny DeiT with a distillation token and two heads
 (DeiTForImageClassificationWithTeacher) saved by transformers, and reference.safetensors with a
 seeded input and the logits transformers computes for it (eval mode, eager attention, f32, CPU).
-Weights follow ../shared/hf-reference: norm gains 1 + 0.1 N(0,1), biases 0.1 N(0,1), embeddings
+Weights follow fixtures/hf-reference (scripts/hf_make_reference.py): norm gains 1 + 0.1 N(0,1), biases 0.1 N(0,1), embeddings
 and tokens 0.5 N(0,1), matrices and kernels N(0,1)/sqrt(fan_in).
 
 Usage: python3 scripts/hf_make_deit.py [OUT_DIR]   (default fixtures/hf-deit)

@@ -1,4 +1,4 @@
-//! Prints the README's "exact by construction" table:
+//! Prints the "exact by construction" table of docs/exactness.md:
 //! `cargo run --release -p vcycle-transform --example exactness_table`.
 //!
 //! For each bundled fixture, embedding rule and operator, the model is coalesced to the small

@@ -1,4 +1,4 @@
-//! Prints the README's `similar` vs `strided` table:
+//! Prints the `similar` vs `strided` table of docs/similar-groups.md:
 //! `cargo run --release -p vcycle-transform --example similar_table [MINILM_DIR]`.
 //!
 //! For each bundled fixture (and all-MiniLM-L6-v2 when its directory is given), the model is

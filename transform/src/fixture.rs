@@ -39,7 +39,7 @@ pub struct FixtureTensor {
     pub data: Vec<u8>,
 }
 
-/// The tiny models of the issue and the README: 4 layers, hidden 64, 4 heads of 16, FFN 256,
+/// The tiny models of the fixtures and docs: 4 layers, hidden 64, 4 heads of 16, FFN 256,
 /// vocabulary 128, 64 positions.
 pub fn tiny_dims(tied: bool) -> Dims {
     Dims {

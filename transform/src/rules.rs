@@ -2,7 +2,7 @@
 //!
 //! The built-in presets (`transform/rules/*.toml`) and a user's `--rules FILE` are parsed by the
 //! same code into the same [`Rules`]; nothing else in the crate knows a model's tensor names.
-//! The schema is documented in the README ("Rule files").
+//! The schema is documented in docs/rule-files.md.
 
 use std::collections::BTreeSet;
 
