@@ -337,13 +337,13 @@ fn kill_mid_write(sb: &Sandbox, args: &[&str]) -> u32 {
     let pid = child.id();
     let start = Instant::now();
     loop {
-        // A temporary file, or the model file in a temporary directory, holding data.
+        // The new output in a work directory (a file, or a directory's model file), holding data.
         let writing = entries(sb.root()).iter().any(|n| {
-            let path = sb.path(n);
-            let file = if path.is_dir() {
-                path.join("model.safetensors")
+            let new = sb.path(n).join("new");
+            let file = if new.is_dir() {
+                new.join("model.safetensors")
             } else {
-                path
+                new
             };
             n.starts_with(".vcycle-") && file.metadata().is_ok_and(|m| m.len() > 4096)
         });
