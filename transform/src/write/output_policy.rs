@@ -59,14 +59,13 @@ impl OutputPolicy {
             .collect::<Result<Vec<_>>>()?;
         for (i, (&output, real)) in outputs.iter().zip(&resolved).enumerate() {
             for input in &self.inputs {
-                if let Some(relation) = relation(real, input) {
-                    let reason = format!("{relation} the input {}", input.display());
+                if let Some(reason) = overlap(real, input, "input", input) {
                     return Err(refuse(output, reason));
                 }
             }
             for (j, (other, other_real)) in outputs.iter().zip(&resolved).enumerate() {
-                if let Some(relation) = relation(real, other_real).filter(|_| i != j) {
-                    let reason = format!("{relation} the output {}", other.display());
+                if let Some(reason) = overlap(real, other_real, "output", other).filter(|_| i != j)
+                {
                     return Err(refuse(output, reason));
                 }
             }
@@ -287,14 +286,18 @@ pub(crate) fn parent_of(path: &Path) -> PathBuf {
     }
 }
 
-/// How `real` (an output) relates to `other`, if it overlaps it.
-fn relation(real: &Path, other: &Path) -> Option<&'static str> {
+/// Why output `real` may not be written, if it overlaps `other` (the real path of the `what`
+/// named `shown`).
+fn overlap(real: &Path, other: &Path, what: &str, shown: &Path) -> Option<String> {
+    let shown = shown.display();
     if real == other {
-        Some("is")
+        Some(format!("is the {what} {shown}"))
     } else if real.starts_with(other) {
-        Some("is inside")
+        Some(format!("is inside the {what} {shown}"))
     } else if other.starts_with(real) {
-        Some("contains (and replacing it would delete)")
+        Some(format!(
+            "contains the {what} {shown}, which replacing it would delete"
+        ))
     } else {
         None
     }
