@@ -221,6 +221,10 @@ pub struct ConfigKeys {
     /// the number of position embeddings.
     #[serde(default)]
     pub image_size: Vec<String>,
+    /// Keys giving the size of a fixed space (`vocab = ["vocab_size"]`), checked against the
+    /// tensors: a config that disagrees with them is refused.
+    #[serde(default)]
+    pub spaces: std::collections::BTreeMap<String, Vec<String>>,
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]
