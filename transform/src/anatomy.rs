@@ -300,13 +300,15 @@ fn choose_rules(checkpoint: &Checkpoint, choice: &ArchChoice) -> Result<Rules> {
 type Claimed = (String, Vec<Claim>, Vec<String>);
 
 fn claim(checkpoint: &Checkpoint, rules: &Rules) -> Result<Claimed> {
-    let mut best: Option<Claimed> = None;
+    // The claims under each prefix, and the first tensor two rules claim there.
+    let mut best: Option<(Claimed, Option<(String, usize, usize)>)> = None;
     for prefix in &rules.prefixes {
         let patterns = rules.patterns(prefix);
         let mut claims = Vec::new();
         let mut unclaimed = Vec::new();
+        let mut twice = None;
         for name in checkpoint.tensors().keys() {
-            let hit = patterns.iter().enumerate().find_map(|(index, pattern)| {
+            let mut hits = patterns.iter().enumerate().filter_map(|(index, pattern)| {
                 let layer = pattern.layer_of(name)?;
                 Some(Claim {
                     name: name.clone(),
@@ -314,20 +316,47 @@ fn claim(checkpoint: &Checkpoint, rules: &Rules) -> Result<Claimed> {
                     layer,
                 })
             });
-            match hit {
-                Some(c) => claims.push(c),
-                None => unclaimed.push(name.clone()),
+            match (hits.next(), hits.next()) {
+                (Some(first), second) => {
+                    if let Some(second) = second {
+                        twice.get_or_insert((name.clone(), first.rule, second.rule));
+                    }
+                    claims.push(first);
+                }
+                (None, _) => unclaimed.push(name.clone()),
             }
         }
-        let better = best.as_ref().is_none_or(|(_, b, _)| claims.len() > b.len());
+        let better = best
+            .as_ref()
+            .is_none_or(|((_, b, _), _)| claims.len() > b.len());
         if better {
-            best = Some((prefix.clone(), claims, unclaimed));
+            best = Some(((prefix.clone(), claims, unclaimed), twice));
         }
     }
-    best.ok_or_else(|| Error::RuleFile {
-        file: rules.name.clone(),
-        message: "no prefixes".into(),
-    })
+    let Some((claimed, twice)) = best else {
+        return Err(Error::RuleFile {
+            file: rules.name.clone(),
+            message: "no prefixes".into(),
+        });
+    };
+    if let Some((tensor, a, b)) = twice {
+        let template = |i: usize| {
+            rules
+                .tensors
+                .get(i)
+                .map(|r| r.template.clone())
+                .unwrap_or_default()
+        };
+        return Err(Error::RuleFile {
+            file: rules.name.clone(),
+            message: format!(
+                "tensor `{tensor}` is claimed by two rules, `{}` and `{}`: each tensor needs exactly one",
+                template(a),
+                template(b)
+            ),
+        });
+    }
+    Ok(claimed)
 }
 
 /// The first of `keys` that config.json sets: `null` means not set, anything but a positive

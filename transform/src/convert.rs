@@ -130,7 +130,7 @@ impl Job {
             &large_ckpt,
             large_ckpt.config().cloned(),
             options.shard_size,
-        );
+        )?;
         let mut metadata = large_ckpt.metadata().clone();
         metadata
             .entry("format".into())
@@ -184,7 +184,7 @@ impl Job {
         let config = primary
             .config()
             .map(|c| crate::config::rewrite(c, &anatomy.rules.config, &to));
-        let form = output_form(&primary, config, options.shard_size);
+        let form = output_form(&primary, config, options.shard_size)?;
         let mut metadata = primary.metadata().clone();
         metadata
             .entry("format".into())
@@ -457,12 +457,20 @@ fn input_keys(t: &TensorPlan) -> impl Iterator<Item = InputKey<'_>> {
         .chain(t.interpolate_with.iter().map(|w| (true, w.as_str())))
 }
 
+/// The output has the input's form; `--shard-size` needs a directory (a file cannot hold
+/// shards and their index), so on a file it is refused rather than ignored.
 fn output_form(
     checkpoint: &Checkpoint,
     config: Option<serde_json::Value>,
     shard_size: Option<u64>,
-) -> OutputForm {
-    match checkpoint.layout() {
+) -> Result<OutputForm> {
+    Ok(match checkpoint.layout() {
+        Layout::File if shard_size.is_some() => {
+            return Err(Error::InvalidCheckpoint {
+                path: checkpoint.path().to_path_buf(),
+                reason: "--shard-size needs a model directory: this input is a single .safetensors file, and so would be the output".into(),
+            });
+        }
         Layout::File => OutputForm::File,
         Layout::Directory {
             sharded,
@@ -478,7 +486,7 @@ fn output_form(
                 sharded.then(|| checkpoint.file_data_bytes().into_iter().max().unwrap_or(0))
             }),
         },
-    }
+    })
 }
 
 #[cfg(test)]
