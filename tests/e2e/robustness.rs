@@ -59,24 +59,31 @@ fn inputs_named_like_a_dead_runs_leftovers_are_never_swept() {
     // A pid that is not running: the largest possible, far above pid_max.
     let dead = u32::MAX;
     let sb = Sandbox::new();
-    // A file, and a directory with vcycle's marker as a killed run leaves it: both inputs.
-    let file = format!(".vcycle-{dead}-a.tmp");
-    let dir = format!(".vcycle-{dead}-b.tmp");
-    sb.copy_fixture("gpt2-tiny", &dir);
-    std::fs::write(sb.path(&dir).join(".vcycle-work"), "model").unwrap();
-    // A model file that carries its head count (8) in its metadata.
-    sb.ok(["decoalesce", &dir, "--heads", "8", "-o", "big"]);
+    // A model directory with such a name, and one that even holds vcycle's marker, as a
+    // killed run's work directory does.
+    let plain = format!(".vcycle-{dead}-a.tmp");
+    let marked = format!(".vcycle-{dead}-b.tmp");
+    sb.copy_fixture("gpt2-tiny", &plain);
+    // A model file with such a name, carrying its head count (8) in its metadata.
+    let file = format!(".vcycle-{dead}-c.tmp");
+    sb.ok(["decoalesce", &plain, "--heads", "8", "-o", "big"]);
     std::fs::rename(sb.path("big/model.safetensors"), sb.path(&file)).unwrap();
     std::fs::remove_dir_all(sb.path("big")).unwrap();
-    let before: Vec<String> = sb.entries();
+    sb.copy_fixture("gpt2-tiny", &marked);
+    std::fs::write(sb.path(&marked).join(".vcycle-work"), "model").unwrap();
+    let mut expected = sb.entries();
 
-    sb.ok(["coalesce", &file, "--heads", "2", "-o", "small.safetensors"]);
-    sb.ok(["coalesce", &dir, "--heads", "2", "-o", "small"]);
-    let mut expected = before;
-    expected.extend(["small".to_string(), "small.safetensors".to_string()]);
+    // The marked directory is kept by the run that reads it.
+    sb.ok(["coalesce", &marked, "--heads", "2", "-o", "from-marked"]);
+    sb.ok(["coalesce", &file, "--heads", "2", "-o", "from-file.safetensors"]);
+    sb.ok(["coalesce", &plain, "--heads", "2", "-o", "from-plain"]);
+    // What no vcycle run made is never swept, whatever it reads; a marked directory of a
+    // dead process that this run does not read is.
+    expected.retain(|e| *e != marked);
+    expected.extend(["from-file.safetensors", "from-marked", "from-plain"].map(String::from));
     expected.sort();
     assert_eq!(sb.entries(), expected);
-    assert_eq!(load(&sb.path(&file)).len(), load(&sb.path(&dir)).len());
+    assert_eq!(load(&sb.path(&file)).len(), load(&sb.path(&plain)).len());
 }
 
 #[test]

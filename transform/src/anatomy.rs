@@ -348,7 +348,10 @@ fn claim(checkpoint: &Checkpoint, rules: &Rules) -> Result<Claimed> {
                 .unwrap_or_default()
         };
         return Err(Error::RuleFile {
-            file: rules.name.clone(),
+            file: rules
+                .source
+                .as_ref()
+                .map_or_else(|| rules.name.clone(), |p| p.display().to_string()),
             message: format!(
                 "tensor `{tensor}` is claimed by two rules, `{}` and `{}`: each tensor needs exactly one",
                 template(a),
