@@ -885,12 +885,20 @@ fn round_two_cases() -> Vec<Case> {
         let mut args = args.to_vec();
         args.extend(["--max-rel", "1e-9"]);
         cases.push(
-            Case::new(name, Kind::VerifyNonFinite, &args, &["nan", "NaN", "no difference"])
-                .with_fixture("gpt2-tiny", "in", None)
-                .with_fixture("gpt2-tiny", "nan", Some(nan_model())),
+            Case::new(
+                name,
+                Kind::VerifyNonFinite,
+                &args,
+                &["nan", "NaN", "no difference"],
+            )
+            .with_fixture("gpt2-tiny", "in", None)
+            .with_fixture("gpt2-tiny", "nan", Some(nan_model())),
         );
     }
-    for (name, limit) in [("verify-max-rel-nan", "NaN"), ("verify-max-rel-negative", "-1")] {
+    for (name, limit) in [
+        ("verify-max-rel-nan", "NaN"),
+        ("verify-max-rel-negative", "-1"),
+    ] {
         cases.push(
             Case::new(
                 name,
@@ -934,7 +942,13 @@ fn round_two_cases() -> Vec<Case> {
     cases.push(
         plan(
             "plan-json-is-the-rules-file",
-            &["--rules", "rules.toml", "--plan-json", "rules.toml", "--force"],
+            &[
+                "--rules",
+                "rules.toml",
+                "--plan-json",
+                "rules.toml",
+                "--force",
+            ],
             &["output rules.toml", "is the input"],
         )
         .with("rules.toml", gpt2_rules("")),
@@ -983,7 +997,10 @@ fn round_two_cases() -> Vec<Case> {
         )
         .with("snap/blobs/model", Entry::File(gpt2_bytes()))
         .with("snap/main", Entry::Dir)
-        .with("snap/main/config.json", Entry::Symlink("../blobs/config".into()))
+        .with(
+            "snap/main/config.json",
+            Entry::Symlink("../blobs/config".into()),
+        )
         .with(
             "snap/main/model.safetensors",
             Entry::Symlink("../blobs/model".into()),
@@ -992,13 +1009,48 @@ fn round_two_cases() -> Vec<Case> {
 
     // config.json values the rules read.
     for (name, key, value, needles) in [
-        ("config-negative-hidden-size", "n_embd", json!(-64), &["`n_embd` = -64", "not a size"][..]),
-        ("config-layers-as-a-word", "n_layer", json!("four"), &["`n_layer` = \"four\"", "not a size"]),
-        ("config-negative-ffn-size", "n_inner", json!(-5), &["`n_inner` = -5", "not a size"]),
-        ("config-zero-heads", "n_head", json!(0), &["`n_head` = 0", "not a size"]),
-        ("config-vocab-size-disagrees", "vocab_size", json!(100), &["`vocab_size` = 100", "disagrees", "128"]),
-        ("config-positions-disagree", "n_positions", json!(1024), &["`n_positions` = 1024", "disagrees"]),
-        ("config-epsilon-not-a-number", "layer_norm_epsilon", json!("small"), &["`layer_norm_epsilon`", "not a positive number"]),
+        (
+            "config-negative-hidden-size",
+            "n_embd",
+            json!(-64),
+            &["`n_embd` = -64", "not a size"][..],
+        ),
+        (
+            "config-layers-as-a-word",
+            "n_layer",
+            json!("four"),
+            &["`n_layer` = \"four\"", "not a size"],
+        ),
+        (
+            "config-negative-ffn-size",
+            "n_inner",
+            json!(-5),
+            &["`n_inner` = -5", "not a size"],
+        ),
+        (
+            "config-zero-heads",
+            "n_head",
+            json!(0),
+            &["`n_head` = 0", "not a size"],
+        ),
+        (
+            "config-vocab-size-disagrees",
+            "vocab_size",
+            json!(100),
+            &["`vocab_size` = 100", "disagrees", "128"],
+        ),
+        (
+            "config-positions-disagree",
+            "n_positions",
+            json!(1024),
+            &["`n_positions` = 1024", "disagrees"],
+        ),
+        (
+            "config-epsilon-not-a-number",
+            "layer_norm_epsilon",
+            json!("small"),
+            &["`layer_norm_epsilon`", "not a positive number"],
+        ),
     ] {
         cases.push(
             Case::new(name, Kind::ConfigValue, COALESCE, needles)
@@ -1011,14 +1063,39 @@ fn round_two_cases() -> Vec<Case> {
 
     // Sizes bounded up front.
     for (name, flag, value, needles) in [
-        ("verify-batch-near-u64-max", "--batch", "18446744073709551615", &["--batch", "lower --batch or --seq"][..]),
-        ("verify-batch-too-large", "--batch", "100000000", &["lower --batch or --seq"]),
-        ("verify-seq-beyond-the-positions", "--seq", "100000", &["100000 tokens", "64 learned positions"]),
-        ("verify-batch-zero", "--batch", "0", &["--batch", "at least 1"]),
+        (
+            "verify-batch-near-u64-max",
+            "--batch",
+            "18446744073709551615",
+            &["--batch", "lower --batch or --seq"][..],
+        ),
+        (
+            "verify-batch-too-large",
+            "--batch",
+            "100000000",
+            &["lower --batch or --seq"],
+        ),
+        (
+            "verify-seq-beyond-the-positions",
+            "--seq",
+            "100000",
+            &["100000 tokens", "64 learned positions"],
+        ),
+        (
+            "verify-batch-zero",
+            "--batch",
+            "0",
+            &["--batch", "at least 1"],
+        ),
     ] {
         cases.push(
-            Case::new(name, Kind::Bounds, &["verify", "in", "in", flag, value], needles)
-                .with_fixture("gpt2-tiny", "in", None),
+            Case::new(
+                name,
+                Kind::Bounds,
+                &["verify", "in", "in", flag, value],
+                needles,
+            )
+            .with_fixture("gpt2-tiny", "in", None),
         );
     }
     cases.push(
@@ -1044,7 +1121,10 @@ fn round_two_cases() -> Vec<Case> {
                 "-o",
                 "out.safetensors",
             ],
-            &["in/model.safetensors", "--shard-size needs a model directory"],
+            &[
+                "in/model.safetensors",
+                "--shard-size needs a model directory",
+            ],
         )
         .with_fixture("gpt2-tiny", "in", Some(gpt2_file_with_heads())),
     );
@@ -1055,14 +1135,12 @@ fn round_two_cases() -> Vec<Case> {
             .with_fixture("gpt2-tiny", "in", None)
             .with(path, Entry::Fifo)
     };
-    cases.push(
-        fifo(
-            "config-json-is-a-fifo",
-            &["inspect", "in"],
-            "in/config.json",
-            &["in/config.json", "not a regular file"],
-        ),
-    );
+    cases.push(fifo(
+        "config-json-is-a-fifo",
+        &["inspect", "in"],
+        "in/config.json",
+        &["in/config.json", "not a regular file"],
+    ));
     cases.push(fifo(
         "extra-file-is-a-fifo",
         COALESCE,
@@ -1097,8 +1175,14 @@ fn round_two_cases() -> Vec<Case> {
             "in/config.json",
             Entry::File(read(&fixtures_dir().join("gpt2-tiny/config.json"))),
         )
-        .with("in/model-1.safetensors", Entry::File(join(&serde_json::to_string(&header).expect("JSON"), &data)))
-        .with("in/model.safetensors.index.json", Entry::File(index.into_bytes())),
+        .with(
+            "in/model-1.safetensors",
+            Entry::File(join(&serde_json::to_string(&header).expect("JSON"), &data)),
+        )
+        .with(
+            "in/model.safetensors.index.json",
+            Entry::File(index.into_bytes()),
+        ),
     );
 
     cases.push(
@@ -1106,7 +1190,11 @@ fn round_two_cases() -> Vec<Case> {
             "rule-claims-a-tensor-twice",
             Kind::RuleClaimsTwice,
             &["inspect", "in", "--rules", "rules.toml"],
-            &["rules.toml", "transformer.h.0.ln_1.weight", "claimed by two rules"],
+            &[
+                "rules.toml",
+                "transformer.h.0.ln_1.weight",
+                "claimed by two rules",
+            ],
         )
         .with_fixture("gpt2-tiny", "in", None)
         .with(

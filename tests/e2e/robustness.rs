@@ -31,7 +31,10 @@ fn a_hub_snapshot_of_links_converts_with_its_extra_files() {
         ["config.json", "model.safetensors", "tokenizer.json"]
     );
     let tokenizer = sb.path("out/tokenizer.json");
-    assert!(tokenizer.symlink_metadata().unwrap().is_file(), "copied, not linked");
+    assert!(
+        tokenizer.symlink_metadata().unwrap().is_file(),
+        "copied, not linked"
+    );
     assert_eq!(
         std::fs::read_to_string(tokenizer).unwrap(),
         "{\"tokenizer\": true}"
@@ -75,7 +78,14 @@ fn inputs_named_like_a_dead_runs_leftovers_are_never_swept() {
 
     // The marked directory is kept by the run that reads it.
     sb.ok(["coalesce", &marked, "--heads", "2", "-o", "from-marked"]);
-    sb.ok(["coalesce", &file, "--heads", "2", "-o", "from-file.safetensors"]);
+    sb.ok([
+        "coalesce",
+        &file,
+        "--heads",
+        "2",
+        "-o",
+        "from-file.safetensors",
+    ]);
     sb.ok(["coalesce", &plain, "--heads", "2", "-o", "from-plain"]);
     // What no vcycle run made is never swept, whatever it reads; a marked directory of a
     // dead process that this run does not read is.

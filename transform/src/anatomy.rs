@@ -299,9 +299,12 @@ fn choose_rules(checkpoint: &Checkpoint, choice: &ArchChoice) -> Result<Rules> {
 
 type Claimed = (String, Vec<Claim>, Vec<String>);
 
+/// A tensor two rules claim: its name and the two rules' indices.
+type ClaimedTwice = (String, usize, usize);
+
 fn claim(checkpoint: &Checkpoint, rules: &Rules) -> Result<Claimed> {
     // The claims under each prefix, and the first tensor two rules claim there.
-    let mut best: Option<(Claimed, Option<(String, usize, usize)>)> = None;
+    let mut best: Option<(Claimed, Option<ClaimedTwice>)> = None;
     for prefix in &rules.prefixes {
         let patterns = rules.patterns(prefix);
         let mut claims = Vec::new();

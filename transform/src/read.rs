@@ -478,10 +478,7 @@ fn collect_extra_files(
             if visited.iter().any(|v| v.starts_with(&real)) {
                 return Err(Error::InvalidCheckpoint {
                     path: full,
-                    reason: format!(
-                        "links to {}, which holds it (a link loop)",
-                        real.display()
-                    ),
+                    reason: format!("links to {}, which holds it (a link loop)", real.display()),
                 });
             }
             visited.push(real);

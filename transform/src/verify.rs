@@ -704,7 +704,10 @@ fn require_finite(checkpoint: &Checkpoint, out: &ArrayD<f32>) -> Result<()> {
         return Ok(());
     };
     let (nan, inf) = out.iter().fold((0, 0), |(nan, inf), v| {
-        (nan + usize::from(v.is_nan()), inf + usize::from(v.is_infinite()))
+        (
+            nan + usize::from(v.is_nan()),
+            inf + usize::from(v.is_infinite()),
+        )
     });
     Err(Error::NonFiniteLogits {
         path: checkpoint.path().to_path_buf(),

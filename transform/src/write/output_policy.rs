@@ -53,8 +53,9 @@ impl OutputPolicy {
             .iter()
             .map(|&output| match output.file_name() {
                 None => Err(refuse(output, "has no file name".into())),
-                Some(_) => resolve(output)
-                    .map_err(|e| refuse(output, format!("cannot be resolved: {e}"))),
+                Some(_) => {
+                    resolve(output).map_err(|e| refuse(output, format!("cannot be resolved: {e}")))
+                }
             })
             .collect::<Result<Vec<_>>>()?;
         for (i, (&output, real)) in outputs.iter().zip(&resolved).enumerate() {
@@ -133,9 +134,13 @@ impl OutputPolicy {
             else {
                 continue;
             };
-            let dead = pid != std::process::id() && !Path::new("/proc").join(pid.to_string()).exists();
+            let dead =
+                pid != std::process::id() && !Path::new("/proc").join(pid.to_string()).exists();
             let is_work_dir = entry.file_type().is_ok_and(|t| t.is_dir())
-                && path.join(MARKER).symlink_metadata().is_ok_and(|m| m.is_file());
+                && path
+                    .join(MARKER)
+                    .symlink_metadata()
+                    .is_ok_and(|m| m.is_file());
             let real = path.canonicalize().unwrap_or_else(|_| path.clone());
             let holds_input = self.inputs.iter().any(|i| i.starts_with(&real));
             if !dead || !is_work_dir || holds_input {
@@ -235,7 +240,9 @@ fn move_into_place(s: &Staged, keep_old: bool) -> Result<()> {
     let new = s.path();
     let existing = s.output.symlink_metadata().ok();
     if existing.is_some() && !s.force {
-        return Err(out_err("already exists (pass --force to replace it)".into()));
+        return Err(out_err(
+            "already exists (pass --force to replace it)".into(),
+        ));
     }
     // Rename cannot replace across kinds or onto a directory: then the old output is moved
     // aside first.
@@ -441,10 +448,7 @@ mod tests {
         assert!(resolve(&root.join("loop/out")).is_ok());
         let policy = OutputPolicy::new(&[&input], true).unwrap();
         for output in ["dangling", "link/new", "x/../in/y"] {
-            let message = policy
-                .check(&[&root.join(output)])
-                .unwrap_err()
-                .to_string();
+            let message = policy.check(&[&root.join(output)]).unwrap_err().to_string();
             assert!(message.contains("inside the input"), "{output}: {message}");
         }
     }
