@@ -6,7 +6,7 @@
 //! arithmetic overflow, since the fuzz build keeps overflow checks) or an abort is the bug.
 //! Accepted inputs are pushed through everything a user's command would do with them:
 //! claiming, sizing, planning every conversion, computing every tensor, `inspect`, and
-//! `verify`'s forward pass.
+//! `verify`'s forward pass (with sizes up to `usize::MAX`, as `--batch` and `--seq` take them).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -378,8 +378,14 @@ pub fn exercise(checkpoint: &Checkpoint, arch: &ArchChoice, variant: u8) {
     {
         run_plan(&plan, checkpoint, Some(checkpoint));
     }
-    let _ =
-        vcycle_transform::verify::verify((checkpoint, &anatomy), (checkpoint, &anatomy), 0, 1, 3);
+    let model = (checkpoint, &anatomy);
+    let _ = vcycle_transform::verify::verify(model, model, 0, 1, 3);
+    // `verify --batch/--seq` as a user may pass them: bounded before anything is allocated,
+    // so each is refused (or runs) without an overflow or an aborting allocation.
+    let (huge, big) = (usize::MAX, 1 << 40);
+    for (batch, seq) in [(huge, 3), (1, huge), (huge, huge), (big, 3), (1, big), (0, 3)] {
+        let _ = vcycle_transform::verify::verify(model, model, 0, batch, seq);
+    }
 }
 
 /// Prints a plan and computes each tensor; a computed tensor has exactly its planned bytes.

@@ -15,6 +15,7 @@ mod malformed;
 mod minilm;
 mod outputs;
 mod quiet;
+mod robustness;
 mod roundtrip;
 mod sharded;
 mod similar;

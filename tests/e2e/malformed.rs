@@ -19,6 +19,8 @@ enum Node {
     Dir,
     File(Vec<u8>),
     Link(PathBuf),
+    /// A FIFO, device or socket (not read: reading a FIFO blocks).
+    Special,
 }
 
 fn snapshot(root: &Path) -> BTreeMap<PathBuf, Node> {
@@ -36,6 +38,8 @@ fn snapshot(root: &Path) -> BTreeMap<PathBuf, Node> {
             } else if meta.is_dir() {
                 out.insert(relative, Node::Dir);
                 walk(root, &path, out);
+            } else if !meta.is_file() {
+                out.insert(relative, Node::Special);
             } else {
                 out.insert(relative, Node::File(std::fs::read(&path).expect("a file")));
             }
@@ -138,6 +142,13 @@ fn prepare(case: &Case) -> Result<(Sandbox, Option<Mounted>), String> {
         match entry {
             Entry::Dir => std::fs::create_dir_all(&path).expect("a directory can be created"),
             Entry::File(bytes) => std::fs::write(&path, bytes).expect("a file can be written"),
+            Entry::Fifo => {
+                let _ = std::fs::remove_file(&path);
+                let made = Command::new("mkfifo").arg(&path).status();
+                if !made.is_ok_and(|s| s.success()) {
+                    return Err("mkfifo is needed".into());
+                }
+            }
             Entry::Symlink(target) => {
                 #[cfg(unix)]
                 std::os::unix::fs::symlink(target, &path).expect("a symlink can be created");
@@ -337,13 +348,13 @@ fn kill_mid_write(sb: &Sandbox, args: &[&str]) -> u32 {
     let pid = child.id();
     let start = Instant::now();
     loop {
-        // A temporary file, or the model file in a temporary directory, holding data.
+        // The new output in a work directory (a file, or a directory's model file), holding data.
         let writing = entries(sb.root()).iter().any(|n| {
-            let path = sb.path(n);
-            let file = if path.is_dir() {
-                path.join("model.safetensors")
+            let new = sb.path(n).join("new");
+            let file = if new.is_dir() {
+                new.join("model.safetensors")
             } else {
-                path
+                new
             };
             n.starts_with(".vcycle-") && file.metadata().is_ok_and(|m| m.len() > 4096)
         });

@@ -757,10 +757,11 @@ fn copy(op: &str, inputs: &[String], small: [&String; 3], output: &Path) -> Resu
     };
     write::write_output(
         output,
+        &write::OutputPolicy::new(&[], true)?,
         &form,
         &plan.tensors,
         &BTreeMap::new(),
-        true,
+        &[],
         &|t, sink| {
             let mut replay = replay
                 .lock()

@@ -2,6 +2,7 @@
 //! layer, and the sizes of every space.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 
 use serde_json::Value;
 
@@ -298,14 +299,19 @@ fn choose_rules(checkpoint: &Checkpoint, choice: &ArchChoice) -> Result<Rules> {
 
 type Claimed = (String, Vec<Claim>, Vec<String>);
 
+/// A tensor two rules claim: its name and the two rules' indices.
+type ClaimedTwice = (String, usize, usize);
+
 fn claim(checkpoint: &Checkpoint, rules: &Rules) -> Result<Claimed> {
-    let mut best: Option<Claimed> = None;
+    // The claims under each prefix, and the first tensor two rules claim there.
+    let mut best: Option<(Claimed, Option<ClaimedTwice>)> = None;
     for prefix in &rules.prefixes {
         let patterns = rules.patterns(prefix);
         let mut claims = Vec::new();
         let mut unclaimed = Vec::new();
+        let mut twice = None;
         for name in checkpoint.tensors().keys() {
-            let hit = patterns.iter().enumerate().find_map(|(index, pattern)| {
+            let mut hits = patterns.iter().enumerate().filter_map(|(index, pattern)| {
                 let layer = pattern.layer_of(name)?;
                 Some(Claim {
                     name: name.clone(),
@@ -313,28 +319,93 @@ fn claim(checkpoint: &Checkpoint, rules: &Rules) -> Result<Claimed> {
                     layer,
                 })
             });
-            match hit {
-                Some(c) => claims.push(c),
-                None => unclaimed.push(name.clone()),
+            match (hits.next(), hits.next()) {
+                (Some(first), second) => {
+                    if let Some(second) = second {
+                        twice.get_or_insert((name.clone(), first.rule, second.rule));
+                    }
+                    claims.push(first);
+                }
+                (None, _) => unclaimed.push(name.clone()),
             }
         }
-        let better = best.as_ref().is_none_or(|(_, b, _)| claims.len() > b.len());
+        let better = best
+            .as_ref()
+            .is_none_or(|((_, b, _), _)| claims.len() > b.len());
         if better {
-            best = Some((prefix.clone(), claims, unclaimed));
+            best = Some(((prefix.clone(), claims, unclaimed), twice));
         }
     }
-    best.ok_or_else(|| Error::RuleFile {
-        file: rules.name.clone(),
-        message: "no prefixes".into(),
-    })
+    let Some((claimed, twice)) = best else {
+        return Err(Error::RuleFile {
+            file: rules.name.clone(),
+            message: "no prefixes".into(),
+        });
+    };
+    if let Some((tensor, a, b)) = twice {
+        let template = |i: usize| {
+            rules
+                .tensors
+                .get(i)
+                .map(|r| r.template.clone())
+                .unwrap_or_default()
+        };
+        return Err(Error::RuleFile {
+            file: rules
+                .source
+                .as_ref()
+                .map_or_else(|| rules.name.clone(), |p| p.display().to_string()),
+            message: format!(
+                "tensor `{tensor}` is claimed by two rules, `{}` and `{}`: each tensor needs exactly one",
+                template(a),
+                template(b)
+            ),
+        });
+    }
+    Ok(claimed)
 }
 
-fn config_usize(config: Option<&Value>, keys: &[String]) -> Option<(String, Option<usize>)> {
-    let config = config?;
-    keys.iter().find_map(|k| {
-        let v = lookup(config, k)?;
-        Some((k.clone(), v.as_u64().map(|n| n as usize)))
-    })
+/// The first of `keys` that config.json sets: `null` means not set, anything but a positive
+/// integer is refused with the key named.
+fn config_size(
+    config: Option<&Value>,
+    keys: &[String],
+    path: &Path,
+) -> Result<Option<(String, usize)>> {
+    let Some((key, value)) = config.and_then(|c| {
+        keys.iter()
+            .find_map(|k| lookup(c, k).map(|v| (k.clone(), v)))
+    }) else {
+        return Ok(None);
+    };
+    match value.as_u64().and_then(|n| usize::try_from(n).ok()) {
+        _ if value.is_null() => Ok(None),
+        Some(n) if n > 0 => Ok(Some((key, n))),
+        _ => Err(Error::Config {
+            path: path.to_path_buf(),
+            reason: format!("`{key}` = {value} is not a size (a positive integer)"),
+        }),
+    }
+}
+
+/// Refuses a config.json value the rules read that is set but not a positive number
+/// (`layer_norm_eps`, `rope_theta`).
+fn check_positive(config: Option<&Value>, keys: &[String], path: &Path) -> Result<()> {
+    let Some(config) = config else {
+        return Ok(());
+    };
+    for key in keys {
+        if let Some(value) = lookup(config, key)
+            && !value.is_null()
+            && !value.as_f64().is_some_and(|v| v > 0.0 && v.is_finite())
+        {
+            return Err(Error::Config {
+                path: path.to_path_buf(),
+                reason: format!("`{key}` = {value} is not a positive number"),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Reads a possibly dotted key (`rope_parameters.rope_theta`).
@@ -460,22 +531,29 @@ fn resolve_dims(checkpoint: &Checkpoint, anatomy: &Anatomy) -> Result<Dims> {
         reason,
     };
     let check = |what: &str, keys: &[String], observed: Option<usize>| -> Result<Option<usize>> {
-        match (config_usize(config, keys), observed) {
-            (Some((key, Some(c))), Some(o)) if c != o => Err(config_err(format!(
+        match (config_size(config, keys, &config_path)?, observed) {
+            (Some((key, c)), Some(o)) if c != o => Err(config_err(format!(
                 "`{key}` = {c} disagrees with the tensors, whose {what} is {o}"
             ))),
-            (Some((_, Some(c))), _) => Ok(Some(c)),
+            (Some((_, c)), _) => Ok(Some(c)),
             (_, o) => Ok(o),
         }
     };
+    for (space, keys) in &rules.config.spaces {
+        let observed = observed.get(space).map(|(n, _, _)| *n);
+        check(&format!("`{space}` size"), keys, observed)?;
+    }
+    check("image size", &rules.config.image_size, None)?;
+    check_positive(config, &rules.config.norm_eps, &config_path)?;
+    check_positive(config, &rules.config.rope_theta, &config_path)?;
 
     let hidden = check("hidden size", &rules.config.hidden, seen(Space::Hidden))?;
     let ffn = check("FFN size", &rules.config.ffn, seen(Space::Ffn))?;
     let layer_count = check("layer count", &rules.config.layers, Some(layers))?;
     let meta = checkpoint.metadata();
     let meta_usize = |key: &str| meta.get(key).and_then(|v| v.parse::<usize>().ok());
-    let heads = config_usize(config, &rules.config.heads)
-        .and_then(|(_, v)| v)
+    let heads = config_size(config, &rules.config.heads, &config_path)?
+        .map(|(_, v)| v)
         .or_else(|| meta_usize(META_HEADS));
     let Some(heads) = heads.filter(|&h| h > 0) else {
         return Err(config_err(
@@ -488,8 +566,8 @@ fn resolve_dims(checkpoint: &Checkpoint, anatomy: &Anatomy) -> Result<Dims> {
         )));
     }
     let attn = seen(Space::Attn);
-    let head_dim = config_usize(config, &rules.config.head_dim)
-        .and_then(|(_, v)| v)
+    let head_dim = config_size(config, &rules.config.head_dim, &config_path)?
+        .map(|(_, v)| v)
         .or_else(|| meta_usize(META_HEAD_DIM))
         .or_else(|| attn.map(|a| a / heads))
         .or_else(|| hidden.map(|h| h / heads))
@@ -501,8 +579,8 @@ fn resolve_dims(checkpoint: &Checkpoint, anatomy: &Anatomy) -> Result<Dims> {
             "{heads} heads of size {head_dim} do not make the attention width {attn} found in the tensors"
         )));
     }
-    let kv_heads = config_usize(config, &rules.config.kv_heads)
-        .and_then(|(_, v)| v)
+    let kv_heads = config_size(config, &rules.config.kv_heads, &config_path)?
+        .map(|(_, v)| v)
         .or_else(|| meta_usize(META_KV_HEADS))
         .or_else(|| seen(Space::Kv).map(|kv| kv / head_dim.max(1)))
         .unwrap_or(heads);

@@ -14,7 +14,7 @@ use crate::execute::{self, Inputs};
 use crate::plan::{self, AlphaRange, Plan, Target, TensorPlan};
 use crate::progress::Progress;
 use crate::read::{Checkpoint, Layout};
-use crate::write::{self, OutputForm};
+use crate::write::{self, OutputForm, OutputPolicy, SideFile};
 
 /// Options shared by every conversion.
 #[derive(Debug, Clone, Default)]
@@ -31,6 +31,8 @@ pub struct Job {
     plan: Plan,
     primary: Checkpoint,
     large: Option<Checkpoint>,
+    /// A rule file read, besides the checkpoints.
+    rules_file: Option<PathBuf>,
     form: OutputForm,
     metadata: BTreeMap<String, String>,
     warnings: Vec<String>,
@@ -128,7 +130,7 @@ impl Job {
             &large_ckpt,
             large_ckpt.config().cloned(),
             options.shard_size,
-        );
+        )?;
         let mut metadata = large_ckpt.metadata().clone();
         metadata
             .entry("format".into())
@@ -155,6 +157,7 @@ impl Job {
             plan,
             primary,
             large,
+            rules_file: None,
             form,
             metadata,
             warnings,
@@ -181,7 +184,7 @@ impl Job {
         let config = primary
             .config()
             .map(|c| crate::config::rewrite(c, &anatomy.rules.config, &to));
-        let form = output_form(&primary, config, options.shard_size);
+        let form = output_form(&primary, config, options.shard_size)?;
         let mut metadata = primary.metadata().clone();
         metadata
             .entry("format".into())
@@ -198,7 +201,9 @@ impl Job {
                     .to_string(),
             );
         }
-        Ok(Job::new(plan, primary, large, form, metadata, warnings))
+        let mut job = Job::new(plan, primary, large, form, metadata, warnings);
+        job.rules_file = anatomy.rules.source.clone();
+        Ok(job)
     }
 
     pub fn plan(&self) -> &Plan {
@@ -225,28 +230,45 @@ impl Job {
         warnings
     }
 
-    /// The input paths (for output-path checks).
-    pub fn input_paths(&self) -> Vec<&Path> {
-        let mut paths = vec![self.primary.path()];
+    /// Every path the job reads: the checkpoints' directories and files (extra files
+    /// included) and the rule file. Outputs may be none of them, nor inside or around one.
+    pub fn input_paths(&self) -> Vec<PathBuf> {
+        let mut paths = self.primary.paths_read();
         if let Some(large) = &self.large {
-            paths.push(large.path());
+            paths.extend(large.paths_read());
         }
+        paths.extend(self.rules_file.clone());
         paths
+    }
+
+    /// The policy every path the job writes follows.
+    pub fn output_policy(&self, force: bool) -> Result<OutputPolicy> {
+        let paths = self.input_paths();
+        let paths: Vec<&Path> = paths.iter().map(PathBuf::as_path).collect();
+        OutputPolicy::new(&paths, force)
     }
 
     /// Checks the output path, then writes the output atomically.
     pub fn write(&self, output: &Path, force: bool) -> Result<()> {
-        self.write_with_progress(output, force, &())
+        self.write_with_progress(output, force, &[], &())
     }
 
-    /// [`Job::write`], reporting the bytes written to `progress` as they are written.
+    /// Writes side files alone (a dry run's plan), under the output policy.
+    pub fn write_side_files(&self, side_files: &[SideFile<'_>], force: bool) -> Result<()> {
+        write::write_side_files(&self.output_policy(force)?, side_files)
+    }
+
+    /// [`Job::write`] with side files written beside the output (all or none appear),
+    /// reporting the bytes written to `progress` as they are written.
     pub fn write_with_progress(
         &self,
         output: &Path,
         force: bool,
+        side_files: &[SideFile<'_>],
         progress: &dyn Progress,
     ) -> Result<()> {
-        write::check_output_path(&self.input_paths(), output, force)?;
+        let policy = self.output_policy(force)?;
+        policy.check(&[output])?;
         let inputs = Inputs {
             primary: &self.primary,
             large: self.large.as_ref(),
@@ -268,10 +290,11 @@ impl Job {
         progress.start(plan.output_bytes());
         write::write_output(
             output,
+            &policy,
             &self.form,
             &plan.tensors,
             &self.metadata,
-            force,
+            side_files,
             &|t, sink| {
                 let from_inputs = || {
                     scanned.lock().is_ok_and(|scanned| {
@@ -434,12 +457,20 @@ fn input_keys(t: &TensorPlan) -> impl Iterator<Item = InputKey<'_>> {
         .chain(t.interpolate_with.iter().map(|w| (true, w.as_str())))
 }
 
+/// The output has the input's form; `--shard-size` needs a directory (a file cannot hold
+/// shards and their index), so on a file it is refused rather than ignored.
 fn output_form(
     checkpoint: &Checkpoint,
     config: Option<serde_json::Value>,
     shard_size: Option<u64>,
-) -> OutputForm {
-    match checkpoint.layout() {
+) -> Result<OutputForm> {
+    Ok(match checkpoint.layout() {
+        Layout::File if shard_size.is_some() => {
+            return Err(Error::InvalidCheckpoint {
+                path: checkpoint.path().to_path_buf(),
+                reason: "--shard-size needs a model directory: this input is a single .safetensors file, and so would be the output".into(),
+            });
+        }
         Layout::File => OutputForm::File,
         Layout::Directory {
             sharded,
@@ -455,7 +486,7 @@ fn output_form(
                 sharded.then(|| checkpoint.file_data_bytes().into_iter().max().unwrap_or(0))
             }),
         },
-    }
+    })
 }
 
 #[cfg(test)]

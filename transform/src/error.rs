@@ -186,6 +186,17 @@ pub enum Error {
     #[error("cannot run {path}: {reason}")]
     Unrunnable { path: PathBuf, reason: String },
 
+    /// A model whose outputs hold NaN or infinite values: `verify` cannot compare them.
+    #[error(
+        "{path}: the model's outputs hold {nan} NaN and {inf} infinite values (first at element {first}), so no difference can be measured"
+    )]
+    NonFiniteLogits {
+        path: PathBuf,
+        nan: usize,
+        inf: usize,
+        first: usize,
+    },
+
     #[error("the outputs compared have different shapes: {reference:?} and {other:?}")]
     OutputShapes {
         reference: Vec<usize>,

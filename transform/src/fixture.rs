@@ -372,7 +372,8 @@ pub fn write_dir(spec: &FixtureSpec, dir: &Path) -> Result<()> {
     let metadata = BTreeMap::from([("format".to_string(), "pt".to_string())]);
     let tmp = dir.with_extension("building");
     let _ = std::fs::remove_dir_all(&tmp);
-    crate::write::write_output(&tmp, &form, &plans, &metadata, true, &|t, sink| {
+    let policy = crate::write::OutputPolicy::new(&[], true)?;
+    crate::write::write_output(&tmp, &policy, &form, &plans, &metadata, &[], &|t, sink| {
         let data = by_name.lock().ok().and_then(|mut m| m.remove(&t.name));
         sink(&mut crate::execute::Block::from(data.unwrap_or_default()))
     })?;

@@ -1,7 +1,7 @@
 //! `vcycle`: convert safetensors checkpoints between model sizes.
 
 use std::io::IsTerminal;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -10,6 +10,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use vcycle_transform::anatomy::Anatomy;
+use vcycle_transform::write::SideFile;
 use vcycle_transform::{
     AlphaRange, ArchChoice, Checkpoint, DepthInit, EmbeddingRule, Job, Options, Progress, Rules,
     SchemeSpec, Target,
@@ -85,12 +86,12 @@ enum Command {
         b: PathBuf,
         #[arg(long, default_value_t = 0)]
         seed: u64,
-        #[arg(long, default_value_t = 2)]
+        #[arg(long, default_value_t = 2, value_parser = at_least_one)]
         batch: usize,
-        #[arg(long, default_value_t = 16)]
+        #[arg(long, default_value_t = 16, value_parser = at_least_one)]
         seq: usize,
-        /// Exit with code 1 when the relative difference exceeds this.
-        #[arg(long)]
+        /// Exit with code 1 when the relative difference exceeds this (a finite number >= 0).
+        #[arg(long, value_parser = parse_limit)]
         max_rel: Option<f64>,
         #[command(flatten)]
         arch: ArchArgs,
@@ -163,13 +164,13 @@ struct OutputArgs {
 struct ResizeArgs {
     model: PathBuf,
     /// Number of attention heads of the output (default: unchanged).
-    #[arg(long)]
+    #[arg(long, value_parser = at_least_one)]
     heads: Option<usize>,
     /// Number of key/value heads of the output (GQA; default: keep the query/kv ratio).
-    #[arg(long)]
+    #[arg(long, value_parser = at_least_one)]
     kv_heads: Option<usize>,
     /// Number of layers of the output (default: unchanged).
-    #[arg(long)]
+    #[arg(long, value_parser = at_least_one)]
     layers: Option<usize>,
     #[command(flatten)]
     scheme: SchemeArgs,
@@ -189,6 +190,27 @@ enum EmbeddingRuleArg {
 enum DepthInitArg {
     Copy,
     Zero,
+}
+
+/// A count that must be at least 1 (heads, layers, batch, tokens).
+fn at_least_one(s: &str) -> std::result::Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(format!("`{s}` is not a whole number: {e}")),
+    }
+}
+
+/// A threshold: NaN would pass everything and a negative one nothing.
+fn parse_limit(s: &str) -> std::result::Result<f64, String> {
+    let limit: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{s}` is not a number"))?;
+    if !limit.is_finite() || limit < 0.0 {
+        return Err(format!("`{s}` is not a finite number >= 0"));
+    }
+    Ok(limit)
 }
 
 fn parse_scheme(s: &str) -> std::result::Result<SchemeSpec, String> {
@@ -230,7 +252,7 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            say(&format!("error: {err:#}"));
             ExitCode::from(2)
         }
     }
@@ -325,10 +347,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
             ))?;
             match max_rel {
                 Some(limit) if d.relative.is_nan() || d.relative > limit => {
-                    eprintln!(
+                    say(&format!(
                         "relative difference {:.3e} exceeds --max-rel {limit:e}",
                         d.relative
-                    );
+                    ));
                     Ok(ExitCode::from(1))
                 }
                 _ => Ok(ExitCode::SUCCESS),
@@ -395,37 +417,51 @@ fn finish(job: Job, output: &OutputArgs, quiet: bool) -> Result<ExitCode> {
     let job = job.strict(output.strict);
     if !quiet {
         for warning in job.warnings() {
-            eprintln!("warning: {warning}");
+            say(&format!("warning: {warning}"));
         }
     }
-    if let Some(path) = &output.plan_json {
-        // Refused before anything is written, like the output itself.
-        vcycle_transform::write::check_output_path(&job.input_paths(), path, true)?;
-    }
+    let plan_json = match &output.plan_json {
+        Some(_) => {
+            let mut text =
+                serde_json::to_string_pretty(job.plan()).context("serialising the plan")?;
+            text.push('\n');
+            text
+        }
+        None => String::new(),
+    };
+    // The plan goes through the output's policy and commit: both appear, or neither.
+    let side_files: Vec<SideFile<'_>> = output
+        .plan_json
+        .iter()
+        .map(|path| SideFile {
+            path,
+            bytes: plan_json.as_bytes(),
+        })
+        .collect();
     if output.dry_run {
+        if !side_files.is_empty() {
+            job.write_side_files(&side_files, output.force)?;
+        }
         emit(&job.plan().to_string())?;
     } else {
         let Some(out) = &output.output else {
             bail!("no output path: pass -o OUT or --dry-run");
         };
         let bar = Bar::new(!quiet && std::io::stderr().is_terminal());
-        let written = job.write_with_progress(out, output.force, &bar);
+        let written = job.write_with_progress(out, output.force, &side_files, &bar);
         bar.bar.finish_and_clear();
         written?;
         if !quiet {
             for warning in job.write_warnings() {
-                eprintln!("warning: {warning}");
+                say(&format!("warning: {warning}"));
             }
-            eprintln!(
+            say(&format!(
                 "wrote {} ({} tensors, {:.1} MB)",
                 out.display(),
                 job.plan().tensors.len(),
                 job.plan().output_bytes() as f64 / 1e6
-            );
+            ));
         }
-    }
-    if let Some(path) = &output.plan_json {
-        write_plan_json(&job, path)?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -488,9 +524,12 @@ fn emit(text: &str) -> Result<()> {
     }
 }
 
-fn write_plan_json(job: &Job, path: &Path) -> Result<()> {
-    let mut text = serde_json::to_string_pretty(job.plan()).context("serialising the plan")?;
-    text.push('\n');
-    vcycle_transform::write::write_file(path, text.as_bytes())
-        .with_context(|| format!("writing the plan to {}", path.display()))
+/// Writes a line to stderr. A closed or full stderr cannot be told about, and must not turn
+/// a refusal into a crash: the exit code still says what happened.
+fn say(line: &str) {
+    use std::io::Write;
+    let mut stderr = std::io::stderr().lock();
+    let _ = stderr
+        .write_all(line.as_bytes())
+        .and_then(|()| stderr.write_all(b"\n"));
 }

@@ -139,6 +139,7 @@ impl Checkpoint {
         if meta.is_dir() {
             Self::open_directory(path)
         } else {
+            require_regular(&path, &meta)?;
             let mut checkpoint = Checkpoint {
                 path: path.clone(),
                 layout: Layout::File,
@@ -154,7 +155,7 @@ impl Checkpoint {
     fn open_directory(dir: PathBuf) -> Result<Self> {
         let config_path = dir.join(CONFIG_FILE);
         let config = if config_path.exists() {
-            let text = std::fs::read_to_string(&config_path).map_err(Error::io(&config_path))?;
+            let text = read_regular(&config_path)?;
             let value: Value = serde_json::from_str(&text).map_err(|source| Error::Json {
                 path: config_path.clone(),
                 source,
@@ -185,7 +186,8 @@ impl Checkpoint {
         };
 
         let mut extra_files = Vec::new();
-        collect_extra_files(&dir, Path::new(""), &shards, &mut extra_files)?;
+        let mut visited = vec![dir.canonicalize().map_err(Error::io(&dir))?];
+        collect_extra_files(&dir, Path::new(""), &shards, &mut visited, &mut extra_files)?;
         extra_files.sort();
 
         let mut checkpoint = Checkpoint {
@@ -209,6 +211,7 @@ impl Checkpoint {
     }
 
     fn map_file(&mut self, path: &Path) -> Result<()> {
+        require_regular(path, &std::fs::metadata(path).map_err(Error::io(path))?)?;
         let file = File::open(path).map_err(Error::io(path))?;
         // SAFETY: `Mmap::map` is unsafe because the mapped bytes can change underneath us if
         // another process writes to or truncates the file while it is mapped. The map is
@@ -284,6 +287,23 @@ impl Checkpoint {
             });
         }
         Ok(())
+    }
+
+    /// Every path reading the checkpoint touches: the path it was opened from, its config,
+    /// index, safetensors and extra files (which may be links elsewhere).
+    pub fn paths_read(&self) -> Vec<PathBuf> {
+        let mut paths = vec![self.path.clone()];
+        paths.extend(self.files.iter().map(|f| f.path.clone()));
+        if let Layout::Directory { extra_files, .. } = &self.layout {
+            paths.extend(extra_files.iter().map(|f| self.path.join(f)));
+            for name in [CONFIG_FILE, INDEX_FILE] {
+                let path = self.path.join(name);
+                if path.exists() {
+                    paths.push(path);
+                }
+            }
+        }
+        paths
     }
 
     /// The path the checkpoint was opened from.
@@ -409,35 +429,75 @@ impl Checkpoint {
     }
 }
 
+/// Reads a text file that must be a regular file (or a link to one): a FIFO or a device would
+/// block or never end.
+pub fn read_regular(path: &Path) -> Result<String> {
+    require_regular(path, &std::fs::metadata(path).map_err(Error::io(path))?)?;
+    std::fs::read_to_string(path).map_err(Error::io(path))
+}
+
+fn require_regular(path: &Path, meta: &std::fs::Metadata) -> Result<()> {
+    if meta.is_file() {
+        return Ok(());
+    }
+    Err(Error::InvalidCheckpoint {
+        path: path.to_path_buf(),
+        reason: format!(
+            "not a regular file (a {}): vcycle reads only regular files",
+            if meta.is_dir() {
+                "directory"
+            } else {
+                "FIFO, socket or device"
+            }
+        ),
+    })
+}
+
 /// Every file under `dir` that is not part of the model itself (config, index, safetensors
 /// files), as paths relative to the model directory; subdirectories (sentence-transformers'
-/// `1_Pooling/`) are walked. Symlinks are not followed.
+/// `1_Pooling/`) are walked. Links are followed (a HuggingFace hub snapshot is links into its
+/// blob store), a directory reached twice (a link loop) is refused, and so is an entry that is
+/// not a regular file or directory (a FIFO would block the copy). Names need not be UTF-8.
 fn collect_extra_files(
     root: &Path,
     relative: &Path,
     shards: &[String],
+    visited: &mut Vec<PathBuf>,
     out: &mut Vec<PathBuf>,
 ) -> Result<()> {
     let dir = root.join(relative);
     let entries = std::fs::read_dir(&dir).map_err(Error::io(&dir))?;
     for entry in entries {
         let entry = entry.map_err(Error::io(&dir))?;
-        let name = entry.file_name().to_string_lossy().into_owned();
+        let name = entry.file_name();
         let path = relative.join(&name);
-        let kind = entry.file_type().map_err(Error::io(entry.path()))?;
-        if kind.is_dir() {
-            collect_extra_files(root, &path, shards, out)?;
+        let full = entry.path();
+        let meta = std::fs::metadata(&full).map_err(Error::io(&full))?;
+        if meta.is_dir() {
+            let real = full.canonicalize().map_err(Error::io(&full))?;
+            if visited.iter().any(|v| v.starts_with(&real)) {
+                return Err(Error::InvalidCheckpoint {
+                    path: full,
+                    reason: format!("links to {}, which holds it (a link loop)", real.display()),
+                });
+            }
+            visited.push(real);
+            collect_extra_files(root, &path, shards, visited, out)?;
             continue;
         }
         let top_level = relative.as_os_str().is_empty();
         let is_model_file = top_level
-            && (name == CONFIG_FILE
-                || name == INDEX_FILE
-                || shards.contains(&name)
-                || name.ends_with(".safetensors"));
-        if kind.is_file() && !is_model_file {
-            out.push(path);
+            && name.to_str().is_some_and(|name| {
+                name == CONFIG_FILE
+                    || name == INDEX_FILE
+                    || shards.iter().any(|s| s == name)
+                    || name.ends_with(".safetensors")
+            });
+        if is_model_file {
+            continue;
         }
+        require_regular(&full, &meta)?;
+        out.push(path);
     }
     Ok(())
 }
@@ -445,11 +505,23 @@ fn collect_extra_files(
 /// The shard files listed by a `model.safetensors.index.json`, in first-appearance order of
 /// the sorted weight map (so the order is deterministic).
 fn read_index(path: &Path) -> Result<(Vec<String>, BTreeMap<String, String>)> {
-    let text = std::fs::read_to_string(path).map_err(Error::io(path))?;
+    let text = read_regular(path)?;
     let value: Value = serde_json::from_str(&text).map_err(|source| Error::Json {
         path: path.to_path_buf(),
         source,
     })?;
+    // serde_json keeps the last of a repeated key: a tensor listed twice is found on the text.
+    if let Ok(Json::Object(top)) = serde_json::from_str::<Json>(&text)
+        && let Some((_, Json::Object(map))) = top.iter().find(|(k, _)| k == "weight_map")
+    {
+        let mut seen = std::collections::BTreeSet::new();
+        if let Some((tensor, _)) = map.iter().find(|(name, _)| !seen.insert(name.as_str())) {
+            return Err(Error::InvalidCheckpoint {
+                path: path.to_path_buf(),
+                reason: format!("tensor `{tensor}` is listed more than once in weight_map"),
+            });
+        }
+    }
     let Some(map) = value.get("weight_map").and_then(Value::as_object) else {
         return Err(Error::InvalidCheckpoint {
             path: path.to_path_buf(),

@@ -221,6 +221,10 @@ pub struct ConfigKeys {
     /// the number of position embeddings.
     #[serde(default)]
     pub image_size: Vec<String>,
+    /// Keys giving the size of a fixed space (`vocab = ["vocab_size"]`), checked against the
+    /// tensors: a config that disagrees with them is refused.
+    #[serde(default)]
+    pub spaces: std::collections::BTreeMap<String, Vec<String>>,
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -355,6 +359,8 @@ pub struct Rules {
     pub config: ConfigKeys,
     pub forward: Option<ForwardSpec>,
     pub tensors: Vec<TensorRule>,
+    /// The rule file it was read from (an input: never written over).
+    pub source: Option<std::path::PathBuf>,
 }
 
 /// Roles the forward pass understands; a role outside this list is a typo in a rule file.
@@ -426,8 +432,10 @@ impl Rules {
 
     /// Reads a user's rule file.
     pub fn from_file(path: &std::path::Path) -> Result<Rules> {
-        let text = std::fs::read_to_string(path).map_err(Error::io(path))?;
-        Rules::parse(&text, &path.display().to_string())
+        let text = crate::read::read_regular(path)?;
+        let mut rules = Rules::parse(&text, &path.display().to_string())?;
+        rules.source = Some(path.to_path_buf());
+        Ok(rules)
     }
 
     /// Parses a rule file; `file` names it in errors. Unknown keys are errors, and TOML errors
@@ -536,6 +544,7 @@ impl Rules {
             config: spec.config,
             forward: spec.forward,
             tensors,
+            source: None,
         })
     }
 

@@ -154,7 +154,21 @@ pub fn layer_groups(
     Ok(choose(&distances, small))
 }
 
+/// The most units (heads, key/value heads or layers) `similar` groups. Choosing costs
+/// O(units²) memory for the pairwise distances, O(units² × parameters per unit) arithmetic to
+/// fill them and O(units³ / group size) to seed the groups; beyond this bound that is refused
+/// rather than run for hours. Real models have far fewer (at most a few hundred layers).
+pub const MAX_SIMILAR_UNITS: usize = 1024;
+
 fn check_sizes(large: usize, small: usize, what: &'static str) -> Result<()> {
+    if large > MAX_SIMILAR_UNITS {
+        return Err(Error::Scheme {
+            what,
+            reason: format!(
+                "`similar` compares every pair of units and groups at most {MAX_SIMILAR_UNITS} {what} units; the model has {large} (pass strided, adjacent or JSON groups)"
+            ),
+        });
+    }
     if small == 0 || small > large || !large.is_multiple_of(small) {
         return Err(Error::Scheme {
             what,
@@ -297,29 +311,54 @@ pub fn group_by_distance(distances: &[Vec<f64>], small: usize) -> Vec<Vec<usize>
 }
 
 /// Swaps units between groups while a swap lowers the merge cost (first improving swap in
-/// index order; the cost strictly decreases, so this ends).
+/// index order; the cost strictly decreases, so this ends). Each unit's summed distance to
+/// every group is kept up to date, so a candidate swap costs O(1) and a pass O(n²).
 fn improve_by_swaps(distances: &[Vec<f64>], groups: &mut [Vec<usize>]) {
     let total = merge_cost(distances, groups).abs();
     let threshold = 1e-12 * (1.0 + total);
-    // A bound on passes keeps the worst case polynomial; each pass is O(n² k).
-    for _ in 0..(4 * distances.len() + 4) {
+    let n = distances.len();
+    // sums[u][g]: Σ over the units w of group g of d(u, w).
+    let mut sums: Vec<Vec<f64>> = (0..n)
+        .map(|u| {
+            groups
+                .iter()
+                .map(|g| g.iter().map(|&w| dist(distances, u, w)).sum())
+                .collect()
+        })
+        .collect();
+    let sum = |sums: &[Vec<f64>], u: usize, g: usize| {
+        sums.get(u)
+            .and_then(|row| row.get(g))
+            .copied()
+            .unwrap_or(0.0)
+    };
+    // A bound on passes keeps the worst case polynomial.
+    for _ in 0..(4 * n + 4) {
         let mut improved = false;
         for g in 0..groups.len() {
             for h in g + 1..groups.len() {
+                let (kg, kh) = (groups[g].len() as f64, groups[h].len() as f64);
                 for a in 0..groups[g].len() {
                     for b in 0..groups[h].len() {
-                        let before =
-                            group_cost(distances, &groups[g]) + group_cost(distances, &groups[h]);
                         let (ua, ub) = (groups[g][a], groups[h][b]);
+                        let d = dist(distances, ua, ub);
+                        // The change of the two groups' costs if ua and ub trade places.
+                        let delta = (sum(&sums, ub, g) - d - sum(&sums, ua, g)) / kg
+                            + (sum(&sums, ua, h) - d - sum(&sums, ub, h)) / kh;
+                        if delta >= -threshold {
+                            continue;
+                        }
+                        improved = true;
                         groups[g][a] = ub;
                         groups[h][b] = ua;
-                        let after =
-                            group_cost(distances, &groups[g]) + group_cost(distances, &groups[h]);
-                        if after < before - threshold {
-                            improved = true;
-                        } else {
-                            groups[g][a] = ua;
-                            groups[h][b] = ub;
+                        for (u, row) in sums.iter_mut().enumerate() {
+                            let change = dist(distances, u, ub) - dist(distances, u, ua);
+                            if let Some(x) = row.get_mut(g) {
+                                *x += change;
+                            }
+                            if let Some(x) = row.get_mut(h) {
+                                *x -= change;
+                            }
                         }
                     }
                 }
@@ -341,6 +380,15 @@ mod tests {
             .iter()
             .map(|a| points.iter().map(|b| (a - b) * (a - b)).collect())
             .collect()
+    }
+
+    #[test]
+    fn too_many_units_are_refused_before_any_work() {
+        let message = check_sizes(MAX_SIMILAR_UNITS + 2, 2, "layer")
+            .unwrap_err()
+            .to_string();
+        assert!(message.contains("at most 1024 layer units"), "{message}");
+        assert!(check_sizes(MAX_SIMILAR_UNITS, 2, "layer").is_ok());
     }
 
     #[test]

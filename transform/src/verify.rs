@@ -581,6 +581,9 @@ pub fn compare(a: &ArrayD<f32>, b: &ArrayD<f32>) -> Result<Difference> {
         max_abs,
         relative: if mean_abs_reference > 0.0 {
             sum_abs / n / mean_abs_reference
+        } else if sum_abs > 0.0 {
+            // Any difference from an all-zero reference is infinitely large relative to it.
+            f64::INFINITY
         } else {
             0.0
         },
@@ -627,16 +630,90 @@ pub fn verify(
             describe(ka)
         )));
     }
+    for (loader, model) in [(&la, &ma), (&lb, &mb)] {
+        check_input_size(loader, model, ka, batch, seq)?;
+    }
     let input =
         random_input(ka, seed, batch, seq).ok_or_else(|| la.unrunnable("it has no vocabulary"))?;
     let out_a = forward::forward(&ma, input.view())?;
     let out_b = forward::forward(&mb, input.view())?;
+    for (checkpoint, out) in [(a.0, &out_a), (b.0, &out_b)] {
+        require_finite(checkpoint, out)?;
+    }
     Ok(Verification {
         batch,
         seq,
         seed,
         input: input.describe(seed),
         difference: compare(&out_a, &out_b)?,
+    })
+}
+
+/// The most values one activation of a [`verify`] run may hold (1 GiB of f32): batch and
+/// sequence length are bounded up front, before anything is allocated.
+pub const MAX_ACTIVATION_VALUES: usize = 1 << 28;
+
+/// Refuses a batch and sequence length the model cannot read (more tokens than its learned
+/// positions) or whose largest activation (hidden, FFN, logits or attention scores) would
+/// exceed [`MAX_ACTIVATION_VALUES`].
+fn check_input_size(
+    loader: &Loader<'_>,
+    model: &forward::Model,
+    kind: InputKind,
+    batch: usize,
+    seq: usize,
+) -> Result<()> {
+    let positions = match &model.positions {
+        Positions::Learned(table) => Some(table.nrows()),
+        Positions::Rope { .. } | Positions::None => None,
+    };
+    let (tokens, vocab) = match kind {
+        InputKind::Tokens { vocab } => (seq, vocab),
+        InputKind::Pixels { .. } => (positions.unwrap_or(1), 0),
+    };
+    if batch == 0 || tokens == 0 {
+        return Err(loader.unrunnable("the batch and the sequence need at least one token"));
+    }
+    if let (InputKind::Tokens { .. }, Some(positions)) = (kind, positions)
+        && seq > positions
+    {
+        return Err(loader.unrunnable(format!(
+            "a sequence of {seq} tokens is longer than its {positions} learned positions"
+        )));
+    }
+    let d = &loader.anatomy.dims;
+    let width = [d.hidden, d.ffn, vocab, d.heads.saturating_mul(tokens)]
+        .into_iter()
+        .max()
+        .unwrap_or(0);
+    let values = batch
+        .checked_mul(tokens)
+        .and_then(|n| n.checked_mul(width.max(1)));
+    match values {
+        Some(v) if v <= MAX_ACTIVATION_VALUES => Ok(()),
+        _ => Err(loader.unrunnable(format!(
+            "a batch of {batch} x {tokens} tokens would need activations of more than {MAX_ACTIVATION_VALUES} values (a width of {width}); lower --batch or --seq"
+        ))),
+    }
+}
+
+/// Refuses outputs holding NaN or infinite values: no difference to them means anything.
+fn require_finite(checkpoint: &Checkpoint, out: &ArrayD<f32>) -> Result<()> {
+    let mut bad = out.iter().enumerate().filter(|(_, v)| !v.is_finite());
+    let Some((first, _)) = bad.next() else {
+        return Ok(());
+    };
+    let (nan, inf) = out.iter().fold((0, 0), |(nan, inf), v| {
+        (
+            nan + usize::from(v.is_nan()),
+            inf + usize::from(v.is_infinite()),
+        )
+    });
+    Err(Error::NonFiniteLogits {
+        path: checkpoint.path().to_path_buf(),
+        nan,
+        inf,
+        first,
     })
 }
 

@@ -1,16 +1,14 @@
 //! Writing outputs atomically and deterministically: a `.safetensors` file, or a model
 //! directory (config.json, the model file or shards with an index, copied extra files).
 //!
-//! Every output is written into a temporary sibling and renamed into place only when complete,
-//! so an output appears whole or not at all and an existing one is never half overwritten.
-//! Temporaries are named `.vcycle-<pid>-<random>.tmp`: a failed write removes its own, and a
-//! process killed mid-write (which cannot) leaves one that the next `vcycle` writing into the
-//! same directory removes (see [`sweep_stale`]).
+//! Every path is written under one [`OutputPolicy`]: into a work directory beside it, renamed
+//! into place only when complete, so an output appears whole or not at all and an existing one
+//! is never half overwritten (see `output_policy.rs`).
 
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::Write;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 
@@ -23,6 +21,10 @@ use crate::plan::TensorPlan;
 use crate::read::{CONFIG_FILE, INDEX_FILE, SINGLE_FILE};
 
 mod disk;
+mod output_policy;
+
+pub use output_policy::OutputPolicy;
+use output_policy::{Staged, commit, sync_dir};
 
 #[cfg(test)]
 use disk::DISK_SPACE;
@@ -42,72 +44,6 @@ pub enum OutputForm {
     },
 }
 
-/// Refuses an output that is, or is inside, or contains, one of the inputs, and an existing
-/// output without `force`. Symlinks are resolved.
-pub fn check_output_path(inputs: &[&Path], output: &Path, force: bool) -> Result<()> {
-    let refuse = |reason: String| Error::Output {
-        output: output.to_path_buf(),
-        reason,
-    };
-    let resolved = resolve(output).map_err(|e| refuse(format!("cannot be resolved: {e}")))?;
-    for input in inputs {
-        let input = input
-            .canonicalize()
-            .map_err(|e| refuse(format!("cannot resolve input {}: {e}", input.display())))?;
-        if resolved == input {
-            return Err(refuse(format!("is the input {}", input.display())));
-        }
-        if resolved.starts_with(&input) {
-            return Err(refuse(format!("is inside the input {}", input.display())));
-        }
-        if input.starts_with(&resolved) {
-            return Err(refuse(format!(
-                "contains the input {}, which replacing it would delete",
-                input.display()
-            )));
-        }
-    }
-    if output.symlink_metadata().is_ok() && !force {
-        return Err(refuse("already exists (pass --force to replace it)".into()));
-    }
-    Ok(())
-}
-
-/// The absolute path with every symlink resolved, including a dangling one at the end (a
-/// link to a file not yet created inside an input is inside that input) and those of
-/// components that do not exist yet; `..` is applied after resolving what precedes it.
-fn resolve(path: &Path) -> std::io::Result<PathBuf> {
-    if let Ok(p) = path.canonicalize() {
-        return Ok(p);
-    }
-    resolve_links(&std::path::absolute(path)?, 0)
-}
-
-fn resolve_links(absolute: &Path, hops: usize) -> std::io::Result<PathBuf> {
-    const MAX_HOPS: usize = 40;
-    let mut resolved = PathBuf::new();
-    for component in absolute.components() {
-        match component {
-            Component::ParentDir => {
-                resolved.pop();
-            }
-            Component::CurDir => {}
-            other => {
-                let next = resolved.join(other);
-                match std::fs::read_link(&next) {
-                    Ok(target) if hops < MAX_HOPS => {
-                        // A relative target is relative to the link's directory; an absolute
-                        // one replaces the path.
-                        resolved = resolve_links(&resolved.join(target), hops + 1)?;
-                    }
-                    _ => resolved = next,
-                }
-            }
-        }
-    }
-    Ok(resolved)
-}
-
 /// A tensor's byte length (the plan checked that it fits).
 fn byte_len(t: &TensorPlan) -> usize {
     crate::dtype::byte_len(t.dtype, &t.shape).unwrap_or(0)
@@ -116,67 +52,89 @@ fn byte_len(t: &TensorPlan) -> usize {
 /// Produces one tensor's bytes, handing them in order, piece by piece, to the sink.
 pub type Produce<'a> = dyn Fn(&TensorPlan, &mut Sink<'_>) -> Result<()> + Sync + 'a;
 
-/// Writes the plan's tensors to `output` in the given form. `compute` produces each tensor's
-/// bytes; tensors are computed and written one at a time, each as it is produced.
-pub fn write_output(
-    output: &Path,
-    form: &OutputForm,
-    tensors: &[TensorPlan],
-    metadata: &BTreeMap<String, String>,
-    force: bool,
-    compute: &Produce<'_>,
-) -> Result<()> {
-    let parent = match output.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    if !parent.is_dir() {
-        return Err(Error::Output {
-            output: output.to_path_buf(),
-            reason: format!("its directory {} does not exist", parent.display()),
-        });
-    }
-    sweep_stale(&parent);
-    write_new(output, &parent, form, tensors, metadata, force, compute)
-        .map_err(|e| blame_output(e, output, &parent))
+/// A file written beside the output, under the same policy (`--plan-json`).
+#[derive(Debug, Clone, Copy)]
+pub struct SideFile<'a> {
+    pub path: &'a Path,
+    pub bytes: &'a [u8],
 }
 
-fn write_new(
+/// Writes the plan's tensors to `output` in the given form, and the side files, under
+/// `policy`: all appear whole or none does. `compute` produces each tensor's bytes; tensors are
+/// computed and written one at a time, each as it is produced.
+pub fn write_output(
     output: &Path,
-    parent: &Path,
+    policy: &OutputPolicy,
     form: &OutputForm,
     tensors: &[TensorPlan],
     metadata: &BTreeMap<String, String>,
-    force: bool,
+    side_files: &[SideFile<'_>],
     compute: &Produce<'_>,
 ) -> Result<()> {
-    let out_err = |e: std::io::Error| Error::Output {
-        output: output.to_path_buf(),
-        reason: format!("cannot be written: {e}"),
-    };
-    let prefix = temp_prefix();
+    let mut paths: Vec<&Path> = side_files.iter().map(|f| f.path).collect();
+    paths.push(output);
+    policy.check(&paths)?;
+    // The side files first: they are quick, and a path that cannot be written stops the run
+    // before the long part.
+    let mut staged = stage_side_files(policy, side_files)?;
+    let out = policy.stage(output)?;
+    write_new(output, &out.path(), form, tensors, metadata, compute)
+        .map_err(|e| blame_output(e, output, out.work()))?;
+    staged.push(out);
+    commit(&mut staged)
+}
+
+/// Writes side files alone (a dry run's `--plan-json`) under `policy`.
+pub fn write_side_files(policy: &OutputPolicy, side_files: &[SideFile<'_>]) -> Result<()> {
+    let paths: Vec<&Path> = side_files.iter().map(|f| f.path).collect();
+    policy.check(&paths)?;
+    let mut staged = stage_side_files(policy, side_files)?;
+    commit(&mut staged)
+}
+
+fn stage_side_files(policy: &OutputPolicy, side_files: &[SideFile<'_>]) -> Result<Vec<Staged>> {
+    side_files
+        .iter()
+        .map(|f| {
+            let staged = policy.stage(f.path)?;
+            let path = staged.path();
+            write_synced(&path, f.bytes).map_err(|e| Error::Output {
+                output: f.path.to_path_buf(),
+                reason: format!("cannot be written: {e}"),
+            })?;
+            Ok(staged)
+        })
+        .collect()
+}
+
+fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut file = File::create(path)?;
+    file.write_all(bytes)?;
+    file.sync_all()
+}
+
+/// Writes the output's content at `tmp` (inside its work directory).
+fn write_new(
+    output: &Path,
+    tmp: &Path,
+    form: &OutputForm,
+    tensors: &[TensorPlan],
+    metadata: &BTreeMap<String, String>,
+    compute: &Produce<'_>,
+) -> Result<()> {
     match form {
         OutputForm::File => {
-            let tmp = temp_builder(&prefix, 0o666)
-                .tempfile_in(parent)
-                .map_err(out_err)?;
-            write_safetensors(tmp.as_file(), tmp.path(), tensors, metadata, compute)?;
-            tmp.as_file().sync_all().map_err(Error::io(tmp.path()))?;
-            replace(
-                tmp.into_temp_path().keep().map_err(|e| out_err(e.error))?,
-                output,
-                force,
-            )
+            let file = File::create(tmp).map_err(Error::io(tmp))?;
+            write_safetensors(&file, tmp, tensors, metadata, compute)?;
+            file.sync_all().map_err(Error::io(tmp))
         }
         OutputForm::Directory {
             config,
             extra_files,
             shard_size,
         } => {
-            let tmp = temp_builder(&prefix, 0o777)
-                .tempdir_in(parent)
-                .map_err(out_err)?;
-            let dir = tmp.path();
+            std::fs::create_dir(tmp).map_err(Error::io(tmp))?;
+            let dir = tmp;
             let shards = split_shards(tensors, *shard_size);
             if let [single] = shards.as_slice() {
                 let path = dir.join(SINGLE_FILE);
@@ -209,6 +167,7 @@ fn write_new(
                 if let Some(parent) = dest.parent() {
                     std::fs::create_dir_all(parent).map_err(Error::io(parent))?;
                 }
+                // `copy` reads through links: a hub snapshot's files are links to its blobs.
                 std::fs::copy(source, &dest).map_err(|e| Error::Output {
                     output: output.to_path_buf(),
                     reason: format!("cannot be written: copying {}: {e}", source.display()),
@@ -217,205 +176,22 @@ fn write_new(
                     .and_then(|f| f.sync_all())
                     .map_err(Error::io(&dest))?;
             }
-            sync_dir(dir)?;
-            let kept = tmp.keep();
-            let result = replace(kept.clone(), output, force);
-            if result.is_err() {
-                let _ = std::fs::remove_dir_all(&kept);
-            }
-            result
+            sync_dir(dir);
+            Ok(())
         }
     }
 }
 
 /// An I/O error on a temporary (a full disk, a read-only directory) is reported as the
 /// output's: the temporary is already gone, and its name would only confuse.
-fn blame_output(error: Error, output: &Path, parent: &Path) -> Error {
+fn blame_output(error: Error, output: &Path, work: &Path) -> Error {
     match error {
-        Error::Io { path, source } if is_temporary(&path, parent) => Error::Output {
+        Error::Io { path, source } if path.starts_with(work) => Error::Output {
             output: output.to_path_buf(),
             reason: format!("cannot be written: {source}"),
         },
         other => other,
     }
-}
-
-fn is_temporary(path: &Path, parent: &Path) -> bool {
-    // tempfile makes the paths it creates absolute.
-    let absolute = std::path::absolute(parent).unwrap_or_else(|_| parent.to_path_buf());
-    [parent, absolute.as_path()].iter().any(|parent| {
-        path.strip_prefix(parent)
-            .ok()
-            .and_then(|rest| rest.components().next())
-            .is_some_and(|first| first.as_os_str().to_string_lossy().starts_with(".vcycle-"))
-    })
-}
-
-/// `.vcycle-<pid>-`: the process id lets a later run tell a dead process's leftovers from a
-/// live one's work in progress.
-fn temp_prefix() -> String {
-    format!(".vcycle-{}-", std::process::id())
-}
-
-/// Writes `bytes` to `path` atomically (temporary sibling, fsync, rename), replacing an
-/// existing file. Used for side outputs such as `--plan-json`.
-pub fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
-    let parent = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let out_err = |e: std::io::Error| Error::Output {
-        output: path.to_path_buf(),
-        reason: format!("cannot be written: {e}"),
-    };
-    let prefix = temp_prefix();
-    let mut tmp = temp_builder(&prefix, 0o666)
-        .tempfile_in(&parent)
-        .map_err(out_err)?;
-    tmp.write_all(bytes).map_err(out_err)?;
-    tmp.as_file().sync_all().map_err(out_err)?;
-    tmp.persist(path).map_err(|e| out_err(e.error))?;
-    sync_dir(&parent)
-}
-
-/// Cleans up after a `vcycle` that was killed while writing into `dir`: removes its
-/// `.vcycle-<pid>-*.tmp` temporaries, and puts back an output it had moved aside
-/// (`.vcycle-old-<pid>-<name>`) but not yet replaced, or removes the aside copy when the new
-/// output is in place. Only entries of processes that no longer run are touched, as seen in
-/// `/proc` (on other systems, and without `/proc`, nothing is touched). Errors are ignored:
-/// this is housekeeping, and a leftover never affects a new output.
-pub fn sweep_stale(dir: &Path) {
-    if !Path::new("/proc/self").exists() {
-        return;
-    }
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    let dead = |pid: &str| {
-        pid.parse::<u32>().is_ok_and(|pid| {
-            pid != std::process::id() && !Path::new("/proc").join(pid.to_string()).exists()
-        })
-    };
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let Some(name) = name.to_str() else {
-            continue;
-        };
-        if let Some(rest) = name.strip_prefix(".vcycle-old-") {
-            let Some((pid, original)) = rest.split_once('-') else {
-                continue;
-            };
-            if !dead(pid) || original.is_empty() {
-                continue;
-            }
-            let original = dir.join(original);
-            if original.symlink_metadata().is_err() {
-                let _ = std::fs::rename(entry.path(), &original);
-            } else {
-                remove_any(&entry.path());
-            }
-        } else if let Some(rest) = name.strip_prefix(".vcycle-")
-            && name.ends_with(".tmp")
-            && let Some((pid, _)) = rest.split_once('-')
-            && dead(pid)
-        {
-            remove_any(&entry.path());
-        }
-    }
-}
-
-fn remove_any(path: &Path) {
-    let _ = match path.symlink_metadata() {
-        Ok(meta) if meta.is_dir() => std::fs::remove_dir_all(path),
-        _ => std::fs::remove_file(path),
-    };
-}
-
-/// A builder for temporary siblings. Unix mode bits are those of an ordinary `File::create` /
-/// `create_dir` (filtered by the umask), not tempfile's private 0600/0700, because the
-/// temporary becomes the output.
-fn temp_builder(prefix: &str, mode: u32) -> tempfile::Builder<'_, 'static> {
-    let mut builder = tempfile::Builder::new();
-    builder.prefix(prefix).suffix(".tmp");
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        builder.permissions(std::fs::Permissions::from_mode(mode));
-    }
-    #[cfg(not(unix))]
-    let _ = mode;
-    builder
-}
-
-/// Moves a finished temporary output into place; an existing output (with `force`) is moved
-/// aside first and deleted only after the new one is in place.
-fn replace(tmp: PathBuf, output: &Path, force: bool) -> Result<()> {
-    let out_err = |reason: String| Error::Output {
-        output: output.to_path_buf(),
-        reason,
-    };
-    let cleanup = |tmp: &Path| {
-        let _ = if tmp.is_dir() {
-            std::fs::remove_dir_all(tmp)
-        } else {
-            std::fs::remove_file(tmp)
-        };
-    };
-    let existing = output.symlink_metadata().ok();
-    if existing.is_some() && !force {
-        cleanup(&tmp);
-        return Err(out_err(
-            "already exists (pass --force to replace it)".into(),
-        ));
-    }
-    let parent = tmp.parent().map(Path::to_path_buf).unwrap_or_default();
-    // A file replacing a file is one atomic rename; anything involving a directory moves the
-    // old output aside first, since rename cannot replace across kinds or onto a directory.
-    let aside = match &existing {
-        Some(meta) if meta.is_dir() || tmp.is_dir() => {
-            let aside = parent.join(format!(
-                ".vcycle-old-{}-{}",
-                std::process::id(),
-                output
-                    .file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_default()
-            ));
-            if let Err(e) = std::fs::rename(output, &aside) {
-                cleanup(&tmp);
-                return Err(out_err(format!(
-                    "cannot move the existing output aside: {e}"
-                )));
-            }
-            Some(aside)
-        }
-        _ => None,
-    };
-    if let Err(e) = std::fs::rename(&tmp, output) {
-        if let Some(aside) = &aside {
-            let _ = std::fs::rename(aside, output);
-        }
-        cleanup(&tmp);
-        return Err(out_err(format!(
-            "cannot move the finished output into place: {e}"
-        )));
-    }
-    if let Some(aside) = aside {
-        let _ = if aside.is_dir() {
-            std::fs::remove_dir_all(&aside)
-        } else {
-            std::fs::remove_file(&aside)
-        };
-    }
-    sync_dir(&parent)
-}
-
-fn sync_dir(dir: &Path) -> Result<()> {
-    // Directory fsync makes the renames durable; not every filesystem supports it.
-    if let Ok(d) = File::open(dir) {
-        let _ = d.sync_all();
-    }
-    Ok(())
 }
 
 fn write_json(path: &Path, value: &Value) -> Result<()> {
@@ -424,10 +200,7 @@ fn write_json(path: &Path, value: &Value) -> Result<()> {
         source,
     })?;
     text.push('\n');
-    std::fs::write(path, text).map_err(Error::io(path))?;
-    File::open(path)
-        .and_then(|f| f.sync_all())
-        .map_err(Error::io(path))
+    write_synced(path, text.as_bytes()).map_err(Error::io(path))
 }
 
 /// Greedy split in plan order; a tensor larger than the limit gets a shard of its own.
@@ -725,6 +498,19 @@ mod tests {
         }
     }
 
+    /// [`write_output`] under a policy with no inputs and no side files.
+    fn write_output(
+        output: &Path,
+        form: &OutputForm,
+        tensors: &[TensorPlan],
+        metadata: &BTreeMap<String, String>,
+        force: bool,
+        compute: &Produce<'_>,
+    ) -> Result<()> {
+        let policy = OutputPolicy::new(&[], force)?;
+        super::write_output(output, &policy, form, tensors, metadata, &[], compute)
+    }
+
     fn zeros(t: &TensorPlan, sink: &mut Sink<'_>) -> Result<()> {
         sink(&mut Block::from(vec![0; byte_len(t)]))
     }
@@ -894,79 +680,5 @@ mod tests {
             );
             assert!(!output.exists());
         }
-    }
-
-    #[test]
-    fn leftovers_of_dead_processes_are_swept_and_an_aside_output_restored() {
-        let dir = tempfile::tempdir().unwrap();
-        let d = dir.path();
-        // A pid that is not running: the largest possible, far above pid_max.
-        let dead = u32::MAX;
-        let live = std::process::id();
-        std::fs::write(d.join(format!(".vcycle-{dead}-abc.tmp")), "partial").unwrap();
-        std::fs::create_dir(d.join(format!(".vcycle-{dead}-def.tmp"))).unwrap();
-        std::fs::write(d.join(format!(".vcycle-{live}-ghi.tmp")), "in progress").unwrap();
-        // Moved aside, new output not yet in place: put back.
-        std::fs::create_dir(d.join(format!(".vcycle-old-{dead}-model"))).unwrap();
-        // Moved aside, new output in place: the aside copy goes.
-        std::fs::write(d.join("file.safetensors"), "new").unwrap();
-        std::fs::write(
-            d.join(format!(".vcycle-old-{dead}-file.safetensors")),
-            "old",
-        )
-        .unwrap();
-        // Not ours.
-        std::fs::write(d.join(".vcycle-notes.tmp"), "user file").unwrap();
-        std::fs::write(d.join(".vcycle-x-1.tmp"), "user file").unwrap();
-        sweep_stale(d);
-        let mut expected = vec![
-            format!(".vcycle-{live}-ghi.tmp"),
-            ".vcycle-notes.tmp".to_string(),
-            ".vcycle-x-1.tmp".to_string(),
-            "file.safetensors".to_string(),
-            "model".to_string(),
-        ];
-        expected.sort();
-        assert_eq!(entries(d), expected);
-        assert_eq!(
-            std::fs::read_to_string(d.join("file.safetensors")).unwrap(),
-            "new"
-        );
-    }
-
-    #[cfg(unix)]
-    #[test]
-    fn symlinks_are_resolved_even_dangling_and_through_missing_components() {
-        let dir = tempfile::tempdir().unwrap();
-        let root = dir.path().canonicalize().unwrap();
-        let input = root.join("in");
-        std::fs::create_dir(&input).unwrap();
-        std::os::unix::fs::symlink("in/new.safetensors", root.join("dangling")).unwrap();
-        std::os::unix::fs::symlink(&input, root.join("link")).unwrap();
-        assert_eq!(
-            resolve(&root.join("dangling")).unwrap(),
-            input.join("new.safetensors")
-        );
-        assert_eq!(resolve(&root.join("link/a/b")).unwrap(), input.join("a/b"));
-        assert_eq!(resolve(&root.join("x/../in/y")).unwrap(), input.join("y"));
-        // A loop ends instead of recursing forever.
-        std::os::unix::fs::symlink("loop", root.join("loop")).unwrap();
-        assert!(resolve(&root.join("loop/out")).is_ok());
-        for output in ["dangling", "link/new", "x/../in/y"] {
-            let message = check_output_path(&[&input], &root.join(output), true)
-                .unwrap_err()
-                .to_string();
-            assert!(message.contains("inside the input"), "{output}: {message}");
-        }
-    }
-
-    #[test]
-    fn side_files_are_written_atomically() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("plan.json");
-        write_file(&path, b"one").unwrap();
-        write_file(&path, b"two").unwrap();
-        assert_eq!(std::fs::read_to_string(&path).unwrap(), "two");
-        assert_eq!(entries(dir.path()), ["plan.json"]);
     }
 }
