@@ -20,12 +20,14 @@ use safetensors::Dtype;
 
 use crate::dtype::{self, Float, element_size};
 use crate::error::{Error, Result};
-use crate::ops::{self, GatherError};
+use crate::ops::{self, Gather, GatherError};
 use crate::plan::{AxisGather, DepthOp, Operator, Plan, TensorPlan};
 use crate::read::Checkpoint;
 
 #[cfg(test)]
 mod bf16_in_f32_tests;
+#[cfg(test)]
+mod rearrange_tests;
 
 /// Output bytes computed per block: what a tensor in flight holds, whatever its size.
 const BLOCK_BYTES: usize = 4 << 20;
@@ -259,9 +261,167 @@ struct Rows<'a> {
     out_row_len: usize,
     /// The saved large tensor interpolated with, and α.
     large: Option<(Source<'a>, f64)>,
+    /// Where every output row is bytes of one input row moved and divided by powers of two.
+    rearrange: Option<Rearrange>,
     /// Whether rows are computed in f32: every input and the output are bf16, and nothing is
     /// interpolated.
     in_f32: bool,
+}
+
+/// An output tensor whose rows are the bytes of single rows of one input tensor of the same
+/// dtype, moved whole blocks at a time and divided by powers of two: a de-coalesce, which
+/// duplicates `out` axes and splits `in` axes into groups of 2^k (and copies layers). Values
+/// are divided in their own encoding ([`dtype::divide_by_power_of_two`]), with the bits the
+/// decoding and f64 arithmetic of [`Rows::resize_row`] give; most values are not decoded.
+struct Rearrange {
+    dtype: Dtype,
+    /// Per output row, when axis 0 is gathered: its input row and the power of two it is
+    /// divided by (otherwise row i is input row i, undivided).
+    rows: Option<Vec<(usize, u32)>>,
+    /// The transformed axis of a row, if any: the row seen as (outer, blocks, block bytes).
+    columns: Option<Columns>,
+}
+
+struct Columns {
+    outer: usize,
+    input_blocks: usize,
+    /// Per output block: its input block and the power of two it is divided by.
+    blocks: Vec<(usize, u32)>,
+    block_bytes: usize,
+}
+
+impl Rearrange {
+    /// None unless every gather takes single elements and divides them by powers of two, and
+    /// at most one axis of a row changes.
+    fn new(
+        rows_gather: Option<&Gather>,
+        row_gathers: &[Option<Arc<AxisGather>>],
+        in_row_shape: &[usize],
+        dtype: Dtype,
+    ) -> Option<Self> {
+        let single_sources = |gather: &Gather| {
+            (0..gather.output_len())
+                .map(|i| single_source(gather, i))
+                .collect::<Option<Vec<_>>>()
+        };
+        let rows = match rows_gather {
+            Some(gather) => Some(single_sources(gather)?),
+            None => None,
+        };
+        let mut changed = row_gathers
+            .iter()
+            .enumerate()
+            .filter_map(|(axis, g)| g.as_ref().map(|g| (axis, &g.blocks)));
+        let columns = match (changed.next(), changed.next()) {
+            (None, _) => None,
+            (Some((axis, (gather, block))), None) => {
+                let outer: usize = in_row_shape.get(..axis)?.iter().product();
+                let inner: usize = in_row_shape.get(axis + 1..)?.iter().product();
+                Some(Columns {
+                    outer,
+                    input_blocks: gather.input_len(),
+                    blocks: single_sources(gather)?,
+                    block_bytes: block * inner * element_size(dtype),
+                })
+            }
+            (Some(_), Some(_)) => return None,
+        };
+        Some(Rearrange {
+            dtype,
+            rows,
+            columns,
+        })
+    }
+
+    /// The input row of output row `i` and the power of two it is divided by.
+    fn source_row(&self, i: usize) -> Option<(usize, u32)> {
+        match &self.rows {
+            Some(rows) => rows.get(i).copied(),
+            None => Some((i, 0)),
+        }
+    }
+
+    /// Hands each block of the output row made from input row `row` divided by 2^`k` to `f`:
+    /// its input bytes, the index of its first value in the output row and its power of two.
+    /// Returns the number of output values, or None if `row` does not have the planned length.
+    fn each_block(
+        &self,
+        row: &[u8],
+        k: u32,
+        mut f: impl FnMut(&[u8], usize, u32) -> Option<()>,
+    ) -> Option<usize> {
+        let size = element_size(self.dtype);
+        let Some(c) = &self.columns else {
+            f(row, 0, k)?;
+            return Some(row.len() / size);
+        };
+        let in_len = c.input_blocks * c.block_bytes;
+        if row.len() != c.outer * in_len {
+            return None;
+        }
+        let block_values = c.block_bytes / size;
+        let mut at = 0;
+        for src in row.chunks_exact(in_len.max(1)) {
+            for &(block, kb) in &c.blocks {
+                let start = block * c.block_bytes;
+                f(src.get(start..start + c.block_bytes)?, at, k + kb)?;
+                at += block_values;
+            }
+        }
+        Some(at)
+    }
+
+    /// Output row `out` (bytes) from input row `row` divided by 2^`k`.
+    fn row(&self, row: &[u8], k: u32, out: &mut [u8]) -> Option<()> {
+        let size = element_size(self.dtype);
+        let values = self.each_block(row, k, |src, at, k| {
+            let dst = out.get_mut(at * size..at * size + src.len())?;
+            dtype::divide_by_power_of_two(self.dtype, src, k, dst)
+        })?;
+        (values * size == out.len()).then_some(())
+    }
+
+    /// Output row `out` (values) interpolated between the saved large row `large` (bytes) and
+    /// input row `row` divided by 2^`k`, decoded together as [`Rows::compute`] would decode
+    /// them, with the same arithmetic: (1 − α)·large + α·(value · 2^−k).
+    fn interpolated_row<T: Float>(
+        &self,
+        row: &[u8],
+        k: u32,
+        large: &[u8],
+        alpha: f64,
+        out: &mut [T],
+    ) -> Option<()> {
+        let size = element_size(self.dtype);
+        let alpha = T::from_f64(alpha);
+        let values = self.each_block(row, k, |src, at, k| {
+            let n = src.len() / size;
+            let scale = T::from_f64(0.5f64.powi(k as i32));
+            dtype::decode_pair_into(
+                self.dtype,
+                large.get(at * size..(at + n) * size)?,
+                src,
+                out.get_mut(at..at + n)?,
+                |l, v| ops::interpolate(l, v * scale, alpha),
+            )
+        })?;
+        (values == out.len() && values * size == large.len()).then_some(())
+    }
+}
+
+/// The only source of output index `i` of `gather` and the power of two it is divided by, if
+/// it has one source and such a divisor.
+fn single_source(gather: &Gather, i: usize) -> Option<(usize, u32)> {
+    match gather.source(i)? {
+        (&[j], divisor) => Some((j, power_of_two(divisor)?)),
+        _ => None,
+    }
+}
+
+/// k where `divisor` = 2^k.
+fn power_of_two(divisor: f64) -> Option<u32> {
+    let k = divisor.log2().round();
+    ((0.0..64.0).contains(&k) && 2f64.powi(k as i32) == divisor).then_some(k as u32)
 }
 
 /// Buffers of one worker, reused row after row.
@@ -368,6 +528,20 @@ impl Rows<'_> {
     /// is left unspecified.
     fn compute_in<T: Computed>(&self, i: usize, s: &mut Scratch, out: &mut [u8]) -> Result<Check> {
         let (values, shape, split_shape) = T::split(s);
+        if let (Some(rearrange), [layer]) = (&self.rearrange, self.layers.as_slice()) {
+            let (j, k) = rearrange.source_row(i).ok_or_else(|| self.bad_row(i))?;
+            let row = layer.row(j)?;
+            let done = match &self.large {
+                None => rearrange.row(row, k, out).map(|()| Check::Unknown),
+                Some((large, alpha)) => {
+                    let row_values = self.prefix(&mut values.row, self.out_row_len)?;
+                    rearrange
+                        .interpolated_row(row, k, large.row(i)?, *alpha, row_values)
+                        .and_then(|()| self.finish(row_values, out))
+                }
+            };
+            return done.ok_or_else(|| self.bad_row(i));
+        }
         let len = self.out_row_len;
         if self.layers.is_empty() {
             // `--depth-init zero`: an added layer's output projection, zero before any
@@ -623,6 +797,27 @@ impl<'a> Rows<'a> {
         let mut gathers = gathers.into_iter();
         let rows_gather = gathers.next().flatten();
         let row_gathers: Vec<_> = gathers.collect();
+        // Interpolation at an end point copies one input: the general path does that.
+        let rearranged = match (layers.as_slice(), &large) {
+            ([layer], None) => layer.dtype == tensor.dtype,
+            ([layer], Some((large, alpha))) => {
+                layer.dtype == tensor.dtype
+                    && large.dtype == tensor.dtype
+                    && *alpha != 0.0
+                    && *alpha != 1.0
+            }
+            _ => false,
+        };
+        let rearrange = if rearranged {
+            Rearrange::new(
+                rows_gather.as_deref().map(|g| &g.gather),
+                &row_gathers,
+                &in_row_shape,
+                tensor.dtype,
+            )
+        } else {
+            None
+        };
         // Not when interpolating: (1 − α)·large + α·small of bf16 values lands exactly halfway
         // between two bf16 values for a value in 200 (α = 0.3), where α to f32's 8 digits
         // rounds a third of them the other way (the f64 result rounds them as the exact one).
@@ -639,6 +834,7 @@ impl<'a> Rows<'a> {
             out_rows,
             out_row_len,
             large,
+            rearrange,
             in_f32,
         })
     }

@@ -439,8 +439,14 @@ pub fn interpolate_into<T: Float>(large: &[T], decoalesced: &mut [T], alpha: f64
         decoalesced
             .iter_mut()
             .zip(large)
-            .for_each(|(d, &l)| *d = (T::ONE - alpha) * l + alpha * *d);
+            .for_each(|(d, &l)| *d = interpolate(l, *d, alpha));
     }
+}
+
+/// One value of [`interpolate_into`] for α in (0, 1), for kernels that fuse it with decoding.
+#[inline]
+pub fn interpolate<T: Float>(large: T, decoalesced: T, alpha: T) -> T {
+    (T::ONE - alpha) * large + alpha * decoalesced
 }
 
 #[cfg(test)]
