@@ -41,6 +41,10 @@ pub struct Job {
     write_warnings: Mutex<Vec<String>>,
 }
 
+/// How many bytes of the scanned inputs of one output tensor stay mapped until it is computed:
+/// about a CPU's last-level cache, beyond which scanned bytes would not be found there anyway.
+const KEEP_SCANNED_BYTES: usize = 32 << 20;
+
 /// An input tensor: (in the large checkpoint, name).
 type InputKey<'a> = (bool, &'a str);
 
@@ -209,7 +213,8 @@ impl Job {
     /// Things found while writing that did not stop it: input tensors holding NaN or infinite
     /// values, output tensors whose finite inputs overflowed the output dtype (empty in strict
     /// mode, where they are errors). Inputs are scanned as they are first read, so a dry run
-    /// finds none. Sorted by message.
+    /// finds none. Sorted: small tensors are computed several at a time, so the order they
+    /// were found in varies from run to run.
     pub fn write_warnings(&self) -> Vec<String> {
         let mut warnings = self
             .write_warnings
@@ -248,13 +253,15 @@ impl Job {
         };
         let plan = &self.plan;
         let scanned = Mutex::new(Scanned::default());
-        // Every input is scanned for NaN and infinite values once: those no output reads now,
-        // the others just before the first output computed from them.
+        // Inputs no output reads are scanned now; the others with the first output computed
+        // from them: before it (its computation then finds their bytes in the CPU cache if
+        // they fit; reading them twice from memory cost a tenth of a coalesce's time), or,
+        // where their NaN would show in it, only if it holds one.
         let read: BTreeSet<InputKey<'_>> = plan.tensors.iter().flat_map(input_keys).collect();
         for in_large in [false, true] {
             for name in self.input(in_large).iter().flat_map(|c| c.tensors().keys()) {
                 if !read.contains(&(in_large, name.as_str())) {
-                    self.scan_input((in_large, name), &scanned)?;
+                    self.scan_input((in_large, name), &scanned, &mut 0)?;
                 }
             }
         }
@@ -266,16 +273,22 @@ impl Job {
             &self.metadata,
             force,
             &|t, sink| {
-                for key in input_keys(t) {
-                    self.scan_input(key, &scanned)?;
-                }
-                let from_inputs = scanned.lock().is_ok_and(|scanned| {
-                    input_keys(t).any(|(in_large, name)| {
-                        scanned.non_finite.contains(&(in_large, name.to_string()))
+                let from_inputs = || {
+                    scanned.lock().is_ok_and(|scanned| {
+                        input_keys(t).any(|(in_large, name)| {
+                            scanned.non_finite.contains(&(in_large, name.to_string()))
+                        })
                     })
-                });
+                };
+                let output_first = self.non_finite_inputs_reach_output(t);
+                if !output_first {
+                    let mut keep = KEEP_SCANNED_BYTES;
+                    for key in input_keys(t) {
+                        self.scan_input(key, &scanned, &mut keep)?;
+                    }
+                }
                 // Non-finite values that come from the inputs are reported with them.
-                let check_output = !from_inputs && self.may_overflow(t);
+                let check_output = output_first || (!from_inputs() && self.may_overflow(t));
                 let size = crate::dtype::element_size(t.dtype);
                 let mut elements = 0;
                 let mut found: Option<NonFinite> = None;
@@ -301,6 +314,14 @@ impl Job {
                 let Some(found) = found else {
                     return Ok(());
                 };
+                if output_first {
+                    for key in input_keys(t) {
+                        self.scan_input(key, &scanned, &mut 0)?;
+                    }
+                }
+                if from_inputs() {
+                    return Ok(());
+                }
                 let count = found.nan + found.inf;
                 if self.strict {
                     return Err(Error::NonFiniteOutput {
@@ -333,6 +354,15 @@ impl Job {
             })
     }
 
+    /// Whether every input value of output `t` passes through arithmetic into it, so that a
+    /// NaN or infinite input shows in the output: then the output is scanned as it streams
+    /// and its inputs only when it holds one (to name them). A coalesced output is several
+    /// times smaller than its inputs, which are merged whole (schemes are partitions), so
+    /// this saves most of the scan's reading; other operators scan the inputs first.
+    fn non_finite_inputs_reach_output(&self, t: &TensorPlan) -> bool {
+        self.plan.operator == plan::Operator::Coalesce && t.interpolate_with.is_none()
+    }
+
     /// The primary checkpoint, or the saved large one.
     fn input(&self, in_large: bool) -> Option<&Checkpoint> {
         if in_large {
@@ -343,9 +373,15 @@ impl Job {
     }
 
     /// Scans input tensor `key` for NaN and infinite values unless it was scanned already:
-    /// refused in strict mode, a warning otherwise. Its pages are released after the scan, so
-    /// that memory stays flat.
-    fn scan_input(&self, (in_large, name): InputKey<'_>, scanned: &Mutex<Scanned>) -> Result<()> {
+    /// refused in strict mode, a warning otherwise.
+    /// Its pages stay mapped for the computation if it fits in `keep` bytes (then counted
+    /// off), and are released otherwise, so that memory stays flat.
+    fn scan_input(
+        &self,
+        (in_large, name): InputKey<'_>,
+        scanned: &Mutex<Scanned>,
+        keep: &mut usize,
+    ) -> Result<()> {
         let Some(checkpoint) = self.input(in_large) else {
             return Ok(());
         };
@@ -359,7 +395,10 @@ impl Job {
             return Ok(());
         };
         let found = crate::dtype::non_finite(info.dtype, bytes);
-        checkpoint.release_all(name);
+        match keep.checked_sub(bytes.len()) {
+            Some(left) => *keep = left,
+            None => checkpoint.release_all(name),
+        }
         let Some(found) = found else {
             return Ok(());
         };
