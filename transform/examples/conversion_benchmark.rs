@@ -42,12 +42,9 @@ const CHILD: &str = "--measure-child";
 const COPY_RATIO_LIMIT: f64 = 1.5;
 /// The memory target: at most 2 × the largest tensor + this many bytes.
 const RSS_ALLOWANCE: u64 = 100_000_000;
-/// Runs of each conversion and copy; the fastest counts. Five: on the 2-core VM the same copy
-/// varied up to 2.7x between three runs, and the per-byte ratios of bf16 to f32 by ±15%.
+/// Runs of each conversion and copy; the fastest counts. Five: on a 2-core virtual machine the
+/// same copy varied up to 2.7x between three runs.
 const RUNS: usize = 5;
-/// bf16 is held to at least this fraction of f32's throughput per byte (10% for the noise of
-/// a shared machine).
-const BF16_SPEED_LIMIT: f64 = 0.9;
 
 struct Model {
     name: &'static str,
@@ -194,7 +191,6 @@ fn main() -> Result<()> {
         cache.describe()
     );
     print_table(&rows);
-    let bf16 = bf16_comparison(&rows);
     let report = json!({
         "machine": machine,
         "load_average_1min": {"start": load_at_start, "end": load_at_end},
@@ -204,10 +200,8 @@ fn main() -> Result<()> {
         "targets": {
             "wall_vs_copy_at_most": COPY_RATIO_LIMIT,
             "peak_rss_at_most": "2 x largest tensor + 100 MB",
-            "bf16_vs_f32_throughput_at_least": BF16_SPEED_LIMIT,
         },
         "rows": rows,
-        "bf16_vs_f32": bf16,
     });
     let json_path = root.join("conversion.json");
     std::fs::write(&json_path, serde_json::to_string_pretty(&report)? + "\n")?;
@@ -249,8 +243,7 @@ fn machine() -> Value {
 /// Where the inputs are when a run starts.
 #[derive(Clone, Copy)]
 enum Cache {
-    /// In the page cache: read through before every run (outputs, and so the checkpoints
-    /// generated here, are written past the page cache).
+    /// In the page cache: read through before every run.
     Warm,
     /// On disk only: the page cache is dropped before every run (needs root).
     Cold,
@@ -345,8 +338,8 @@ struct Runs {
 }
 
 /// Measures `op` on every model: each run converts and copies every model in turn, so that
-/// the models (f32 and bf16 above all, whose throughputs are compared) meet the same
-/// conditions of the machine; disk writes on a shared machine vary from one minute to the next.
+/// the models meet the same conditions of the machine; disk writes on a shared machine vary
+/// from one minute to the next.
 fn bench_operation(
     root: &Path,
     models: &[Checkpoints],
@@ -735,8 +728,8 @@ fn plan_only(op: &str, inputs: &[String], small: [&String; 3]) -> Result<Plan> {
 
 /// A plain copy of the same bytes through the conversion's own writer: reads every input
 /// safetensors file and writes what it read as the conversion's output tensors (the same
-/// header, the same writer, writeback and fsync; the inputs are read again from the start when
-/// the output is larger), so the ratio to it is what computing the values costs.
+/// header, the same writer and fsync; the inputs are read again from the start when the output
+/// is larger), so the ratio to it is what computing the values costs.
 fn copy(op: &str, inputs: &[String], small: [&String; 3], output: &Path) -> Result<()> {
     let plan = plan_only(op, inputs, small)?;
     let mut files = Vec::new();
@@ -922,48 +915,4 @@ fn print_table(rows: &[Value]) {
                 .unwrap_or_default()
         );
     }
-}
-
-/// bf16 against f32 on the same model (the first model measured in both), per operation:
-/// throughput in bytes per second.
-fn bf16_comparison(rows: &[Value]) -> Vec<Value> {
-    let mut out = Vec::new();
-    println!("\nbf16 vs f32, same model, throughput per byte (target >= {BF16_SPEED_LIMIT}):");
-    for f32_row in rows.iter().filter(|r| r["dtype"] == "f32") {
-        let Some(bf16_row) = rows.iter().find(|r| {
-            r["dtype"] == "bf16"
-                && r["model"] == f32_row["model"]
-                && r["operation"] == f32_row["operation"]
-        }) else {
-            continue;
-        };
-        let f = f32_row["gb_per_s"].as_f64().unwrap_or(f64::NAN);
-        let b = bf16_row["gb_per_s"].as_f64().unwrap_or(f64::NAN);
-        let ratio = b / f;
-        let ok = ratio >= BF16_SPEED_LIMIT;
-        // The same ratio for the copies: what of it is not computation (fixed costs weigh
-        // more on the smaller bf16 files, and the disk's noise).
-        let copy_speed = |r: &Value| {
-            let bytes = r["input_bytes"].as_f64().unwrap_or(f64::NAN)
-                + r["output_bytes"].as_f64().unwrap_or(f64::NAN);
-            bytes / r["copy_wall_s"].as_f64().unwrap_or(f64::NAN)
-        };
-        let copy_ratio = copy_speed(bf16_row) / copy_speed(f32_row);
-        println!(
-            "  {:<11} {:<11} f32 {f:.2} GB/s  bf16 {b:.2} GB/s  ratio {ratio:.2} {}  (their copies: {copy_ratio:.2})",
-            f32_row["operation"].as_str().unwrap_or(""),
-            f32_row["model"].as_str().unwrap_or(""),
-            if ok { "ok" } else { "FAIL" }
-        );
-        out.push(json!({
-            "operation": f32_row["operation"],
-            "model": f32_row["model"],
-            "f32_gb_per_s": f,
-            "bf16_gb_per_s": b,
-            "ratio": ratio,
-            "ok": ok,
-            "copy_ratio": copy_ratio,
-        }));
-    }
-    out
 }

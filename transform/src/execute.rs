@@ -21,7 +21,6 @@ use safetensors::Dtype;
 use crate::dtype::{self, Float, element_size};
 use crate::error::{Error, Result};
 use crate::ops::{self, Gather, GatherError};
-use crate::pages::Pages;
 use crate::plan::{AxisGather, DepthOp, Operator, Plan, TensorPlan};
 use crate::read::Checkpoint;
 
@@ -64,7 +63,7 @@ pub type Sink<'s> = dyn FnMut(&mut Block) -> Result<()> + 's;
 /// overwritten (see [`Block::fill`]).
 #[derive(Default)]
 pub struct Block {
-    buffer: Pages,
+    buffer: Vec<u8>,
     len: usize,
     /// Whether its values are known to be finite (computed in f32 and checked), so that its
     /// scan for NaN and infinities can be skipped.
@@ -85,13 +84,10 @@ impl Block {
 
     /// The block resized to `len` bytes, to be overwritten: bytes the buffer holds are kept,
     /// unless it has fewer than `len`; then it is replaced by zeros, at least a block's worth
-    /// ([`BLOCK_BYTES`]). Those are fresh pages ([`Pages`]), which the kernel zeroes as they
-    /// are first written, by the threads computing into them, rather than zeros written here:
-    /// on this VM, faulting in the 24 MB of a conversion's blocks on the thread that hands out
-    /// the work took a tenth of a bf16 coalesce's time.
+    /// ([`BLOCK_BYTES`]).
     pub fn fill(&mut self, len: usize) -> &mut [u8] {
         if self.buffer.len() < len {
-            self.buffer = Pages::zeroed(len.max(BLOCK_BYTES));
+            self.buffer = vec![0; len.max(BLOCK_BYTES)];
         }
         self.len = len;
         self.finite = false;
@@ -103,7 +99,7 @@ impl From<Vec<u8>> for Block {
     fn from(buffer: Vec<u8>) -> Self {
         let len = buffer.len();
         Block {
-            buffer: Pages::from(buffer),
+            buffer,
             len,
             finite: false,
         }

@@ -755,7 +755,7 @@ fn activate(x: &mut Array2<f32>, activation: Activation) {
 fn activation_value(activation: Activation, v: f32) -> f32 {
     let x = f64::from(v);
     let y = match activation {
-        Activation::GeluErf => 0.5 * x * (1.0 + erf(x * std::f64::consts::FRAC_1_SQRT_2)),
+        Activation::GeluErf => 0.5 * x * (1.0 + libm::erf(x * std::f64::consts::FRAC_1_SQRT_2)),
         Activation::GeluTanh => {
             let c = (2.0 / std::f64::consts::PI).sqrt();
             0.5 * x * (1.0 + (c * (x + 0.044715 * x * x * x)).tanh())
@@ -889,129 +889,6 @@ fn softmax_rows(scores: &mut Array2<f32>, causal: bool) {
     }
 }
 
-// ---------------------------------------------------------------------------------------------
-// erf
-
-/// `erf(x)` to within an ulp of f64: the FreeBSD `s_erf.c` rational approximations, as ported in
-/// the `libm` crate. Kept here because GELU needs far better than the ~1e-7 of short
-/// polynomial fits and the crate does not otherwise depend on `libm`.
-///
-/// Copyright (C) 1993 by Sun Microsystems, Inc. All rights reserved.
-/// Developed at SunPro, a Sun Microsystems, Inc. business.
-/// Permission to use, copy, modify, and distribute this software is freely granted, provided
-/// that this notice is preserved.
-#[allow(clippy::excessive_precision, clippy::unreadable_literal)]
-fn erf(x: f64) -> f64 {
-    const ERX: f64 = 8.45062911510467529297e-01;
-    const EFX8: f64 = 1.02703333676410069053e+00;
-    const PP: [f64; 5] = [
-        1.28379167095512558561e-01,
-        -3.25042107247001499370e-01,
-        -2.84817495755985104766e-02,
-        -5.77027029648944159157e-03,
-        -2.37630166566501626084e-05,
-    ];
-    const QQ: [f64; 5] = [
-        3.97917223959155352819e-01,
-        6.50222499887672944485e-02,
-        5.08130628187576562776e-03,
-        1.32494738004321644526e-04,
-        -3.96022827877536812320e-06,
-    ];
-    const PA: [f64; 7] = [
-        -2.36211856075265944077e-03,
-        4.14856118683748331666e-01,
-        -3.72207876035701323847e-01,
-        3.18346619901161753674e-01,
-        -1.10894694282396677476e-01,
-        3.54783043256182359371e-02,
-        -2.16637559486879084300e-03,
-    ];
-    const QA: [f64; 6] = [
-        1.06420880400844228286e-01,
-        5.40397917702171048937e-01,
-        7.18286544141962662868e-02,
-        1.26171219808761642112e-01,
-        1.36370839120290507362e-02,
-        1.19844998467991074170e-02,
-    ];
-    const RA: [f64; 8] = [
-        -9.86494403484714822705e-03,
-        -6.93858572707181764372e-01,
-        -1.05586262253232909814e+01,
-        -6.23753324503260060396e+01,
-        -1.62396669462573470355e+02,
-        -1.84605092906711035994e+02,
-        -8.12874355063065934246e+01,
-        -9.81432934416914548592e+00,
-    ];
-    const SA: [f64; 8] = [
-        1.96512716674392571292e+01,
-        1.37657754143519042600e+02,
-        4.34565877475229228821e+02,
-        6.45387271733267880336e+02,
-        4.29008140027567833386e+02,
-        1.08635005541779435134e+02,
-        6.57024977031928170135e+00,
-        -6.04244152148580987438e-02,
-    ];
-    const RB: [f64; 7] = [
-        -9.86494292470009928597e-03,
-        -7.99283237680523006574e-01,
-        -1.77579549177547519889e+01,
-        -1.60636384855821916062e+02,
-        -6.37566443368389627722e+02,
-        -1.02509513161107724954e+03,
-        -4.83519191608651397019e+02,
-    ];
-    const SB: [f64; 7] = [
-        3.03380607434824582924e+01,
-        3.25792512996573918826e+02,
-        1.53672958608443695994e+03,
-        3.19985821950859553908e+03,
-        2.55305040643316442583e+03,
-        4.74528541206955367215e+02,
-        -2.24409524465858183362e+01,
-    ];
-    /// `c[0] + z·c[1] + z²·c[2] + …`
-    fn poly(z: f64, c: &[f64]) -> f64 {
-        c.iter().rev().fold(0.0, |acc, &ci| acc * z + ci)
-    }
-    /// `1 + z·c[0] + z²·c[1] + …`
-    fn poly1(z: f64, c: &[f64]) -> f64 {
-        1.0 + z * poly(z, c)
-    }
-
-    if x.is_nan() {
-        return x;
-    }
-    let a = x.abs();
-    let y = if a < 0.84375 {
-        if a < f64::from_bits(0x3e30_0000_0000_0000) {
-            // Below 2^-28, where z = x² would underflow the correction.
-            return 0.125 * (8.0 * x + EFX8 * x);
-        }
-        let z = x * x;
-        return x + x * (poly(z, &PP) / poly1(z, &QQ));
-    } else if a < 1.25 {
-        let s = a - 1.0;
-        ERX + poly(s, &PA) / poly1(s, &QA)
-    } else if a < 6.0 {
-        let s = 1.0 / (a * a);
-        let (r, big_s) = if a < 1.0 / 0.35 {
-            (poly(s, &RA), poly1(s, &SA))
-        } else {
-            (poly(s, &RB), poly1(s, &SB))
-        };
-        // Splitting a = z + (a − z) with z exact in 32 bits keeps −a² accurate inside exp.
-        let z = f64::from_bits(a.to_bits() & 0xffff_ffff_0000_0000);
-        1.0 - (-z * z - 0.5625).exp() * ((z - a) * (z + a) + r / big_s).exp() / a
-    } else {
-        1.0
-    };
-    if x.is_sign_negative() { -y } else { y }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1031,7 +908,7 @@ mod tests {
             (7.0, 1.0),
         ];
         for (x, want) in cases {
-            let got = erf(x);
+            let got = libm::erf(x);
             assert!((got - want).abs() < 1e-15, "erf({x}) = {got}, want {want}");
         }
     }

@@ -17,7 +17,6 @@ pub mod fixture;
 pub mod forward;
 pub mod inspect;
 pub mod ops;
-mod pages;
 pub mod plan;
 pub mod progress;
 pub mod read;

@@ -7,28 +7,20 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::Write;
+use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::thread::JoinHandle;
 
-use rayon::prelude::*;
 use serde_json::{Map, Value, json};
 
 use crate::error::{Error, Result};
-use crate::execute::{Block, Sink};
+use crate::execute::Sink;
 use crate::plan::TensorPlan;
 use crate::read::{CONFIG_FILE, INDEX_FILE, SINGLE_FILE};
 
-mod disk;
 mod output_policy;
 
 pub use output_policy::OutputPolicy;
 use output_policy::{Staged, commit, sync_dir};
-
-#[cfg(test)]
-use disk::DISK_SPACE;
-use disk::Disk;
 
 /// The form of the output.
 #[derive(Debug, Clone)]
@@ -256,135 +248,49 @@ fn write_safetensors(
         })?;
     header_bytes.resize(header_bytes.len().next_multiple_of(8), b' ');
 
-    let mut disk = Disk::new(file);
-    disk.write_all(&(header_bytes.len() as u64).to_le_bytes())
-        .and_then(|_| disk.write_all(&header_bytes))
-        .map_err(Error::io(path))?;
-
-    // Blocks are written by a thread of their own while the next ones (of this tensor or the
-    // next) are computed; written blocks come back to be computed into again.
-    let (full, to_write) = std::sync::mpsc::sync_channel::<Block>(BLOCKS_IN_FLIGHT);
-    let (written_back, empty) = std::sync::mpsc::channel::<Block>();
-    // Set when the computation failed: the file will be removed, so it is not finished.
-    let abandoned = AtomicBool::new(false);
-    std::thread::scope(|scope| {
-        let writer = scope.spawn(|| -> Result<()> {
-            let mut writeback = Writeback::new(file, path);
-            for block in to_write {
-                if abandoned.load(Ordering::Relaxed) {
-                    return Ok(());
-                }
-                let written = disk.write_all(block.bytes()).map_err(Error::io(path))?;
-                if !disk.is_direct() {
-                    writeback.wrote(written)?;
-                }
-                // The computation may be over: then the block is not needed.
-                let _ = written_back.send(block);
-            }
-            if abandoned.load(Ordering::Relaxed) {
-                return Ok(());
-            }
-            disk.finish().map_err(Error::io(path))?;
-            writeback.finish()
-        });
-        let computed = compute_all(&order, compute, &full, &empty, path);
-        abandoned.store(computed.is_err(), Ordering::Relaxed);
-        drop(full);
-        let written = writer.join().unwrap_or_else(|_| {
-            Err(Error::io(path)(std::io::Error::other(
-                "the writer thread panicked",
-            )))
-        });
-        // A failed write stops the computation; its error is the cause.
-        written.and(computed)
-    })
-}
-
-/// Blocks computed and waiting to be written, beyond the one being written: what memory a
-/// conversion holds for writing (blocks are 4 MB). In alternating runs of a bf16 BERT-Large
-/// grow from the page cache, 4 took 0.44-0.50 s where 2 took 0.48-0.68 s; 8 took no less.
-const BLOCKS_IN_FLIGHT: usize = 4;
-
-/// Output bytes of consecutive small tensors computed together, each by a thread of its own,
-/// into one block. Computed one at a time, the biases, norms and small matrices of a layer are
-/// a parallel step each, and the threads spend more time waiting for one another than
-/// computing them.
-const GROUP_BYTES: usize = 4 << 20;
-
-/// Computes the tensors in `order`, sending each block to the writer and taking in its place a
-/// block written before.
-fn compute_all(
-    order: &[&TensorPlan],
-    compute: &Produce<'_>,
-    full: &std::sync::mpsc::SyncSender<Block>,
-    empty: &std::sync::mpsc::Receiver<Block>,
-    path: &Path,
-) -> Result<()> {
-    let hand_over = |block: Block| {
-        full.send(block).map_err(|_| Error::Output {
-            output: path.to_path_buf(),
-            reason: "its writer stopped".into(),
-        })
-    };
-    let send = |block: &mut Block| {
-        let spare = empty.try_recv().unwrap_or_default();
-        hand_over(std::mem::replace(block, spare))
-    };
-    let mut rest = order;
-    while let Some(first) = rest.first() {
-        let mut bytes = byte_len(first);
-        let together = 1 + rest
-            .iter()
-            .skip(1)
-            .take_while(|t| {
-                bytes += byte_len(t);
-                bytes <= GROUP_BYTES
-            })
-            .count();
-        let (group, next) = rest.split_at(together);
-        rest = next;
-        if let [t] = group {
-            let mut check = SizeCheck::new(t);
-            compute(t, &mut |block| {
-                check.add(block.bytes().len())?;
-                send(block)
-            })?;
-            check.finish()?;
-            continue;
-        }
-        // A block taken back from the writer, or a new one: handed over whole, not exchanged
-        // for another, which would be dropped here and its pages faulted in again.
-        let mut block = empty.try_recv().unwrap_or_default();
-        let mut parts = Vec::with_capacity(group.len());
-        let mut left = block.fill(group.iter().map(|t| byte_len(t)).sum());
-        for t in group {
-            let (part, after) = std::mem::take(&mut left).split_at_mut(byte_len(t));
-            parts.push(part);
-            left = after;
-        }
-        group
-            .par_iter()
-            .zip(parts)
-            .map(|(t, part)| {
-                let mut check = SizeCheck::new(t);
-                compute(t, &mut |computed| {
-                    let bytes = computed.bytes();
-                    let at = check.written;
-                    check.add(bytes.len())?;
-                    if let Some(dst) = part.get_mut(at..at + bytes.len()) {
-                        dst.copy_from_slice(bytes);
-                    }
-                    Ok(())
-                })?;
-                check.finish()
-            })
-            .collect::<Vec<_>>()
-            .into_iter()
-            .collect::<Result<()>>()?;
-        hand_over(block)?;
+    // Written as computed, block after block, through an ordinary buffered file: the page
+    // cache writes it back, and the caller's fsync waits for what is left.
+    let mut out = Output::new(file, path);
+    out.write(&(header_bytes.len() as u64).to_le_bytes())?;
+    out.write(&header_bytes)?;
+    for t in order {
+        let mut check = SizeCheck::new(t);
+        compute(t, &mut |block| {
+            let bytes = block.bytes();
+            check.add(bytes.len())?;
+            out.write(bytes)
+        })?;
+        check.finish()?;
     }
-    Ok(())
+    out.flush()
 }
+
+/// A safetensors file being written.
+struct Output<'a> {
+    file: BufWriter<&'a File>,
+    path: &'a Path,
+}
+
+impl<'a> Output<'a> {
+    fn new(file: &'a File, path: &'a Path) -> Self {
+        Output {
+            file: BufWriter::with_capacity(BUFFER_BYTES, file),
+            path,
+        }
+    }
+
+    fn write(&mut self, bytes: &[u8]) -> Result<()> {
+        take_space(bytes.len()).map_err(Error::io(self.path))?;
+        self.file.write_all(bytes).map_err(Error::io(self.path))
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        self.file.flush().map_err(Error::io(self.path))
+    }
+}
+
+/// The write buffer: small tensors (biases, norms) are gathered into writes of this size.
+const BUFFER_BYTES: usize = 1 << 20;
 
 /// Bytes computed for one tensor, against its planned size.
 struct SizeCheck<'t> {
@@ -429,59 +335,39 @@ impl<'t> SizeCheck<'t> {
     }
 }
 
-/// Bytes written between two starts of [`Writeback`].
-const WRITEBACK_BYTES: u64 = 64 << 20;
-
-/// Writes a file's pages to disk in the background while the conversion goes on, so that the
-/// final fsync finds little left to write. Left alone, the kernel starts writing only when
-/// dirty pages reach a share of the memory, and a conversion would compute everything first and
-/// then wait for the disk. One `fdatasync` of a duplicate handle at a time, started every
-/// [`WRITEBACK_BYTES`]; its error is the write's.
-struct Writeback<'a> {
-    file: &'a File,
-    path: &'a Path,
-    running: Option<JoinHandle<std::io::Result<()>>>,
-    unsynced: u64,
+#[cfg(test)]
+thread_local! {
+    /// Under test: bytes of tensor files the disk still takes before it is full.
+    static DISK_SPACE: std::cell::Cell<Option<u64>> = const { std::cell::Cell::new(None) };
 }
 
-impl<'a> Writeback<'a> {
-    fn new(file: &'a File, path: &'a Path) -> Self {
-        Writeback {
-            file,
-            path,
-            running: None,
-            unsynced: 0,
-        }
-    }
+#[cfg(not(test))]
+fn take_space(_: usize) -> std::io::Result<()> {
+    Ok(())
+}
 
-    fn wrote(&mut self, bytes: usize) -> Result<()> {
-        self.unsynced += bytes as u64;
-        let busy = self.running.as_ref().is_some_and(|r| !r.is_finished());
-        if self.unsynced < WRITEBACK_BYTES || busy {
-            return Ok(());
+/// Under test: a disk that fills up takes no write larger than the space it has left.
+#[cfg(test)]
+fn take_space(len: usize) -> std::io::Result<()> {
+    let Some(left) = DISK_SPACE.get() else {
+        return Ok(());
+    };
+    match left.checked_sub(len as u64) {
+        Some(rest) => {
+            DISK_SPACE.set(Some(rest));
+            Ok(())
         }
-        self.finish()?;
-        let file = self.file.try_clone().map_err(Error::io(self.path))?;
-        self.running = Some(std::thread::spawn(move || file.sync_data()));
-        self.unsynced = 0;
-        Ok(())
-    }
-
-    /// Waits for the writeback under way.
-    fn finish(&mut self) -> Result<()> {
-        let Some(running) = self.running.take() else {
-            return Ok(());
-        };
-        running
-            .join()
-            .unwrap_or_else(|_| Err(std::io::Error::other("the writeback thread panicked")))
-            .map_err(Error::io(self.path))
+        None => Err(std::io::Error::new(
+            std::io::ErrorKind::StorageFull,
+            "no space left on device (simulated)",
+        )),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::execute::Block;
     use crate::plan::DepthOp;
     use safetensors::Dtype;
 
@@ -526,8 +412,7 @@ mod tests {
 
     /// Runs `f` on a disk that takes `space` more bytes of tensor data.
     fn with_disk_space<T>(space: u64, f: impl FnOnce() -> T) -> T {
-        let space = std::sync::atomic::AtomicU64::new(space);
-        DISK_SPACE.set(Some(std::sync::Arc::new(space)));
+        DISK_SPACE.set(Some(space));
         let out = f();
         DISK_SPACE.set(None);
         out
@@ -577,22 +462,6 @@ mod tests {
     }
 
     #[test]
-    fn writeback_starts_after_its_threshold_and_is_waited_for() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("data");
-        let mut file = File::create(&path).unwrap();
-        file.write_all(&[7; 4096]).unwrap();
-        let mut writeback = Writeback::new(&file, &path);
-        writeback.wrote(4096).unwrap();
-        assert!(writeback.running.is_none());
-        writeback.wrote(WRITEBACK_BYTES as usize).unwrap();
-        assert!(writeback.running.is_some());
-        assert_eq!(writeback.unsynced, 0);
-        writeback.finish().unwrap();
-        assert!(writeback.running.is_none());
-    }
-
-    #[test]
     fn a_failing_computation_leaves_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let output = dir.path().join("out.safetensors");
@@ -631,9 +500,9 @@ mod tests {
     }
 
     #[test]
-    fn tensors_computed_together_or_alone_are_written_whole_in_order() {
-        // Small ones computed together in groups, and one larger than a group.
-        let big = GROUP_BYTES / 4 + 1;
+    fn tensors_are_written_whole_in_order_and_their_sizes_checked() {
+        // Small ones, and one larger than the write buffer.
+        let big = BUFFER_BYTES / 4 + 1;
         let tensors = [
             tensor("a", 10),
             tensor("b", 3000),
@@ -670,7 +539,7 @@ mod tests {
             assert!(data == pattern(t, "", 0), "{}", t.name);
         }
 
-        // A tensor computed with a byte too many or too few is refused, alone or in a group.
+        // A tensor computed with a byte too many or too few is refused.
         for (wrong, extra) in [("b", 1), ("b", -1), ("d", 1), ("c", 1), ("c", -1)] {
             let (output, written) = write(&format!("{wrong}{extra}.safetensors"), wrong, extra);
             let message = written.unwrap_err().to_string();
