@@ -34,7 +34,8 @@ struct Args {
     /// Delete --run-dir first.
     #[arg(long, conflicts_with = "resume")]
     fresh: bool,
-    /// cpu, tch-cpu, tch-cuda:N (feature tch), cuda:N (feature cuda).
+    /// cpu; wgpu, wgpu:N, wgpu:cpu (features wgpu, vulkan); tch-cpu, tch-cuda:N (feature
+    /// tch); cuda:N (feature cuda).
     #[arg(long, default_value = "cpu")]
     device: String,
     /// The corpus.
@@ -55,6 +56,15 @@ struct Args {
     /// Bytes per sequence.
     #[arg(long, default_value_t = 64)]
     seq: usize,
+    /// Layers of the full model (the small one has half).
+    #[arg(long, default_value_t = 4)]
+    layers: usize,
+    /// Attention heads of the full model (the small one has half, so half the width).
+    #[arg(long, default_value_t = 4)]
+    heads: usize,
+    /// Width of the full model (the FFN is 4× as wide).
+    #[arg(long, default_value_t = 128)]
+    hidden: usize,
 }
 
 fn main() -> Result<()> {
@@ -88,7 +98,14 @@ fn main() -> Result<()> {
 
     // The model and the training, as they would be without the V-cycle.
     let train_device = device.clone().autodiff();
-    let model_config = Gpt2Config::new(256, args.seq, 128, 4, 4, 512);
+    let model_config = Gpt2Config::new(
+        256,
+        args.seq,
+        args.hidden,
+        args.layers,
+        args.heads,
+        4 * args.hidden,
+    );
     let training = |segment: &Segment, train, valid| {
         SupervisedTraining::new(&segment.dir, train, valid)
             .metric_train_numeric(LossMetric::new())
@@ -102,8 +119,8 @@ fn main() -> Result<()> {
         vec![
             LevelConfig::new(2e-3).with_warmup_steps(20),
             LevelConfig::new(3e-3)
-                .with_heads(Some(2))
-                .with_layers(Some(2)),
+                .with_heads(Some((args.heads / 2).max(1)))
+                .with_layers(Some((args.layers / 2).max(1))),
         ],
         args.down_steps,
         args.bottom_steps,
@@ -135,11 +152,21 @@ fn main() -> Result<()> {
         "boundary log: {}",
         args.run_dir.join("boundaries.json").display()
     );
+    println!(
+        "  {:<12} {:<18} {:>9} {:>10} {:>10}  valid loss",
+        "segment", "operator", "train s", "tokens/s", "boundary s"
+    );
+    let mut previous_steps = 0;
     for b in &outcome.boundaries {
+        let tokens = ((b.steps - previous_steps) * args.batch * args.seq) as f64;
+        previous_steps = b.steps;
         println!(
-            "  {:<12} {:<18} valid loss {:.4}{}",
+            "  {:<12} {:<18} {:>9.1} {:>10.0} {:>10.2}  {:.4}{}",
             b.segment,
             b.operator,
+            b.segment_seconds,
+            tokens / b.segment_seconds,
+            b.boundary_seconds,
             b.valid_loss_before,
             b.valid_loss_after
                 .map(|a| format!(" -> {a:.4}"))

@@ -32,6 +32,9 @@ pub enum Error {
     #[error("{path}: config.json: {message}")]
     ModelConfig { path: PathBuf, message: String },
     /// The V-cycle configuration is not usable.
+    #[error("device `{name}`: {message}")]
+    Device { name: String, message: String },
+
     #[error("V-cycle configuration: {0}")]
     VCycleConfig(String),
     /// The run directory holds a run that cannot be resumed with this configuration.

@@ -7,32 +7,23 @@
 //! level; after the bottom and every up segment but the last it is grown (de-coalesced to the
 //! level above and interpolated with that level's θ_i, weight α).
 
-use std::fmt;
 use std::fs;
 use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 
-use burn::data::dataloader::Progress;
-use burn::optim::grad_clipping::GradientClippingConfig;
 use burn::optim::lr_scheduler::module_lr_scheduler::ModuleLrScheduler;
-use burn::optim::{AdamWConfig, ModuleOptimizer, OptimizerRecord};
+use burn::optim::{ModuleOptimizer, OptimizerRecord};
 use burn::tensor::Device;
-use burn::train::checkpoint::KeepLastNCheckpoints;
-use burn::train::metric::{Adaptor, LossInput, LossMetric, Metric, MetricMetadata, Numeric};
-use burn::train::{
-    InferenceStep, Learner, LearnerModel, SupervisedTraining, TrainLoader, TrainStep, ValidLoader,
-};
-use serde::{Deserialize, Serialize};
+use burn::train::metric::{Adaptor, LossInput};
+use burn::train::{InferenceStep, LearnerModel, TrainLoader, TrainStep, ValidLoader};
 use vcycle_transform::{ArchChoice, Job, Options, SchemeSpec, Target};
 
-use crate::budget::ExactBatches;
 use crate::config::{LevelConfig, OptimizerStatePolicy, VCycleConfig};
 use crate::error::{Error, Result, io, json};
 use crate::hf::{self, HfModel};
-use crate::moments::{self, Discard, LastRecord, Moments};
+use crate::moments::{self, Moments};
 use crate::schedule::WarmupConstantLr;
 
 /// Counts the training FLOPs of one batch (forward and backward).
@@ -45,181 +36,16 @@ pub trait VCycleModel: LearnerModel + HfModel {
     fn flop_counter(&self) -> FlopCounter<<Self as TrainStep>::Input>;
 }
 
-/// Where a segment lies in the cycle.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Phase {
-    Down,
-    Bottom,
-    Up,
-}
+mod record;
+mod run_dir;
+mod segment;
+mod train;
 
-impl fmt::Display for Phase {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Phase::Down => "down",
-            Phase::Bottom => "bottom",
-            Phase::Up => "up",
-        })
-    }
-}
-
-/// One training segment: one `SupervisedTraining::launch` at one level.
-#[derive(Debug, Clone, Serialize)]
-pub struct Segment {
-    /// 1-based position in the cycle.
-    pub index: usize,
-    /// Segments in the cycle (2k − 1).
-    pub count: usize,
-    pub phase: Phase,
-    /// 1 = the full model, k = the smallest.
-    pub level: usize,
-    /// Optimizer steps of this segment.
-    pub steps: usize,
-    /// Training batches the segment's data loader yields (steps × batches per step).
-    pub batches: usize,
-    /// Optimizer steps of each of the segment's Burn epochs (one epoch unless the config's
-    /// `eval_every` splits it); Burn validates after each.
-    pub epoch_steps: Vec<usize>,
-    pub learning_rate: f64,
-    pub warmup_steps: usize,
-    /// The artifact directory for this segment's `SupervisedTraining` (metrics, logs, Burn
-    /// checkpoints).
-    pub dir: PathBuf,
-}
-
-impl Segment {
-    /// `03-up-L1`.
-    pub fn name(&self) -> String {
-        format!("{:02}-{}-L{}", self.index, self.phase, self.level)
-    }
-}
-
-/// Builds the user's `SupervisedTraining` for a segment: metrics, renderer, training strategy
-/// (devices), checkpointing — everything the user would configure without the V-cycle. The
-/// driver sets `num_epochs` on the result (one per entry of `Segment::epoch_steps`): the data
-/// loader it passes yields exactly the segment's budget. Any `FnMut(&Segment, TrainLoader<M>, ValidLoader<M>) -> SupervisedTraining<M>`
-/// is one.
-pub trait SegmentTraining<M: LearnerModel> {
-    fn training(
-        &mut self,
-        segment: &Segment,
-        train: TrainLoader<M>,
-        valid: ValidLoader<M>,
-    ) -> SupervisedTraining<M>;
-}
-
-impl<M, F> SegmentTraining<M> for F
-where
-    M: LearnerModel,
-    F: FnMut(&Segment, TrainLoader<M>, ValidLoader<M>) -> SupervisedTraining<M>,
-{
-    fn training(
-        &mut self,
-        segment: &Segment,
-        train: TrainLoader<M>,
-        valid: ValidLoader<M>,
-    ) -> SupervisedTraining<M> {
-        self(segment, train, valid)
-    }
-}
-
-/// A model's size as the boundary log reports it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ModelSize {
-    pub level: usize,
-    pub layers: usize,
-    pub hidden: usize,
-    pub heads: usize,
-    pub ffn: usize,
-    pub params: usize,
-}
-
-impl fmt::Display for ModelSize {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "L{} ({} layers, hidden {}, {} heads, ffn {}; {} params)",
-            self.level, self.layers, self.hidden, self.heads, self.ffn, self.params
-        )
-    }
-}
-
-/// One entry of the boundary log (`boundaries.json`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct BoundaryRecord {
-    /// The segment that just ended (1-based).
-    pub boundary: usize,
-    /// Its name, e.g. `01-down-L1`.
-    pub segment: String,
-    pub phase: Phase,
-    /// `coalesce`, `grow` or `end` (after the last segment).
-    pub operator: String,
-    /// The trained model.
-    pub from: ModelSize,
-    /// The model the transform produced (None after the last segment).
-    pub to: Option<ModelSize>,
-    /// Optimizer steps so far.
-    pub steps: usize,
-    /// Training FLOPs so far (the model's analytic count, e.g.
-    /// [`crate::Gpt2Config::train_flops`], over every batch trained on).
-    pub train_flops: f64,
-    /// Validation loss of the trained model, just before the transform.
-    pub valid_loss_before: f64,
-    /// Validation loss of the transformed model, just after it.
-    pub valid_loss_after: Option<f64>,
-    /// HF directory of the trained model, relative to the run directory.
-    pub trained_checkpoint: PathBuf,
-    /// HF directory of the transformed model, relative to the run directory.
-    pub next_checkpoint: Option<PathBuf>,
-    /// Wall-clock seconds of the segment's training.
-    pub segment_seconds: f64,
-}
-
-impl fmt::Display for BoundaryRecord {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "boundary {} after {}: {} {}",
-            self.boundary, self.segment, self.operator, self.from
-        )?;
-        if let Some(to) = &self.to {
-            write!(f, " -> {to}")?;
-        }
-        write!(
-            f,
-            " | steps {}, train FLOPs {:.3e}, {:.1} s | valid loss {:.4}",
-            self.steps, self.train_flops, self.segment_seconds, self.valid_loss_before
-        )?;
-        if let Some(after) = self.valid_loss_after {
-            write!(f, " -> {after:.4}")?;
-        }
-        Ok(())
-    }
-}
-
-/// The run directory's `state.json`: what is done.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct RunState {
-    format: u32,
-    arch: String,
-    config: serde_json::Value,
-    completed_segments: usize,
-    steps: usize,
-    train_flops: f64,
-    boundaries: Vec<BoundaryRecord>,
-}
-
-/// What a finished cycle gives back.
-pub struct VCycleOutcome<M> {
-    /// The full-size model after the last segment (train mode).
-    pub model: M,
-    /// Its HF directory (`RUN/final`).
-    pub final_dir: PathBuf,
-    pub boundaries: Vec<BoundaryRecord>,
-    pub steps: usize,
-    pub train_flops: f64,
-}
+use record::RunState;
+pub use record::{BoundaryRecord, ModelSize, VCycleOutcome};
+use run_dir::{clear_leftovers, pretty, remove_path};
+pub use segment::{Phase, Segment, SegmentTraining};
+pub use train::default_optimizer;
 
 type OptimizerFactory = Box<dyn FnMut(&Segment) -> ModuleOptimizer>;
 type SchedulerFactory = Box<dyn FnMut(&Segment) -> ModuleLrScheduler>;
@@ -543,43 +369,6 @@ where
             params,
         })
     }
-
-    /// Mean validation loss (Burn's `LossMetric` over the validation batches).
-    fn valid_loss(&self, model: &M, valid: &ValidLoader<M>) -> Result<f64> {
-        let model = model.valid();
-        let mut metric = LossMetric::new();
-        let limit = self.config.boundary_valid_batches.unwrap_or(usize::MAX);
-        let total = valid.num_items();
-        let mut iter = valid.iter();
-        let mut batches = 0;
-        while batches < limit {
-            let Some(item) = iter.next() else { break };
-            let item = item.map_err(|e| Error::Training {
-                segment: 0,
-                name: "validation".into(),
-                message: e.to_string(),
-            })?;
-            let output = InferenceStep::step(&model, item);
-            let input: LossInput = output.adapt();
-            batches += 1;
-            let metadata = MetricMetadata {
-                progress: Progress::new(batches, total, None),
-                iteration: Some(batches),
-                lr: None,
-            };
-            metric
-                .update(&input, &metadata)
-                .map_err(|e| Error::Training {
-                    segment: 0,
-                    name: "validation".into(),
-                    message: e.to_string(),
-                })?;
-        }
-        Ok(metric
-            .running_value()
-            .map_or(f64::NAN, |entry| entry.current()))
-    }
-
     fn drive(
         &mut self,
         mut state: RunState,
@@ -616,7 +405,9 @@ where
 
             let trained_rel = self.trained_checkpoint(segment.index);
             let trained_dir = self.run_dir.join(&trained_rel);
+            let boundary_started = Instant::now();
             hf::save_hf(&trained, &trained_dir)?;
+            let mut boundary_seconds = boundary_started.elapsed().as_secs_f64();
             let from = self.size(&trained_dir, segment.level, trained.num_params())?;
             let valid_loss_before = self.valid_loss(&trained, &valid)?;
 
@@ -630,8 +421,10 @@ where
                 }
                 _ => None,
             };
+            let boundary_started = Instant::now();
             let (operator, next, to, valid_loss_after, next_rel) = if last {
                 hf::save_hf(&trained, &final_dir)?;
+                boundary_seconds += boundary_started.elapsed().as_secs_f64();
                 ("end".to_string(), None, None, None, None)
             } else {
                 let next_rel = self.start_checkpoint(segment.index + 1);
@@ -681,6 +474,7 @@ where
                     .get(segment.index)
                     .map_or(segment.level, |s| s.level);
                 let next_model = M::load_hf(&next_dir, &self.device)?;
+                boundary_seconds += boundary_started.elapsed().as_secs_f64();
                 let to = self.size(&next_dir, next_level, next_model.num_params())?;
                 let after = self.valid_loss(&next_model, &valid)?;
                 (
@@ -705,6 +499,7 @@ where
                 trained_checkpoint: trained_rel,
                 next_checkpoint: next_rel,
                 segment_seconds: seconds,
+                boundary_seconds,
             };
             if !self.quiet {
                 println!("{record}");
@@ -752,145 +547,5 @@ where
         }
         let dir = self.moments_dir(&self.start_checkpoint(index));
         Moments::load_record(&dir, model, &self.device).map(Some)
-    }
-
-    /// Runs one segment, its optimizer starting from `carried` if given; returns the trained
-    /// model (valid mode), its training FLOPs and, with carry, the optimizer's final state.
-    fn train_segment(
-        &mut self,
-        segment: &Segment,
-        model: M,
-        carried: Option<OptimizerRecord>,
-        train: &TrainLoader<M>,
-        valid: &ValidLoader<M>,
-        training: &mut impl SegmentTraining<M>,
-    ) -> Result<(M, f64, Option<OptimizerRecord>)> {
-        let fail = |message: String| Error::Training {
-            segment: segment.index,
-            name: segment.name(),
-            message,
-        };
-        let flops = Arc::new(Mutex::new(0.0));
-        let batches = Arc::new(AtomicUsize::new(0));
-        let count = model.flop_counter();
-        let counted = batches.clone();
-        let counter: FlopCounter<<M as TrainStep>::Input> = Arc::new(move |batch| {
-            counted.fetch_add(1, Ordering::Relaxed);
-            count(batch)
-        });
-        let passes = segment
-            .epoch_steps
-            .iter()
-            .map(|steps| steps * self.config.batches_per_step)
-            .collect();
-        let loader = ExactBatches::in_passes(train.clone(), passes)
-            .with_counter(counter, flops.clone())
-            .into_loader();
-        let mut optimizer = (self.optimizer)(segment);
-        if let Some(record) = carried {
-            optimizer = optimizer.load_record(record);
-        }
-        let learner = Learner::new(model, optimizer, (self.scheduler)(segment));
-        let carry = self.config.optimizer_state == OptimizerStatePolicy::Carry;
-        let last_state = LastRecord::default();
-        let mut training = training.training(segment, loader, valid.clone());
-        if carry {
-            // `launch` gives back only the model; the checkpointer Burn calls after every epoch
-            // hands over the optimizer state (the user's checkpointers are replaced).
-            training = training
-                .with_custom_checkpointers(Discard, last_state.clone(), Discard)
-                .with_checkpointing_strategy(KeepLastNCheckpoints::new(1));
-        }
-        let result = training
-            .num_epochs(segment.epoch_steps.len())
-            .label(&segment.name())
-            .launch(learner);
-        if let Some(error) = result.error {
-            return Err(fail(error.to_string()));
-        }
-        if let Some(stop) = result.interrupted {
-            return Err(fail(format!(
-                "training was interrupted: {}",
-                stop.reason.unwrap_or_else(|| "no reason given".into())
-            )));
-        }
-        let seen = batches.load(Ordering::Relaxed);
-        if seen != segment.batches {
-            return Err(fail(format!(
-                "trained on {seen} batches instead of the budget's {}",
-                segment.batches
-            )));
-        }
-        let flops = flops.lock().map(|f| *f).unwrap_or(f64::NAN);
-        let optimizer = last_state.take();
-        if carry && optimizer.is_none() {
-            return Err(fail("Burn checkpointed no optimizer state to carry".into()));
-        }
-        Ok((result.model, flops, optimizer))
-    }
-}
-
-/// The driver's default optimizer: AdamW (Burn's defaults) with gradient-norm clipping at 1.0.
-/// Public so a baseline without the V-cycle can train with exactly the same one.
-pub fn default_optimizer() -> ModuleOptimizer {
-    AdamWConfig::new()
-        .with_grad_clipping(Some(GradientClippingConfig::Norm(1.0)))
-        .init()
-}
-
-fn pretty(value: &serde_json::Value, dir: &Path) -> Result<String> {
-    serde_json::to_string_pretty(value)
-        .map(|s| s + "\n")
-        .map_err(json(dir.join(CONFIG_FILE)))
-}
-
-/// The name a leftover temporary of [`hf::write_dir_atomically`] or
-/// [`hf::write_file_atomically`] stands for, and whether it is a replaced original moved aside:
-/// `.NAME.tmp-PID` → (NAME, false), `.NAME.old-PID` → (NAME, true).
-fn leftover_of(entry: &str) -> Option<(&str, bool)> {
-    let (base, pid) = entry.strip_prefix('.')?.rsplit_once('-')?;
-    pid.parse::<u32>().ok()?;
-    match base.rsplit_once('.')? {
-        (name, "tmp") => Some((name, false)),
-        (name, "old") => Some((name, true)),
-        _ => None,
-    }
-}
-
-/// Cleans `dir` after a killed run. A directory of `keep` that is missing but was moved aside
-/// by an interrupted replacement (`.NAME.old-PID`) is put back: the state named it, so it was
-/// complete, and a replacement only starts after the state was written. Then every leftover
-/// temporary goes, and with `only_keep` every other entry not in `keep` too.
-fn clear_leftovers(dir: &Path, keep: &[PathBuf], only_keep: bool) -> Result<()> {
-    let entries = |dir: &Path| -> Result<Vec<PathBuf>> {
-        fs::read_dir(dir)
-            .map_err(io(dir))?
-            .map(|e| e.map(|e| e.path()).map_err(io(dir)))
-            .collect()
-    };
-    for path in entries(dir)? {
-        let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
-        if let Some((original, true)) = name.as_deref().and_then(leftover_of) {
-            let original = dir.join(original);
-            if keep.contains(&original) && !original.exists() {
-                fs::rename(&path, &original).map_err(io(&path))?;
-            }
-        }
-    }
-    for path in entries(dir)? {
-        let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
-        let temporary = name.as_deref().and_then(leftover_of).is_some();
-        if temporary || (only_keep && !keep.contains(&path)) {
-            remove_path(&path)?;
-        }
-    }
-    Ok(())
-}
-
-fn remove_path(path: &Path) -> Result<()> {
-    if path.is_dir() {
-        fs::remove_dir_all(path).map_err(io(path))
-    } else {
-        fs::remove_file(path).map_err(io(path))
     }
 }

@@ -9,3 +9,5 @@ mod killed_write;
 mod resume;
 mod support;
 mod vcycle_run;
+#[cfg(feature = "wgpu")]
+mod vulkan;
