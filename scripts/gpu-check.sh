@@ -19,6 +19,7 @@ bin_dir="${BIN_DIR:-$here/bin}"
 corpus="${CORPUS:-$here/data/rust-book.txt}"
 [ -f "$corpus" ] || corpus="$here/../data/rust-book.txt"
 work="${WORK_DIR:-$(mktemp -d)}"
+mkdir -p "$work"
 device=wgpu
 only=""
 quick=0
@@ -68,7 +69,12 @@ binary() { # NAME: the path of an unpacked binary, or nothing
   fi
 }
 
+# --quick is a functional check (a software driver, a debug build): no time limits to speak of.
+limit_cpu=60
+limit_gpu=100
 if [ "$quick" = 1 ]; then
+  limit_cpu=900
+  limit_gpu=900
   small=(--down-steps 4 --bottom-steps 8 --up-steps 4)
   large=(--down-steps 2 --bottom-steps 4 --up-steps 2 --layers 4 --heads 4 --hidden 128)
   cpu_steps=(--down-steps 2 --bottom-steps 4 --up-steps 2)
@@ -101,7 +107,7 @@ run() { # LABEL BINARY LIMIT_S ARGS...
 want() { [ -z "$only" ] || [ "$only" = "$1" ]; }
 if want cpu; then
   exe=$(binary train_gpt-cpu)
-  if [ -n "$exe" ]; then run cpu "$exe" 60 --device cpu "${cpu_steps[@]}"
+  if [ -n "$exe" ]; then run cpu "$exe" "$limit_cpu" --device cpu "${cpu_steps[@]}"
   else echo "skipped cpu: no train_gpt-cpu in $bin_dir" | tee -a "$summary"; fi
 fi
 for build in wgsl spirv; do
@@ -115,11 +121,12 @@ for build in wgsl spirv; do
     echo "skipped $build: no train_gpt-$build in $bin_dir" | tee -a "$summary"
     continue
   fi
-  run "$build-4L-w128" "$exe" 100 --device "$device" "${small[@]}"
-  run "$build-8L-w512" "$exe" 100 --device "$device" "${large[@]}"
+  run "$build-4L-w128" "$exe" "$limit_gpu" --device "$device" "${small[@]}"
+  run "$build-8L-w512" "$exe" "$limit_gpu" --device "$device" "${large[@]}"
 done
 
 echo
-echo "Summary (train s: the segment's training; boundary s: export, transform, reload):"
+echo "Summary (train s: the segment's launch, Burn's validation at its end included;"
+echo "boundary s: export from the device, transform, reload onto it):"
 cat "$summary"
 echo "logs: $work"

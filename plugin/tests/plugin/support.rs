@@ -57,16 +57,18 @@ pub fn tiny_gpt2() -> Gpt2Config {
 pub type Loaders = (Arc<dyn DataLoader<LmBatch>>, Arc<dyn DataLoader<LmBatch>>);
 
 /// Train and validation loaders over the first `bytes` of the corpus: windows of `seq` tokens,
-/// batches of `batch`.
+/// batches of `batch`, made on the CPU (the default device is a GPU's in a build with one).
 pub fn loaders(bytes: usize, seq: usize, batch: usize) -> Loaders {
     let text = corpus();
     let (train, valid) = split_train_valid(&text[..bytes.min(text.len())], 10, 512);
     let train = DataLoaderBuilder::new(LmBatcher)
         .batch_size(batch)
         .shuffle(7)
+        .set_device(device())
         .build(ByteWindows::new(train, seq, seq));
     let valid = DataLoaderBuilder::new(LmBatcher)
         .batch_size(batch)
+        .set_device(device())
         .build(ByteWindows::new(valid, seq, seq));
     (train, valid)
 }
