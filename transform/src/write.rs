@@ -369,6 +369,7 @@ mod tests {
     use super::*;
     use crate::execute::Block;
     use crate::plan::DepthOp;
+    use crate::test_support::dir_entries as entries;
     use safetensors::Dtype;
 
     fn tensor(name: &str, n: usize) -> TensorPlan {
@@ -399,15 +400,6 @@ mod tests {
 
     fn zeros(t: &TensorPlan, sink: &mut Sink<'_>) -> Result<()> {
         sink(&mut Block::from(vec![0; byte_len(t)]))
-    }
-
-    fn entries(dir: &Path) -> Vec<String> {
-        let mut names: Vec<String> = std::fs::read_dir(dir)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
-        names.sort();
-        names
     }
 
     /// Runs `f` on a disk that takes `space` more bytes of tensor data.

@@ -4,12 +4,11 @@
 
 use std::path::Path;
 
-use burn::data::dataloader::DataLoaderBuilder;
 use burn::module::{Module, ModuleVisitor, Param, ParamId};
 use burn::optim::{AdamWConfig, GradientsParams};
 use burn::tensor::{Device, Tensor, TensorData};
 use vcycle_plugin::moments::{FIRST_MOMENT, Moments, SQRT_SECOND_MOMENT, STEP_FILE};
-use vcycle_plugin::text::{BYTE_VOCAB, ByteWindows, MlmBatcher, split_train_valid};
+use vcycle_plugin::text::BYTE_VOCAB;
 use vcycle_plugin::{Bert, BertConfig, Gpt2, HfModel, OptimizerStatePolicy, VCycle};
 use vcycle_transform::{ArchChoice, Job, Options, Target};
 
@@ -246,16 +245,7 @@ fn grad_values(grads: &GradientsParams, id: ParamId, like: &TensorData) -> Vec<f
 fn carry_runs_a_tiny_bert_cycle() {
     let dir = tempdir();
     let run = dir.path().join("run");
-    let text = corpus();
-    let (train, valid) = split_train_valid(&text[..24_000], 10, 512);
-    let mask = BYTE_VOCAB as i64;
-    let train = DataLoaderBuilder::new(MlmBatcher::new(mask, 0.15, 1))
-        .batch_size(4)
-        .shuffle(3)
-        .build(ByteWindows::new(train, 16, 16));
-    let valid = DataLoaderBuilder::new(MlmBatcher::new(mask, 0.15, 2))
-        .batch_size(4)
-        .build(ByteWindows::new(valid, 16, 16));
+    let (train, valid) = mlm_loaders();
     let device = Device::flex().autodiff();
     let model = BertConfig::new(BYTE_VOCAB + 1, 32, 32, 2, 4, 64)
         .init(&device)

@@ -8,7 +8,9 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 use burn::train::SupervisedTraining;
 use burn::train::metric::LossMetric;
 use ndarray::{Array2, ArrayD, IxDyn};
-use vcycle_plugin::text::{ByteWindows, LmBatch, LmBatcher, split_train_valid};
+use vcycle_plugin::text::{
+    BYTE_VOCAB, ByteWindows, LmBatch, LmBatcher, MlmBatch, MlmBatcher, split_train_valid,
+};
 use vcycle_plugin::{Gpt2, Gpt2Config, LevelConfig, ProgressLine, Segment, VCycleConfig};
 
 /// A fresh temporary directory for one test.
@@ -70,6 +72,22 @@ pub fn loaders(bytes: usize, seq: usize, batch: usize) -> Loaders {
         .batch_size(batch)
         .set_device(device())
         .build(ByteWindows::new(valid, seq, seq));
+    (train, valid)
+}
+
+/// Masked-LM train and validation loaders over the first 24,000 bytes of the corpus: windows
+/// of 16 bytes, batches of 4, 15% of the bytes masked (token `BYTE_VOCAB`).
+pub fn mlm_loaders() -> (Arc<dyn DataLoader<MlmBatch>>, Arc<dyn DataLoader<MlmBatch>>) {
+    let text = corpus();
+    let (train, valid) = split_train_valid(&text[..24_000], 10, 512);
+    let mask = BYTE_VOCAB as i64;
+    let train = DataLoaderBuilder::new(MlmBatcher::new(mask, 0.15, 1))
+        .batch_size(4)
+        .shuffle(3)
+        .build(ByteWindows::new(train, 16, 16));
+    let valid = DataLoaderBuilder::new(MlmBatcher::new(mask, 0.15, 2))
+        .batch_size(4)
+        .build(ByteWindows::new(valid, 16, 16));
     (train, valid)
 }
 

@@ -194,21 +194,12 @@ fn refuses_bad_configurations() {
 /// keeps the small model's function.
 #[test]
 fn tiny_bert_cycle_preserves_function_at_alpha_one() {
-    use vcycle_plugin::text::{BYTE_VOCAB, ByteWindows, MlmBatcher, split_train_valid};
+    use vcycle_plugin::text::BYTE_VOCAB;
     use vcycle_plugin::{Bert, BertConfig};
 
     let dir = tempdir();
     let run = dir.path().join("run");
-    let text = corpus();
-    let (train, valid) = split_train_valid(&text[..24_000], 10, 512);
-    let mask = BYTE_VOCAB as i64;
-    let train = DataLoaderBuilder::new(MlmBatcher::new(mask, 0.15, 1))
-        .batch_size(4)
-        .shuffle(3)
-        .build(ByteWindows::new(train, 16, 16));
-    let valid = DataLoaderBuilder::new(MlmBatcher::new(mask, 0.15, 2))
-        .batch_size(4)
-        .build(ByteWindows::new(valid, 16, 16));
+    let (train, valid) = mlm_loaders();
     let device = Device::flex().autodiff();
     let model = BertConfig::new(BYTE_VOCAB + 1, 32, 32, 2, 4, 64)
         .init(&device)

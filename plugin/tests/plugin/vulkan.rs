@@ -15,9 +15,7 @@ use burn::module::Module;
 use burn::optim::AdamWConfig;
 use burn::tensor::Device;
 use burn::train::{ExecutionStrategy, MultiDeviceOptim, SupervisedTraining};
-use vcycle_plugin::text::{
-    BYTE_VOCAB, ByteWindows, LmBatch, LmBatcher, MlmBatcher, split_train_valid,
-};
+use vcycle_plugin::text::{BYTE_VOCAB, ByteWindows, LmBatch, LmBatcher, split_train_valid};
 use vcycle_plugin::{
     Bert, BertConfig, BoundaryRecord, Gpt2, HfModel, Segment, VCycle, VCycleConfig,
 };
@@ -141,16 +139,7 @@ fn bert_cycle_on_vulkan_matches_flex() {
         .init(&Device::flex().autodiff())
         .expect("model");
     let cycle = |device: &Device, run: &Path| -> Vec<BoundaryRecord> {
-        let text = corpus();
-        let (train, valid) = split_train_valid(&text[..24_000], 10, 512);
-        let mask = BYTE_VOCAB as i64;
-        let train = DataLoaderBuilder::new(MlmBatcher::new(mask, 0.15, 1))
-            .batch_size(4)
-            .shuffle(3)
-            .build(ByteWindows::new(train, 16, 16));
-        let valid = DataLoaderBuilder::new(MlmBatcher::new(mask, 0.15, 2))
-            .batch_size(4)
-            .build(ByteWindows::new(valid, 16, 16));
+        let (train, valid) = mlm_loaders();
         let device = device.clone().autodiff();
         VCycle::new(two_levels(Some(2), Some(1), 3), run, device.clone())
             .expect("driver")

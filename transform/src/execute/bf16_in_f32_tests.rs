@@ -28,7 +28,11 @@ fn randomize(dir: &Path, layers: usize, seed: u64) {
     let (header_len, metadata) = safetensors::SafeTensors::read_metadata(&bytes).expect("header");
     let mut rng = rand::rngs::Xoshiro256PlusPlus::seed_from_u64(seed);
     let normal = rand_distr::Normal::new(0.0, 0.5).expect("normal");
-    for (name, info) in metadata.tensors() {
+    // In name order: `tensors()` is a hash map, whose order (and so which values each tensor
+    // draws) would change from run to run.
+    let mut tensors: Vec<_> = metadata.tensors().into_iter().collect();
+    tensors.sort_by(|a, b| a.0.cmp(&b.0));
+    for (name, info) in tensors {
         if info.dtype != Dtype::BF16 {
             continue;
         }

@@ -370,15 +370,7 @@ fn resolve_links(absolute: &Path, hops: usize) -> std::io::Result<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn entries(dir: &Path) -> Vec<String> {
-        let mut names: Vec<String> = std::fs::read_dir(dir)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
-        names.sort();
-        names
-    }
+    use crate::test_support::dir_entries as entries;
 
     /// A work directory of process `pid` for `output`, as a killed run leaves it.
     fn work_dir(dir: &Path, pid: u32, tag: &str, output: &str) -> PathBuf {
