@@ -31,6 +31,7 @@ use vcycle_transform::{ArchChoice, Job, Options, SchemeSpec, Target};
 use crate::budget::ExactBatches;
 use crate::config::{LevelConfig, OptimizerStatePolicy, VCycleConfig};
 use crate::error::{Error, Result, io, json};
+use crate::flops::SequenceBatch;
 use crate::hf::{self, HfModel};
 use crate::moments::{self, Discard, LastRecord, Moments};
 use crate::schedule::WarmupConstantLr;
@@ -38,11 +39,14 @@ use crate::schedule::WarmupConstantLr;
 /// Counts the training FLOPs of one batch (forward and backward).
 pub type FlopCounter<I> = Arc<dyn Fn(&I) -> f64 + Send + Sync>;
 
-/// A model the V-cycle can train: a Burn learner model that reads and writes HuggingFace
-/// directories the transform library understands, and knows its training cost.
-pub trait VCycleModel: LearnerModel + HfModel {
-    /// The training FLOPs of a batch at this model's size (see [`crate::Gpt2Config::train_flops`]).
-    fn flop_counter(&self) -> FlopCounter<<Self as TrainStep>::Input>;
+/// A model the V-cycle can train: a Burn learner model whose checkpoints its rules describe
+/// ([`HfModel`]), trained on batches of token sequences.
+pub trait VCycleModel: LearnerModel + HfModel + TrainStep<Input: SequenceBatch> {
+    /// The training FLOPs of a batch at this model's size; by default
+    /// [`crate::train_flops`] at the batch's shape.
+    fn flop_counter(&self) -> Result<FlopCounter<<Self as TrainStep>::Input>> {
+        crate::flops::default_flop_counter(self)
+    }
 }
 
 /// Where a segment lies in the cycle.
@@ -232,6 +236,8 @@ pub struct VCycle<M> {
     optimizer: OptimizerFactory,
     scheduler: SchedulerFactory,
     quiet: bool,
+    /// The model's architecture, as the transform library is given it.
+    arch: ArchChoice,
     _model: PhantomData<fn() -> M>,
 }
 
@@ -265,6 +271,7 @@ where
             optimizer: Box::new(|_| default_optimizer()),
             scheduler: Box::new(|s| WarmupConstantLr::new(s.learning_rate, s.warmup_steps).into()),
             quiet: false,
+            arch: ArchChoice::Rules(Box::new(M::layout()?.rules().clone())),
             _model: PhantomData,
         })
     }
@@ -365,7 +372,7 @@ where
         hf::save_hf(&model, &self.run_dir.join(self.start_checkpoint(1)))?;
         let state = RunState {
             format: STATE_FORMAT,
-            arch: M::arch().to_string(),
+            arch: self.arch_name(),
             config,
             completed_segments: 0,
             steps: 0,
@@ -449,11 +456,11 @@ where
                 state.format
             )));
         }
-        if state.arch != M::arch() {
+        if state.arch != self.arch_name() {
             return Err(resume_error(format!(
                 "the run trains a `{}` model, not `{}`",
                 state.arch,
-                M::arch()
+                self.arch_name()
             )));
         }
         if state.config != self.config_json()? {
@@ -505,12 +512,21 @@ where
         &self.config.levels[level - 1]
     }
 
+    /// The name of the model's rules (`gpt2`, a rule file's `name`), recorded in the state.
+    fn arch_name(&self) -> String {
+        match &self.arch {
+            ArchChoice::Rules(rules) => rules.name.clone(),
+            ArchChoice::Preset(name) => name.clone(),
+            ArchChoice::Detect => String::new(),
+        }
+    }
+
     /// Transform options for moving between `level` and the level above it, with `level`'s
     /// schemes.
     fn options(&self, level: usize, heads: Option<usize>, layers: Option<usize>) -> Options {
         let lc = self.level(level);
         Options {
-            arch: ArchChoice::Preset(M::arch().to_string()),
+            arch: self.arch.clone(),
             target: Target {
                 heads,
                 kv_heads: None,
@@ -531,8 +547,7 @@ where
     }
 
     fn size(&self, dir: &Path, level: usize, params: usize) -> Result<ModelSize> {
-        let (_, anatomy) =
-            vcycle_transform::open_model(dir, &ArchChoice::Preset(M::arch().to_string()))?;
+        let (_, anatomy) = vcycle_transform::open_model(dir, &self.arch)?;
         let d = &anatomy.dims;
         Ok(ModelSize {
             level,
@@ -654,10 +669,7 @@ where
                     Phase::Bottom | Phase::Up => {
                         let above = segment.level - 1;
                         let large_dir = self.run_dir.join(self.trained_checkpoint(above));
-                        let (_, large) = vcycle_transform::open_model(
-                            &large_dir,
-                            &ArchChoice::Preset(M::arch().to_string()),
-                        )?;
+                        let (_, large) = vcycle_transform::open_model(&large_dir, &self.arch)?;
                         let options = self.options(
                             segment.level,
                             Some(large.dims.heads),
@@ -772,7 +784,7 @@ where
         };
         let flops = Arc::new(Mutex::new(0.0));
         let batches = Arc::new(AtomicUsize::new(0));
-        let count = model.flop_counter();
+        let count = model.flop_counter()?;
         let counted = batches.clone();
         let counter: FlopCounter<<M as TrainStep>::Input> = Arc::new(move |batch| {
             counted.fetch_add(1, Ordering::Relaxed);

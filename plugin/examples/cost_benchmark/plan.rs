@@ -2,6 +2,7 @@
 //! V-cycles), with the step budgets that give every variant the baseline's training FLOPs.
 
 use anyhow::{Result, bail};
+use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
 use vcycle_plugin::Gpt2Config;
 
@@ -65,8 +66,9 @@ impl Scale {
     }
 
     /// Training FLOPs of one step of that model (the plugin's analytic count).
-    pub fn step_flops(&self, heads: usize, layers: usize) -> f64 {
-        self.model(heads, layers).train_flops(self.batch, self.seq)
+    pub fn step_flops(&self, heads: usize, layers: usize) -> Result<f64> {
+        let model = self.model(heads, layers).init(&Device::flex())?;
+        Ok(vcycle_plugin::train_flops(&model, self.batch, self.seq)?)
     }
 }
 
@@ -158,7 +160,10 @@ impl Variant {
     /// in all.
     pub fn budget(&self, scale: &Scale) -> Result<Budget> {
         let sizes = self.sizes(scale)?;
-        let flops: Vec<f64> = sizes.iter().map(|&(h, l)| scale.step_flops(h, l)).collect();
+        let flops = sizes
+            .iter()
+            .map(|&(h, l)| scale.step_flops(h, l))
+            .collect::<Result<Vec<f64>>>()?;
         let total = scale.baseline_steps as f64 * flops[0];
         if self.levels == 1 {
             return Ok(Budget {
@@ -235,7 +240,7 @@ mod tests {
     #[test]
     fn every_variant_gets_the_baseline_flops() {
         let scale = Scale::full();
-        let target = scale.baseline_steps as f64 * scale.step_flops(4, 4);
+        let target = scale.baseline_steps as f64 * scale.step_flops(4, 4).unwrap();
         for v in headline().into_iter().chain(sweep()) {
             let b = v.budget(&scale).unwrap();
             assert!((b.flops / target - 1.0).abs() < 0.01, "{}: {b:?}", v.name);

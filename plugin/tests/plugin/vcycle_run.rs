@@ -6,7 +6,7 @@ use burn::data::dataloader::batcher::Batcher;
 use burn::data::dataloader::{DataLoader, DataLoaderBuilder};
 use burn::data::dataset::InMemDataset;
 use burn::tensor::Device;
-use vcycle_plugin::{ExactBatches, Gpt2, HfModel, Phase, VCycle, VCycleConfig};
+use vcycle_plugin::{ExactBatches, Gpt2, HfModel, Phase, VCycle, VCycleConfig, train_flops};
 use vcycle_transform::verify::{compare, random_tokens};
 
 use crate::support::*;
@@ -56,7 +56,7 @@ fn tiny_two_level_cycle_end_to_end() {
     assert!(b[0].train_flops > 0.0 && b[0].train_flops < b[1].train_flops);
     assert!(b[1].train_flops < b[2].train_flops);
     // At most full batches of 4 × 16 tokens (the last batch of a pass may be shorter).
-    let per_step = tiny_gpt2().train_flops(4, 16);
+    let per_step = train_flops(&tiny_gpt2().init(&device()).expect("model"), 4, 16).expect("flops");
     assert!(b[0].train_flops <= 3.0 * per_step + 1.0);
     for r in b {
         assert!(r.valid_loss_before.is_finite(), "{r:?}");
