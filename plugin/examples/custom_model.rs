@@ -268,7 +268,8 @@ mod tests {
         )
         .unwrap();
         let arch = TinyLm::arch().unwrap();
-        let (checkpoint, anatomy) = vcycle_transform::open_model(&outcome.final_dir, &arch).unwrap();
+        let (checkpoint, anatomy) =
+            vcycle_transform::open_model(&outcome.final_dir, &arch).unwrap();
         let reference = vcycle_transform::verify::run_tokens(&checkpoint, &anatomy, &ids).unwrap();
         let d = compare(&reference, &burn).unwrap();
         assert!(d.max_abs <= 1e-4, "{d:?}");

@@ -372,7 +372,10 @@ impl HfModel for Bert {
     /// After burn-store's PyTorch adapter (transpose, `gamma` → `weight`), the two field names
     /// Rust does not allow or that Burn spells differently.
     fn renames() -> &'static [(&'static str, &'static str)] {
-        &[(r"\.layer_norm\.", ".LayerNorm."), (r"\.self_attn\.", ".self.")]
+        &[
+            (r"\.layer_norm\.", ".LayerNorm."),
+            (r"\.self_attn\.", ".self."),
+        ]
     }
 
     fn sizes(&self) -> Sizes {

@@ -185,19 +185,25 @@ impl HfLayout {
             .iter()
             .map(|t| (t.name.clone(), t.shape.to_vec()))
             .collect();
-        let renames = remapper(self.renames.iter().cloned(), Path::new(CONFIG_FILE))?;
+        let renames =
+            KeyRemapper::from_patterns(self.renames.clone()).map_err(|e| Error::Rules {
+                arch: self.rules.name.clone(),
+                message: format!("a rename: {e}"),
+            })?;
         let (renamed, _) = renames.remap(tensors);
         adapted
             .into_iter()
             .zip(renamed)
             .map(|((adapted, shape), renamed)| {
-                let rule = self.rule_of(&renamed.name, "").ok_or_else(|| Error::Layout {
-                    arch: self.rules.name.clone(),
-                    tensor: renamed.name.clone(),
-                    message: format!(
-                        "no rule names it (Burn path `{adapted}`): add a rule or a rename"
-                    ),
-                })?;
+                let rule = self
+                    .rule_of(&renamed.name, "")
+                    .ok_or_else(|| Error::Layout {
+                        arch: self.rules.name.clone(),
+                        tensor: renamed.name.clone(),
+                        message: format!(
+                            "no rule names it (Burn path `{adapted}`): add a rule or a rename"
+                        ),
+                    })?;
                 Ok(Named {
                     base: renamed.name,
                     adapted,
@@ -344,10 +350,7 @@ fn exact(name: &str) -> String {
     format!("^{}$", regex::escape(name))
 }
 
-fn remapper(
-    pairs: impl IntoIterator<Item = (String, String)>,
-    path: &Path,
-) -> Result<KeyRemapper> {
+fn remapper(pairs: impl IntoIterator<Item = (String, String)>, path: &Path) -> Result<KeyRemapper> {
     pairs
         .into_iter()
         .try_fold(KeyRemapper::new(), |remapper, (from, to)| {

@@ -69,9 +69,9 @@ pub use progress::{ProgressLine, ValidHistory, ValidPoint};
 pub use schedule::WarmupConstantLr;
 pub use sizes::Sizes;
 pub use text::{ByteWindows, LmBatch, LmBatcher, MlmBatch, MlmBatcher};
-/// The transform library's architecture choice and rule files, for [`HfModel::arch`].
-pub use vcycle_transform::{ArchChoice, Rules};
 pub use vcycle::{
     BoundaryRecord, FlopCounter, ModelSize, Phase, Segment, SegmentTraining, VCycle, VCycleModel,
     VCycleOutcome, default_optimizer,
 };
+/// The transform library's architecture choice and rule files, for [`HfModel::arch`].
+pub use vcycle_transform::{ArchChoice, Rules};

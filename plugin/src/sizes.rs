@@ -165,8 +165,7 @@ impl Sizes {
     pub(crate) fn config_json(&self, rules: &Rules) -> Value {
         let mut config = Value::Object(self.settings.clone());
         let keys = &rules.config;
-        if let (Some(model_type), Some(map)) = (rules.model_types.first(), config.as_object_mut())
-        {
+        if let (Some(model_type), Some(map)) = (rules.model_types.first(), config.as_object_mut()) {
             map.entry("model_type")
                 .or_insert_with(|| Value::from(model_type.as_str()));
         }
