@@ -110,9 +110,12 @@ impl HfLayout {
         let table = self.names(module)?;
         let prefix = self.rules.prefixes.first().map_or("", String::as_str);
         let remapper = remapper(
-            table
-                .iter()
-                .map(|n| (exact(&n.adapted), n.stored.replace('$', "$$"))),
+            table.iter().map(|n| {
+                (
+                    exact(&n.adapted),
+                    self.stored_name(n, prefix).replace('$', "$$"),
+                )
+            }),
             &path,
         )?;
         let mut store = SafetensorsStore::from_file(&path)

@@ -140,7 +140,7 @@ fn baseline(
     let passes = epoch_steps(scale.baseline_steps, Some(scale.eval_every));
     let flops = Arc::new(Mutex::new(0.0));
     let loader = ExactBatches::in_passes(train, passes.clone())
-        .with_counter(model.flop_counter(), flops.clone())
+        .with_counter(model.flop_counter()?, flops.clone())
         .into_loader();
     let scheduler: burn::optim::lr_scheduler::module_lr_scheduler::ModuleLrScheduler =
         WarmupConstantLr::new(variant.lr, scale.warmup).into();
