@@ -4,7 +4,7 @@
 //! heads → coalesce to 1 layer × 2 heads → grow back.
 //!
 //! ```sh
-//! cargo run -p vcycle-plugin --example custom_model            # about a minute on 2 cores
+//! cargo run -p vcycle-plugin --example custom_model   # writes target/vcycle-custom-model/
 //! ```
 //!
 //! The model is ordinary Burn code; the glue the V-cycle needs is the block marked `V-cycle glue`.
