@@ -4,12 +4,9 @@
 //! `cls.predictions.transform.dense.weight`, `cls.predictions.bias`; the decoder is tied to the
 //! word embeddings. Post-LN, GELU (erf), bidirectional attention, token type 0 everywhere.
 //!
-//! Burn stores `Linear` weights `[in, out]`, so export and import go through burn-store's
-//! PyTorch adapters (transpose, `gamma`/`beta` ↔ `weight`/`bias`) and rename `layer_norm` ↔
-//! `LayerNorm`, `self_attn` ↔ `self`, and the `bert.` prefix.
-
-use std::path::Path;
-use std::sync::Arc;
+//! The names and layouts come from the `bert` preset's rules: its Linear weights are `[out, in]`,
+//! so burn-store's PyTorch adapters transpose them (and rename `gamma`/`beta`); the model only
+//! renames `layer_norm` → `LayerNorm` and `self_attn` → `self`.
 
 use burn::config::Config;
 use burn::module::{Module, Param};
@@ -22,11 +19,13 @@ use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Device, Int, Tensor, activation};
 use burn::train::SequenceOutput;
 use serde_json::json;
+use vcycle_transform::ArchChoice;
 
 use crate::error::{Error, Result};
-use crate::hf::{self, HfLayout, HfModel, LinearLayout};
+use crate::hf::HfModel;
+use crate::sizes::Sizes;
 use crate::text::MlmBatch;
-use crate::vcycle::{FlopCounter, VCycleModel};
+use crate::vcycle::VCycleModel;
 
 /// The size of a [`Bert`] model.
 #[derive(Config, Debug, PartialEq)]
@@ -137,78 +136,52 @@ impl BertConfig {
         })
     }
 
-    /// The HF `config.json` of a `BertForMaskedLM` of this size (tied decoder).
-    pub fn hf_config(&self) -> serde_json::Value {
-        json!({
-            "architectures": ["BertForMaskedLM"],
-            "attention_probs_dropout_prob": 0.0,
-            "dtype": "float32",
-            "hidden_act": "gelu",
-            "hidden_dropout_prob": self.dropout,
-            "hidden_size": self.hidden,
-            "initializer_range": self.init_std,
-            "intermediate_size": self.ffn,
-            "layer_norm_eps": self.layer_norm_eps,
-            "max_position_embeddings": self.positions,
-            "model_type": "bert",
-            "num_attention_heads": self.heads,
-            "num_hidden_layers": self.layers,
-            "pad_token_id": 0,
-            "tie_word_embeddings": true,
-            "torch_dtype": "float32",
-            "type_vocab_size": self.token_types,
-            "vocab_size": self.vocab,
-        })
+    /// The sizes of a model of this configuration; the settings are those of a
+    /// `BertForMaskedLM`'s `config.json` beyond its sizes, so `transformers` loads it.
+    pub fn sizes(&self) -> Sizes {
+        Sizes::new(self.layers, self.hidden, self.heads, self.ffn)
+            .with_fixed("vocab", self.vocab)
+            .with_fixed("positions", self.positions)
+            .with_fixed("token_types", self.token_types)
+            .with_norm_eps(self.layer_norm_eps)
+            .with_setting("architectures", json!(["BertForMaskedLM"]))
+            .with_setting("hidden_act", "gelu")
+            .with_setting("vocab_size", self.vocab)
+            .with_setting("max_position_embeddings", self.positions)
+            .with_setting("type_vocab_size", self.token_types)
+            .with_setting("pad_token_id", 0)
+            .with_setting("attention_probs_dropout_prob", 0.0)
+            .with_setting("hidden_dropout_prob", self.dropout)
+            .with_setting("initializer_range", self.init_std)
+            .with_setting("torch_dtype", "float32")
     }
 
-    /// Reads the size from a BERT `config.json`.
-    pub fn from_hf_config(config: &serde_json::Value, dir: &Path) -> Result<Self> {
-        if config
-            .get("hidden_act")
-            .and_then(|v| v.as_str())
-            .unwrap_or("gelu")
-            != "gelu"
-        {
-            return Err(Error::ModelConfig {
-                path: dir.to_path_buf(),
-                message: "only hidden_act = \"gelu\" (erf) is supported".into(),
-            });
+    /// The configuration of a model of these sizes (`transformers`' defaults where the settings
+    /// lack a value: ε = 1e-12, dropout 0.1, σ = 0.02).
+    pub fn from_sizes(sizes: &Sizes) -> Result<Self> {
+        let activation = sizes.settings.get("hidden_act").and_then(|v| v.as_str());
+        if activation.is_some_and(|a| a != "gelu") {
+            return Err(Error::Sizes(
+                "BERT: only hidden_act = \"gelu\" (erf) is supported".into(),
+            ));
         }
-        if config.get("tie_word_embeddings").and_then(|v| v.as_bool()) == Some(false) {
-            return Err(Error::ModelConfig {
-                path: dir.to_path_buf(),
-                message: "an untied decoder (tie_word_embeddings = false) is not supported".into(),
-            });
+        if !sizes.tied {
+            return Err(Error::Sizes(
+                "BERT: an untied decoder is not supported".into(),
+            ));
         }
         Ok(BertConfig::new(
-            hf::config_usize(config, dir, &["vocab_size"])?,
-            hf::config_usize(config, dir, &["max_position_embeddings"])?,
-            hf::config_usize(config, dir, &["hidden_size"])?,
-            hf::config_usize(config, dir, &["num_hidden_layers"])?,
-            hf::config_usize(config, dir, &["num_attention_heads"])?,
-            hf::config_usize(config, dir, &["intermediate_size"])?,
+            sizes.fixed("vocab")?,
+            sizes.fixed("positions")?,
+            sizes.hidden,
+            sizes.layers,
+            sizes.heads,
+            sizes.ffn,
         )
-        .with_token_types(hf::config_usize(config, dir, &["type_vocab_size"]).unwrap_or(2))
-        .with_layer_norm_eps(hf::config_f64(config, &["layer_norm_eps"], 1e-12))
-        .with_dropout(hf::config_f64(config, &["hidden_dropout_prob"], 0.1))
-        .with_init_std(hf::config_f64(config, &["initializer_range"], 0.02)))
-    }
-
-    /// Training FLOPs of one batch of `batch` sequences of `seq` tokens:
-    /// `3 · batch · seq · (2·(W + hidden² + hidden·vocab) + 4·layers·seq·hidden)` with
-    /// `W = layers · (4·hidden² + 2·hidden·ffn)`; `hidden²` is the MLM head's transform and
-    /// `hidden·vocab` its tied decoder, evaluated at every position (as HF does). Same
-    /// conventions as [`crate::Gpt2Config::train_flops`].
-    pub fn train_flops(&self, batch: usize, seq: usize) -> f64 {
-        let (l, d, f, v) = (
-            self.layers as f64,
-            self.hidden as f64,
-            self.ffn as f64,
-            self.vocab as f64,
-        );
-        let w = l * (4.0 * d * d + 2.0 * d * f);
-        let per_token = 2.0 * (w + d * d + d * v) + 4.0 * l * seq as f64 * d;
-        3.0 * batch as f64 * seq as f64 * per_token
+        .with_token_types(sizes.fixed("token_types")?)
+        .with_layer_norm_eps(sizes.norm_eps.unwrap_or(1e-12))
+        .with_dropout(sizes.setting_f64("hidden_dropout_prob", 0.1))
+        .with_init_std(sizes.setting_f64("initializer_range", 0.02)))
     }
 }
 
@@ -389,59 +362,29 @@ impl Bert {
     }
 }
 
-hf::sequence_steps!(Bert, MlmBatch, forward_mlm);
-
-/// How [`Bert`] maps to its HuggingFace checkpoint.
-const HF_LAYOUT: HfLayout = HfLayout {
-    // Burn path → HF name on export, after the PyTorch adapter (`gamma` → `weight`).
-    export_names: &[
-        (r"^(embeddings|encoder)\.", "bert.$1."),
-        (r"\.layer_norm\.", ".LayerNorm."),
-        (r"\.self_attn\.", ".self."),
-    ],
-    // HF name → Burn path on import, before the PyTorch adapter (`BertForMaskedLM` with the
-    // prefix, `BertModel` without).
-    import_names: &[
-        (r"^bert\.", ""),
-        (r"\.LayerNorm\.", ".layer_norm."),
-        (r"\.self\.", ".self_attn."),
-    ],
-    linear: LinearLayout::OutIn,
-    may_be_unused,
-};
-
-/// HF tensors a BERT checkpoint may hold that this model does not use: index buffers, the
-/// pooler, the tied decoder and its bias alias, the next-sentence head.
-fn may_be_unused(name: &str) -> bool {
-    name.ends_with("embeddings.position_ids")
-        || name.ends_with("embeddings.token_type_ids")
-        || name.starts_with("pooler.")
-        || name.starts_with("cls.predictions.decoder.")
-        || name.starts_with("cls.seq_relationship.")
-}
+crate::sequence_steps!(Bert, MlmBatch, forward_mlm);
 
 impl HfModel for Bert {
-    fn arch() -> &'static str {
-        "bert"
+    fn arch() -> Result<ArchChoice> {
+        Ok(ArchChoice::Preset("bert".into()))
     }
 
-    fn write_hf_files(&self, dir: &Path) -> Result<()> {
-        HF_LAYOUT.write(self, &self.config.hf_config(), dir)
+    /// After burn-store's PyTorch adapter (transpose, `gamma` → `weight`), the two field names
+    /// Rust does not allow or that Burn spells differently.
+    fn renames() -> &'static [(&'static str, &'static str)] {
+        &[
+            (r"\.layer_norm\.", ".LayerNorm."),
+            (r"\.self_attn\.", ".self."),
+        ]
     }
 
-    fn load_hf(dir: &Path, device: &Device) -> Result<Self> {
-        let mut model = BertConfig::from_hf_config(&hf::read_config(dir)?, dir)?.init(device)?;
-        HF_LAYOUT.load(&mut model, dir)?;
-        Ok(model)
+    fn sizes(&self) -> Sizes {
+        self.config.sizes()
+    }
+
+    fn from_sizes(sizes: &Sizes, device: &Device) -> Result<Self> {
+        BertConfig::from_sizes(sizes)?.init(device)
     }
 }
 
-impl VCycleModel for Bert {
-    fn flop_counter(&self) -> FlopCounter<MlmBatch> {
-        let config = self.config.clone();
-        Arc::new(move |batch: &MlmBatch| {
-            let [b, s] = batch.inputs.dims();
-            config.train_flops(b, s)
-        })
-    }
-}
+impl VCycleModel for Bert {}

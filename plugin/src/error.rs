@@ -28,6 +28,20 @@ pub enum Error {
     /// A checkpoint's tensors do not fit the model built from its config.json.
     #[error("{path}: {message}")]
     Mismatch { path: PathBuf, message: String },
+    /// A model's tensors and its rule file disagree: a tensor no rule names, or a layout the
+    /// rules cannot express.
+    #[error("architecture `{arch}`: tensor `{tensor}`: {message}")]
+    Layout {
+        arch: String,
+        tensor: String,
+        message: String,
+    },
+    /// A rule file cannot drive a model's checkpoints.
+    #[error("architecture `{arch}`: {message}")]
+    Rules { arch: String, message: String },
+    /// A model was asked for a size its [`crate::Sizes`] do not hold.
+    #[error("sizes: {0}")]
+    Sizes(String),
     /// A config.json lacks a value the model needs, or holds one it cannot use.
     #[error("{path}: config.json: {message}")]
     ModelConfig { path: PathBuf, message: String },

@@ -2,12 +2,9 @@
 //! directories: `transformer.wte.weight`, `transformer.h.{i}.attn.c_attn.weight` (fused q|k|v,
 //! Conv1D layout `[in, out]`), …, `transformer.ln_f.bias`, the output head tied to `wte`.
 //!
-//! Burn's `Linear` stores its weight `[in, out]`, as GPT-2's `Conv1D` does, so no tensor is
-//! transposed: export and import only rename (`gamma`/`beta` ↔ `weight`/`bias`, the
-//! `transformer.` prefix). `c_attn` is one `Linear` hidden → 3·hidden, as in HF.
-
-use std::path::Path;
-use std::sync::Arc;
+//! The names and layouts come from the `gpt2` preset's rules; Burn's `Linear` stores its weight
+//! `[in, out]`, as GPT-2's `Conv1D` does, so only norms are renamed (`gamma`/`beta` →
+//! `weight`/`bias`). `c_attn` is one `Linear` hidden → 3·hidden, as in HF.
 
 use burn::config::Config;
 use burn::module::{Module, Param};
@@ -21,11 +18,13 @@ use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Device, Int, Tensor, activation};
 use burn::train::SequenceOutput;
 use serde_json::json;
+use vcycle_transform::ArchChoice;
 
 use crate::error::{Error, Result};
-use crate::hf::{self, HfLayout, HfModel, LinearLayout};
+use crate::hf::HfModel;
+use crate::sizes::Sizes;
 use crate::text::LmBatch;
-use crate::vcycle::{FlopCounter, VCycleModel};
+use crate::vcycle::VCycleModel;
 
 /// The size of a [`Gpt2`] model.
 #[derive(Config, Debug, PartialEq)]
@@ -117,86 +116,46 @@ impl Gpt2Config {
         Ok(())
     }
 
-    /// The HF `config.json` of a `GPT2LMHeadModel` of this size (tied output head).
-    pub fn hf_config(&self) -> serde_json::Value {
-        json!({
-            "activation_function": "gelu_new",
-            "architectures": ["GPT2LMHeadModel"],
-            "attn_pdrop": 0.0,
-            "bos_token_id": self.vocab - 1,
-            "embd_pdrop": self.dropout,
-            "eos_token_id": self.vocab - 1,
-            "initializer_range": self.init_std,
-            "layer_norm_epsilon": self.layer_norm_eps,
-            "model_type": "gpt2",
-            "n_ctx": self.positions,
-            "n_embd": self.hidden,
-            "n_head": self.heads,
-            "n_inner": self.ffn,
-            "n_layer": self.layers,
-            "n_positions": self.positions,
-            "resid_pdrop": self.dropout,
-            "tie_word_embeddings": true,
-            "torch_dtype": "float32",
-            "vocab_size": self.vocab,
-        })
+    /// The sizes of a model of this configuration; the settings are those of a
+    /// `GPT2LMHeadModel`'s `config.json` beyond its sizes, so `transformers` loads it.
+    pub fn sizes(&self) -> Sizes {
+        Sizes::new(self.layers, self.hidden, self.heads, self.ffn)
+            .with_fixed("vocab", self.vocab)
+            .with_fixed("positions", self.positions)
+            .with_norm_eps(self.layer_norm_eps)
+            .with_setting("architectures", json!(["GPT2LMHeadModel"]))
+            .with_setting("activation_function", "gelu_new")
+            .with_setting("vocab_size", self.vocab)
+            .with_setting("n_positions", self.positions)
+            .with_setting("n_ctx", self.positions)
+            .with_setting("bos_token_id", self.vocab.saturating_sub(1))
+            .with_setting("eos_token_id", self.vocab.saturating_sub(1))
+            .with_setting("attn_pdrop", 0.0)
+            .with_setting("embd_pdrop", self.dropout)
+            .with_setting("resid_pdrop", self.dropout)
+            .with_setting("initializer_range", self.init_std)
+            .with_setting("torch_dtype", "float32")
     }
 
-    /// Reads the size from a GPT-2 `config.json` (HF defaults for absent optional keys:
-    /// `n_inner` = 4·`n_embd`, ε = 1e-5, dropout 0.1).
-    pub fn from_hf_config(config: &serde_json::Value, dir: &Path) -> Result<Self> {
-        let hidden = hf::config_usize(config, dir, &["n_embd"])?;
-        let ffn = match config.get("n_inner") {
-            Some(v) if !v.is_null() => hf::config_usize(config, dir, &["n_inner"])?,
-            _ => 4 * hidden,
-        };
-        if config.get("tie_word_embeddings").and_then(|v| v.as_bool()) == Some(false) {
-            return Err(Error::ModelConfig {
-                path: dir.to_path_buf(),
-                message: "an untied output head (tie_word_embeddings = false) is not supported"
-                    .into(),
-            });
+    /// The configuration of a model of these sizes (`transformers`' defaults where the settings
+    /// lack a value: ε = 1e-5, dropout 0.1, σ = 0.02).
+    pub fn from_sizes(sizes: &Sizes) -> Result<Self> {
+        if !sizes.tied {
+            return Err(Error::Sizes(
+                "GPT-2: an untied output head is not supported".into(),
+            ));
         }
         Ok(Gpt2Config::new(
-            hf::config_usize(config, dir, &["vocab_size"])?,
-            hf::config_usize(config, dir, &["n_positions", "n_ctx"])?,
-            hidden,
-            hf::config_usize(config, dir, &["n_layer"])?,
-            hf::config_usize(config, dir, &["n_head"])?,
-            ffn,
+            sizes.fixed("vocab")?,
+            sizes.fixed("positions")?,
+            sizes.hidden,
+            sizes.layers,
+            sizes.heads,
+            sizes.ffn,
         )
-        .with_layer_norm_eps(hf::config_f64(config, &["layer_norm_epsilon"], 1e-5))
-        .with_dropout(hf::config_f64(config, &["resid_pdrop"], 0.1))
-        .with_init_std(hf::config_f64(config, &["initializer_range"], 0.02)))
-    }
-
-    /// Parameters (all tensors of the HF checkpoint; the tied head counts once).
-    pub fn num_params(&self) -> usize {
-        let (d, f) = (self.hidden, self.ffn);
-        let block = 2 * 2 * d + (d * 3 * d + 3 * d) + (d * d + d) + (d * f + f) + (f * d + d);
-        (self.vocab + self.positions) * d + self.layers * block + 2 * d
-    }
-
-    /// Training FLOPs (forward + backward) of one batch of `batch` sequences of `seq` tokens:
-    ///
-    /// `3 · batch · seq · (2·(W + hidden·vocab) + 4·layers·seq·hidden)`
-    ///
-    /// where `W = layers · (4·hidden² + 2·hidden·ffn)` are the weights of the block matrix
-    /// products (q|k|v, attention output, MLP up and down), `hidden·vocab` the tied output head,
-    /// `4·layers·seq·hidden` the attention scores and weighted sums per token (every key counted:
-    /// the causal mask is not discounted), ×2 for multiply-add and ×3 for forward + backward.
-    /// Biases, norms, softmax and embedding look-ups are left out (the usual `6·N·tokens`
-    /// approximation plus the attention term).
-    pub fn train_flops(&self, batch: usize, seq: usize) -> f64 {
-        let (l, d, f, v) = (
-            self.layers as f64,
-            self.hidden as f64,
-            self.ffn as f64,
-            self.vocab as f64,
-        );
-        let w = l * (4.0 * d * d + 2.0 * d * f);
-        let per_token = 2.0 * (w + d * v) + 4.0 * l * seq as f64 * d;
-        3.0 * batch as f64 * seq as f64 * per_token
+        .with_layer_norm_eps(sizes.norm_eps.unwrap_or(1e-5))
+        .with_dropout(sizes.setting_f64("resid_pdrop", 0.1))
+        .with_init_std(sizes.setting_f64("initializer_range", 0.02)))
     }
 }
 
@@ -309,54 +268,25 @@ impl Gpt2 {
     }
 }
 
-hf::sequence_steps!(Gpt2, LmBatch, forward_lm);
-
-/// How [`Gpt2`] maps to its HuggingFace checkpoint.
-const HF_LAYOUT: HfLayout = HfLayout {
-    // Burn path → HF name, applied in order on export.
-    export_names: &[
-        (r"^(.*)\.gamma$", "$1.weight"),
-        (r"^(.*)\.beta$", "$1.bias"),
-        (r"^", "transformer."),
-    ],
-    // HF name → Burn path on import (`GPT2LMHeadModel` with the prefix, `GPT2Model` without).
-    import_names: &[
-        (r"^transformer\.", ""),
-        (r"^(.*ln_[12f])\.weight$", "$1.gamma"),
-        (r"^(.*ln_[12f])\.bias$", "$1.beta"),
-    ],
-    linear: LinearLayout::InOut,
-    may_be_unused,
-};
-
-/// HF tensors a GPT-2 checkpoint may hold that this model does not use: the tied head and the
-/// causal-mask buffers of older `transformers` versions.
-fn may_be_unused(name: &str) -> bool {
-    name == "lm_head.weight" || name.ends_with(".attn.bias") || name.ends_with(".attn.masked_bias")
-}
+crate::sequence_steps!(Gpt2, LmBatch, forward_lm);
 
 impl HfModel for Gpt2 {
-    fn arch() -> &'static str {
-        "gpt2"
+    fn arch() -> Result<ArchChoice> {
+        Ok(ArchChoice::Preset("gpt2".into()))
     }
 
-    fn write_hf_files(&self, dir: &Path) -> Result<()> {
-        HF_LAYOUT.write(self, &self.config.hf_config(), dir)
+    /// GPT-2's `Conv1D` stores weights `[in, out]` as Burn does: only norms are renamed.
+    fn renames() -> &'static [(&'static str, &'static str)] {
+        &[(r"\.gamma$", ".weight"), (r"\.beta$", ".bias")]
     }
 
-    fn load_hf(dir: &Path, device: &Device) -> Result<Self> {
-        let mut model = Gpt2Config::from_hf_config(&hf::read_config(dir)?, dir)?.init(device)?;
-        HF_LAYOUT.load(&mut model, dir)?;
-        Ok(model)
+    fn sizes(&self) -> Sizes {
+        self.config.sizes()
+    }
+
+    fn from_sizes(sizes: &Sizes, device: &Device) -> Result<Self> {
+        Gpt2Config::from_sizes(sizes)?.init(device)
     }
 }
 
-impl VCycleModel for Gpt2 {
-    fn flop_counter(&self) -> FlopCounter<LmBatch> {
-        let config = self.config.clone();
-        Arc::new(move |batch: &LmBatch| {
-            let [b, s] = batch.inputs.dims();
-            config.train_flops(b, s)
-        })
-    }
-}
+impl VCycleModel for Gpt2 {}

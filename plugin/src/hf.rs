@@ -1,38 +1,120 @@
-//! HuggingFace model directories: `config.json` + `model.safetensors` with HF tensor names and
-//! layouts, written atomically. The models of this crate implement [`HfModel`]; the V-cycle
-//! driver only needs that trait to hand a model to the transform library and take it back.
+//! Model directories (`config.json` + `model.safetensors`, as HuggingFace writes them) with the
+//! names and layouts of a model's rules, written atomically. A model implements [`HfModel`];
+//! the V-cycle driver needs that trait to hand it to the transform library and take it back.
 
 use std::fs;
 use std::path::{Path, PathBuf};
 
 use burn::module::Module;
-use burn::store::{
-    BurnToPyTorchAdapter, KeyRemapper, ModuleSnapshot, PyTorchToBurnAdapter, SafetensorsStore,
-};
 use burn::tensor::Device;
 use serde_json::Value;
+use vcycle_transform::ArchChoice;
 
 use crate::error::{Error, Result, io, json};
+use crate::layout::HfLayout;
+use crate::sizes::Sizes;
 
 /// The weights file of a model directory.
 pub const WEIGHTS_FILE: &str = "model.safetensors";
 /// The configuration file of a model directory.
 pub const CONFIG_FILE: &str = "config.json";
 
-/// A Burn model that reads and writes HuggingFace model directories.
+/// A Burn model whose checkpoints are model directories its architecture's rules describe:
+/// `config.json` (the [`Sizes`], under the rules' keys) and `model.safetensors` (the module's
+/// tensors, named and laid out as the rules say; see [`HfLayout`]).
+///
+/// A model implements four things: its architecture, its sizes, a constructor from sizes and,
+/// where its Burn paths differ from the rules' names, renames. Saving and loading follow.
+///
+/// ```
+/// use burn::module::Module;
+/// use burn::nn::{Linear, LinearConfig};
+/// use burn::tensor::Device;
+/// use vcycle_plugin::{ArchChoice, HfModel, Result, Rules, Sizes};
+///
+/// const RULES: &str = r#"
+/// name = "probe"
+/// [config]
+/// hidden = ["d"]
+/// layers = ["n"]
+/// heads = ["h"]
+/// [[tensors]]
+/// name = "layers.{layer}.weight"
+/// axes = ["hidden:in", "hidden:out"]
+/// [[tensors]]
+/// name = "layers.{layer}.bias"
+/// axes = ["hidden:out"]
+/// "#;
+///
+/// #[derive(Module, Debug)]
+/// struct Probe {
+///     layers: Vec<Linear>,
+///     #[module(skip)]
+///     sizes: Sizes,
+/// }
+///
+/// impl HfModel for Probe {
+///     fn arch() -> Result<ArchChoice> {
+///         Ok(ArchChoice::Rules(Box::new(Rules::parse(RULES, "probe.toml")?)))
+///     }
+///     fn sizes(&self) -> Sizes {
+///         self.sizes.clone()
+///     }
+///     fn from_sizes(sizes: &Sizes, device: &Device) -> Result<Self> {
+///         let layer = || LinearConfig::new(sizes.hidden, sizes.hidden).init(device);
+///         let layers = (0..sizes.layers).map(|_| layer()).collect();
+///         Ok(Probe { layers, sizes: sizes.clone() })
+///     }
+/// }
+///
+/// let dir = std::env::temp_dir().join(format!("vcycle-probe-{}", std::process::id()));
+/// let model = Probe::from_sizes(&Sizes::new(2, 8, 2, 0), &Device::flex())?;
+/// vcycle_plugin::save_hf(&model, &dir)?;
+/// let back = Probe::load_hf(&dir, &Device::flex())?;
+/// assert_eq!((back.sizes.layers, back.sizes.hidden, back.sizes.heads), (2, 8, 2));
+/// # std::fs::remove_dir_all(&dir).ok();
+/// # Ok::<(), vcycle_plugin::Error>(())
+/// ```
 pub trait HfModel: Module + Sized {
-    /// The transform library's architecture preset for this model (`gpt2`, `bert`).
-    fn arch() -> &'static str;
+    /// The architecture: a built-in preset (`ArchChoice::Preset("gpt2".into())`) or a rule
+    /// file (`ArchChoice::Rules`, e.g. from [`Rules::parse`](crate::Rules::parse)).
+    fn arch() -> Result<ArchChoice>;
+
+    /// Renames from Burn paths to the rules' names, `(regex, replacement)` in order, after
+    /// burn-store's adapter (see [`HfLayout`]). None by default: the rules name the tensors
+    /// as Burn does.
+    fn renames() -> &'static [(&'static str, &'static str)] {
+        &[]
+    }
+
+    /// This model's sizes (what `config.json` records).
+    fn sizes(&self) -> Sizes;
+
+    /// A model of these sizes; its weights are then loaded or left as initialised.
+    fn from_sizes(sizes: &Sizes, device: &Device) -> Result<Self>;
+
+    /// The model's checkpoint layout.
+    fn layout() -> Result<HfLayout> {
+        Ok(HfLayout::new(&Self::arch()?)?.with_renames(Self::renames()))
+    }
 
     /// Writes `config.json` and `model.safetensors` into `dir`, an existing directory.
     /// Use [`save_hf`] to write a whole directory atomically.
-    fn write_hf_files(&self, dir: &Path) -> Result<()>;
+    fn write_hf_files(&self, dir: &Path) -> Result<()> {
+        Self::layout()?.write(self, &self.sizes(), dir)
+    }
 
-    /// Builds the model at the size its `config.json` gives and loads its weights.
-    fn load_hf(dir: &Path, device: &Device) -> Result<Self>;
+    /// Builds the model at the sizes the rules read from `dir` and loads its weights.
+    fn load_hf(dir: &Path, device: &Device) -> Result<Self> {
+        let layout = Self::layout()?;
+        let sizes = layout.read_sizes(dir)?;
+        let mut model = Self::from_sizes(&sizes, device)?;
+        layout.load(&mut model, dir, &sizes)?;
+        Ok(model)
+    }
 }
 
-/// Writes `model` as a HuggingFace directory at `dir`, atomically: the files are written into a
+/// Writes `model` as a model directory at `dir`, atomically: the files are written into a
 /// temporary sibling that is renamed into place, so `dir` appears whole or not at all. An
 /// existing `dir` is replaced.
 pub fn save_hf<M: HfModel>(model: &M, dir: &Path) -> Result<()> {
@@ -121,194 +203,35 @@ pub(crate) fn write_json(path: &Path, value: &Value) -> Result<()> {
     fs::write(path, text + "\n").map_err(io(path))
 }
 
-/// Reads a model directory's `config.json`.
-pub fn read_config(dir: &Path) -> Result<Value> {
-    let path = dir.join(CONFIG_FILE);
-    let text = fs::read_to_string(&path).map_err(io(&path))?;
-    serde_json::from_str(&text).map_err(json(&path))
-}
-
-/// The first of `keys` present in `config` as an unsigned integer.
-pub(crate) fn config_usize(config: &Value, dir: &Path, keys: &[&str]) -> Result<usize> {
-    keys.iter()
-        .find_map(|k| config.get(*k).and_then(Value::as_u64))
-        .map(|v| v as usize)
-        .ok_or_else(|| Error::ModelConfig {
-            path: dir.to_path_buf(),
-            message: format!("needs a non-negative integer `{}`", keys.join("` or `")),
-        })
-}
-
-/// The first of `keys` present in `config` as a number, or `default`.
-pub(crate) fn config_f64(config: &Value, keys: &[&str], default: f64) -> f64 {
-    keys.iter()
-        .find_map(|k| config.get(*k).and_then(Value::as_f64))
-        .unwrap_or(default)
-}
-
-/// How a model's `Linear` weights are laid out in its HF checkpoint.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum LinearLayout {
-    /// `[in, out]`, as Burn stores them (GPT-2's `Conv1D`): written as they are; norm
-    /// parameters are renamed by the caller's rules.
-    InOut,
-    /// `[out, in]` (`torch.nn.Linear`): transposed, and norm `gamma`/`beta` renamed to
-    /// `weight`/`bias`, by burn-store's PyTorch adapters.
-    OutIn,
-}
-
-/// How a model's Burn module maps to its HuggingFace checkpoint: the rules of one architecture,
-/// as data.
-pub(crate) struct HfLayout {
-    /// Burn path → HF name on export, applied in order (regex, replacement), after the layout
-    /// adapter.
-    pub export_names: &'static [(&'static str, &'static str)],
-    /// HF name → Burn path on import, before the layout adapter.
-    pub import_names: &'static [(&'static str, &'static str)],
-    pub linear: LinearLayout,
-    /// HF tensors a checkpoint may hold that the model does not use.
-    pub may_be_unused: fn(&str) -> bool,
-}
-
-impl HfLayout {
-    /// Writes `config` as `config.json` and `module` as `model.safetensors` into `dir`.
-    pub fn write<M: Module>(&self, module: &M, config: &Value, dir: &Path) -> Result<()> {
-        write_json(&dir.join(CONFIG_FILE), config)?;
-        save_safetensors(
-            module,
-            &dir.join(WEIGHTS_FILE),
-            self.export_names,
-            self.linear,
-        )
-    }
-
-    /// Loads `module`'s weights from `dir`'s `model.safetensors`.
-    pub fn load<M: Module>(&self, module: &mut M, dir: &Path) -> Result<()> {
-        load_safetensors(
-            module,
-            &dir.join(WEIGHTS_FILE),
-            self.import_names,
-            self.linear,
-            &self.may_be_unused,
-        )
-    }
-}
-
-/// `TrainStep` and `InferenceStep` for a model whose method `$forward` gives the loss and the
-/// outputs of a batch of type `$batch`.
+/// Burn's `TrainStep` and `InferenceStep` for a model whose method `$forward(batch)` returns
+/// a `burn::train::SequenceOutput` (the loss and the logits) for a batch of type `$batch`:
+/// training back-propagates the loss.
+///
+/// ```ignore
+/// vcycle_plugin::sequence_steps!(MyModel, vcycle_plugin::LmBatch, forward_lm);
+/// ```
+///
+/// ([`Gpt2`](crate::Gpt2) and `plugin/examples/custom_model.rs` use it.)
+#[macro_export]
 macro_rules! sequence_steps {
     ($model:ty, $batch:ty, $forward:ident) => {
-        impl burn::train::TrainStep for $model {
+        impl ::burn::train::TrainStep for $model {
             type Input = $batch;
-            type Output = burn::train::SequenceOutput;
+            type Output = ::burn::train::SequenceOutput;
 
-            fn step(&self, batch: $batch) -> burn::train::TrainOutput<Self::Output> {
+            fn step(&self, batch: $batch) -> ::burn::train::TrainOutput<Self::Output> {
                 let out = self.$forward(batch);
-                burn::train::TrainOutput::new(self, out.loss.backward(), out)
+                ::burn::train::TrainOutput::new(self, out.loss.backward(), out)
             }
         }
 
-        impl burn::train::InferenceStep for $model {
+        impl ::burn::train::InferenceStep for $model {
             type Input = $batch;
-            type Output = burn::train::SequenceOutput;
+            type Output = ::burn::train::SequenceOutput;
 
             fn step(&self, batch: $batch) -> Self::Output {
                 self.$forward(batch)
             }
         }
     };
-}
-pub(crate) use sequence_steps;
-
-/// Saves `module` to `path` as safetensors with HF metadata (`format = pt`, which
-/// `transformers` requires), renaming Burn paths with `rename` (regex, replacement; applied in
-/// order, each rule seeing the previous rule's result, after the layout adapter).
-fn save_safetensors<M: Module>(
-    module: &M,
-    path: &Path,
-    rename: &[(&str, &str)],
-    layout: LinearLayout,
-) -> Result<()> {
-    let store_error = |message: String| Error::Store {
-        path: path.to_path_buf(),
-        message,
-    };
-    let remapper = remapper(rename).map_err(store_error)?;
-    let mut store = SafetensorsStore::from_file(path)
-        .clear_metadata()
-        .metadata("format", "pt")
-        .remap(remapper)
-        .overwrite(true);
-    if layout == LinearLayout::OutIn {
-        store = store.with_to_adapter(BurnToPyTorchAdapter);
-    }
-    module
-        .save_into(&mut store)
-        .map_err(|e| store_error(e.to_string()))
-}
-
-/// Loads `module`'s tensors from the safetensors file at `path`, whose names `rename` maps to
-/// Burn paths. Every module tensor must be present with its shape; file tensors the module does
-/// not use are an error unless `may_be_unused` accepts their (file) name.
-fn load_safetensors<M: Module>(
-    module: &mut M,
-    path: &Path,
-    rename: &[(&str, &str)],
-    layout: LinearLayout,
-    may_be_unused: &dyn Fn(&str) -> bool,
-) -> Result<()> {
-    let store_error = |message: String| Error::Store {
-        path: path.to_path_buf(),
-        message,
-    };
-    let remapper = remapper(rename).map_err(store_error)?;
-    let mut store = SafetensorsStore::from_file(path).remap(remapper);
-    if layout == LinearLayout::OutIn {
-        store = store.with_from_adapter(PyTorchToBurnAdapter);
-    }
-    let result = module
-        .load_from(&mut store)
-        .map_err(|e| store_error(e.to_string()))?;
-    if !result.errors.is_empty() {
-        return Err(Error::Mismatch {
-            path: path.to_path_buf(),
-            message: format!("{:?}", result.errors),
-        });
-    }
-    if !result.missing.is_empty() {
-        let names: Vec<&str> = result.missing.iter().map(|(p, _)| p.as_str()).collect();
-        return Err(Error::Mismatch {
-            path: path.to_path_buf(),
-            message: format!("missing tensors: {}", names.join(", ")),
-        });
-    }
-    let unused: Vec<&String> = result
-        .unused
-        .iter()
-        .filter(|name| !may_be_unused(name))
-        .collect();
-    if !unused.is_empty() {
-        return Err(Error::Mismatch {
-            path: path.to_path_buf(),
-            message: format!(
-                "tensors the model does not use: {}",
-                unused
-                    .iter()
-                    .map(|s| s.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-        });
-    }
-    Ok(())
-}
-
-fn remapper(rename: &[(&str, &str)]) -> std::result::Result<KeyRemapper, String> {
-    let mut remapper = KeyRemapper::new();
-    for (from, to) in rename {
-        remapper = remapper
-            .add_pattern(*from, *to)
-            .map_err(|e| format!("key pattern `{from}`: {e}"))?;
-    }
-    Ok(remapper)
 }

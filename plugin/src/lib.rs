@@ -44,26 +44,35 @@ pub mod budget;
 pub mod config;
 pub mod device;
 pub mod error;
+pub mod flops;
 pub mod gpt2;
 pub mod hf;
+pub mod layout;
 pub mod moments;
 pub mod progress;
 pub mod schedule;
+pub mod sizes;
 pub mod text;
 pub mod vcycle;
 
 pub use bert::{Bert, BertConfig};
 pub use budget::ExactBatches;
 pub use config::{
-    DepthInitChoice, EmbeddingRuleChoice, LevelConfig, OptimizerStatePolicy, VCycleConfig,
+    DecaySegments, DepthInitChoice, EmbeddingRuleChoice, LevelConfig, OptimizerStatePolicy,
+    VCycleConfig,
 };
 pub use error::{Error, Result};
+pub use flops::{SequenceBatch, default_flop_counter, train_flops};
 pub use gpt2::{Gpt2, Gpt2Config};
 pub use hf::{HfModel, save_hf};
+pub use layout::HfLayout;
 pub use progress::{ProgressLine, ValidHistory, ValidPoint};
-pub use schedule::WarmupConstantLr;
+pub use schedule::{Decay, Schedule};
+pub use sizes::Sizes;
 pub use text::{ByteWindows, LmBatch, LmBatcher, MlmBatch, MlmBatcher};
 pub use vcycle::{
     BoundaryRecord, FlopCounter, ModelSize, Phase, Segment, SegmentTraining, VCycle, VCycleModel,
     VCycleOutcome, default_optimizer,
 };
+/// The transform library's architecture choice and rule files, for [`HfModel::arch`].
+pub use vcycle_transform::{ArchChoice, Rules};

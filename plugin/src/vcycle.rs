@@ -20,20 +20,24 @@ use burn::train::metric::{Adaptor, LossInput};
 use burn::train::{InferenceStep, LearnerModel, TrainLoader, TrainStep, ValidLoader};
 use vcycle_transform::{ArchChoice, Job, Options, SchemeSpec, Target};
 
-use crate::config::{LevelConfig, OptimizerStatePolicy, VCycleConfig};
+use crate::config::{DecaySegments, LevelConfig, OptimizerStatePolicy, VCycleConfig};
 use crate::error::{Error, Result, io, json};
+use crate::flops::SequenceBatch;
 use crate::hf::{self, HfModel};
 use crate::moments::{self, Moments};
-use crate::schedule::WarmupConstantLr;
+use crate::schedule::Decay;
 
 /// Counts the training FLOPs of one batch (forward and backward).
 pub type FlopCounter<I> = Arc<dyn Fn(&I) -> f64 + Send + Sync>;
 
-/// A model the V-cycle can train: a Burn learner model that reads and writes HuggingFace
-/// directories the transform library understands, and knows its training cost.
-pub trait VCycleModel: LearnerModel + HfModel {
-    /// The training FLOPs of a batch at this model's size (see [`crate::Gpt2Config::train_flops`]).
-    fn flop_counter(&self) -> FlopCounter<<Self as TrainStep>::Input>;
+/// A model the V-cycle can train: a Burn learner model whose checkpoints its rules describe
+/// ([`HfModel`]), trained on batches of token sequences.
+pub trait VCycleModel: LearnerModel + HfModel + TrainStep<Input: SequenceBatch> {
+    /// The training FLOPs of a batch at this model's size; by default
+    /// [`crate::train_flops`] at the batch's shape.
+    fn flop_counter(&self) -> Result<FlopCounter<<Self as TrainStep>::Input>> {
+        crate::flops::default_flop_counter(self)
+    }
 }
 
 mod record;
@@ -48,7 +52,7 @@ pub use segment::{Phase, Segment, SegmentTraining};
 pub use train::default_optimizer;
 
 type OptimizerFactory = Box<dyn FnMut(&Segment) -> ModuleOptimizer>;
-type SchedulerFactory = Box<dyn FnMut(&Segment) -> ModuleLrScheduler>;
+type SchedulerFactory = Box<dyn FnMut(&Segment) -> Result<ModuleLrScheduler>>;
 
 /// The V-cycle driver.
 pub struct VCycle<M> {
@@ -58,6 +62,8 @@ pub struct VCycle<M> {
     optimizer: OptimizerFactory,
     scheduler: SchedulerFactory,
     quiet: bool,
+    /// The model's architecture, as the transform library is given it.
+    arch: ArchChoice,
     _model: PhantomData<fn() -> M>,
 }
 
@@ -89,8 +95,9 @@ where
             run_dir: run_dir.into(),
             device,
             optimizer: Box::new(|_| default_optimizer()),
-            scheduler: Box::new(|s| WarmupConstantLr::new(s.learning_rate, s.warmup_steps).into()),
+            scheduler: Box::new(|s| s.schedule().scheduler()),
             quiet: false,
+            arch: ArchChoice::Rules(Box::new(M::layout()?.rules().clone())),
             _model: PhantomData,
         })
     }
@@ -101,12 +108,13 @@ where
         self
     }
 
-    /// Builds the learning-rate scheduler of each segment (stepped once per optimizer step).
+    /// Builds the learning-rate scheduler of each segment (stepped once per optimizer step)
+    /// instead of the default, which follows [`Segment::schedule`].
     pub fn with_scheduler(
         mut self,
-        f: impl FnMut(&Segment) -> ModuleLrScheduler + 'static,
+        mut f: impl FnMut(&Segment) -> ModuleLrScheduler + 'static,
     ) -> Self {
-        self.scheduler = Box::new(f);
+        self.scheduler = Box::new(move |segment| Ok(f(segment)));
         self
     }
 
@@ -144,6 +152,10 @@ where
                     Phase::Down | Phase::Bottom => lc.learning_rate,
                 };
                 let epoch_steps = crate::budget::epoch_steps(steps, c.eval_every);
+                let decays = match c.decay_segments {
+                    DecaySegments::Every => true,
+                    DecaySegments::Last => index == count,
+                };
                 let mut segment = Segment {
                     index,
                     count,
@@ -154,6 +166,8 @@ where
                     epoch_steps,
                     learning_rate,
                     warmup_steps: lc.warmup_steps,
+                    decay: if decays { c.decay } else { Decay::Constant },
+                    decay_floor: c.decay_floor,
                     dir: PathBuf::new(),
                 };
                 segment.dir = self.run_dir.join("segments").join(segment.name());
@@ -191,7 +205,7 @@ where
         hf::save_hf(&model, &self.run_dir.join(self.start_checkpoint(1)))?;
         let state = RunState {
             format: STATE_FORMAT,
-            arch: M::arch().to_string(),
+            arch: self.arch_name(),
             config,
             completed_segments: 0,
             steps: 0,
@@ -275,11 +289,11 @@ where
                 state.format
             )));
         }
-        if state.arch != M::arch() {
+        if state.arch != self.arch_name() {
             return Err(resume_error(format!(
                 "the run trains a `{}` model, not `{}`",
                 state.arch,
-                M::arch()
+                self.arch_name()
             )));
         }
         if state.config != self.config_json()? {
@@ -331,12 +345,21 @@ where
         &self.config.levels[level - 1]
     }
 
+    /// The name of the model's rules (`gpt2`, a rule file's `name`), recorded in the state.
+    fn arch_name(&self) -> String {
+        match &self.arch {
+            ArchChoice::Rules(rules) => rules.name.clone(),
+            ArchChoice::Preset(name) => name.clone(),
+            ArchChoice::Detect => String::new(),
+        }
+    }
+
     /// Transform options for moving between `level` and the level above it, with `level`'s
     /// schemes.
     fn options(&self, level: usize, heads: Option<usize>, layers: Option<usize>) -> Options {
         let lc = self.level(level);
         Options {
-            arch: ArchChoice::Preset(M::arch().to_string()),
+            arch: self.arch.clone(),
             target: Target {
                 heads,
                 kv_heads: None,
@@ -357,8 +380,7 @@ where
     }
 
     fn size(&self, dir: &Path, level: usize, params: usize) -> Result<ModelSize> {
-        let (_, anatomy) =
-            vcycle_transform::open_model(dir, &ArchChoice::Preset(M::arch().to_string()))?;
+        let (_, anatomy) = vcycle_transform::open_model(dir, &self.arch)?;
         let d = &anatomy.dims;
         Ok(ModelSize {
             level,
@@ -447,10 +469,7 @@ where
                     Phase::Bottom | Phase::Up => {
                         let above = segment.level - 1;
                         let large_dir = self.run_dir.join(self.trained_checkpoint(above));
-                        let (_, large) = vcycle_transform::open_model(
-                            &large_dir,
-                            &ArchChoice::Preset(M::arch().to_string()),
-                        )?;
+                        let (_, large) = vcycle_transform::open_model(&large_dir, &self.arch)?;
                         let options = self.options(
                             segment.level,
                             Some(large.dims.heads),

@@ -6,7 +6,12 @@
 //! ```sh
 //! cargo run --release -p vcycle-plugin --example cost_benchmark -- --quick
 //! cargo run --release -p vcycle-plugin --example cost_benchmark -- --sweep --out docs/cost-benchmark
+//! cargo run --release -p vcycle-plugin --example cost_benchmark -- --tuned --budget 4 --out docs/cost-benchmark
 //! ```
+//!
+//! `--tuned` is the comparison against the baseline a practitioner would run: warm-up and
+//! cosine decay to 10%, the peak learning rate of every variant (baseline and V-cycles alike)
+//! chosen by a sweep on one seed, the best rate then run on the other seeds.
 //!
 //! Each run is a child process (this program again, with `--child`), so runs can go in
 //! parallel (`--jobs`) and none inherits another's allocator or thread state.
@@ -43,6 +48,19 @@ struct Args {
     /// Seeds of every sweep run.
     #[arg(long, default_value_t = 1)]
     sweep_seeds: u64,
+    /// The tuned comparison (cosine decay, learning rates swept) instead of the headline.
+    #[arg(long, conflicts_with = "sweep")]
+    tuned: bool,
+    /// The V-cycles --tuned compares with the baseline, by their number of levels.
+    #[arg(long, value_delimiter = ',', default_values_t = [2, 3])]
+    levels: Vec<usize>,
+    /// Multiples of the default learning rates that --tuned tries, on seed 0.
+    #[arg(long, value_delimiter = ',', default_values_t = [0.5, 1.0, 2.0, 4.0])]
+    lr_factors: Vec<f64>,
+    /// The budget as a multiple of the default (600 baseline steps): steps, validation
+    /// interval and warm-up scale with it. Results go to budget-Nx/ under --out and --work.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    budget: u64,
     /// Where results.json, table.md and the plots go.
     #[arg(long, default_value = "target/cost-benchmark")]
     out: PathBuf,
@@ -71,13 +89,20 @@ struct Args {
     child_out: Option<PathBuf>,
 }
 
+impl Args {
+    fn scale(&self) -> Scale {
+        let scale = if self.quick {
+            Scale::quick()
+        } else {
+            Scale::full()
+        };
+        scale.times(self.budget as usize)
+    }
+}
+
 fn main() -> Result<()> {
-    let args = Args::parse();
-    let scale = if args.quick {
-        Scale::quick()
-    } else {
-        Scale::full()
-    };
+    let mut args = Args::parse();
+    let scale = args.scale();
     if let (Some(variant), Some(out)) = (&args.child, &args.child_out) {
         let variant: Variant = serde_json::from_str(variant).context("--child")?;
         let device = device::parse(&args.device)?;
@@ -94,25 +119,21 @@ fn main() -> Result<()> {
         return Ok(());
     }
 
+    if args.child.is_none() {
+        let sub = format!("budget-{}x", args.budget);
+        args.work = args.work.join(&sub);
+        args.out = args.out.join(&sub);
+    }
+    if args.tuned {
+        return tuned(&args, &scale);
+    }
     let headline = plan::headline();
     let sweep = if args.sweep {
         plan::sweep()
     } else {
         Vec::new()
     };
-    for v in headline.iter().chain(&sweep) {
-        let b = v.budget(&scale)?;
-        println!(
-            "{:<22} steps: down {:>4} × {}, bottom {:>5}, up {:>4} × {} | {:.3e} FLOPs",
-            v.name,
-            b.down,
-            v.levels.saturating_sub(1),
-            b.bottom,
-            b.up,
-            v.levels.saturating_sub(1),
-            b.flops
-        );
-    }
+    print_budgets(headline.iter().chain(&sweep), &scale)?;
     let mut jobs: Vec<(Variant, u64)> = Vec::new();
     for seed in 0..args.seeds {
         jobs.extend(headline.iter().map(|v| (v.clone(), seed)));
@@ -124,22 +145,112 @@ fn main() -> Result<()> {
         .with_context(|| format!("creating {}", args.work.display()))?;
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
-    let started = Instant::now();
     let runs = run_all(&args, &jobs)?;
+    let variants: Vec<Variant> = headline.iter().chain(&sweep).cloned().collect();
+    let summaries = report::summarize(&variants, &runs, &headline[0]);
+    write_outputs(&args, &scale, &headline, &summaries, &runs, "")
+}
+
+fn print_budgets<'a>(variants: impl Iterator<Item = &'a Variant>, scale: &Scale) -> Result<()> {
+    for v in variants {
+        let b = v.budget(scale)?;
+        println!(
+            "{:<30} steps: down {:>5} × {}, bottom {:>6}, up {:>5} × {} | {:.3e} FLOPs",
+            v.name,
+            b.down,
+            v.levels.saturating_sub(1),
+            b.bottom,
+            b.up,
+            v.levels.saturating_sub(1),
+            b.flops
+        );
+    }
+    Ok(())
+}
+
+/// The tuned comparison: every learning-rate factor of every tuned variant on seed 0, then
+/// each variant's best factor (lowest final validation loss) on the other seeds; the fixed
+/// constant-rate variants on every seed. Ratios are against the tuned baseline.
+fn tuned(args: &Args, scale: &Scale) -> Result<()> {
+    if args.levels.iter().any(|&k| k < 2) {
+        bail!("--levels: a V-cycle has at least 2 levels");
+    }
+    let (tuned, fixed) = plan::tuned(&args.levels);
+    if args.lr_factors.is_empty() || args.lr_factors.iter().any(|f| !(*f > 0.0)) {
+        bail!("--lr-factors must be positive numbers");
+    }
+    let trials: Vec<Variant> = tuned
+        .iter()
+        .flat_map(|v| args.lr_factors.iter().map(|&f| v.lr_times(f)))
+        .collect();
+    print_budgets(trials.iter().chain(&fixed), scale)?;
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
+    let mut jobs: Vec<(Variant, u64)> = trials.iter().map(|v| (v.clone(), 0)).collect();
+    jobs.extend(fixed.iter().map(|v| (v.clone(), 0)));
+    let first = run_all(args, &jobs)?;
+    let mut best = Vec::new();
+    let mut tuning = String::from(
+        "| run | lr factor | peak lr (full / smaller) | final valid loss, seed 0 |\n|---|---|---|---|\n",
+    );
+    for v in &tuned {
+        let mut candidates: Vec<(f64, &RunResult)> = args
+            .lr_factors
+            .iter()
+            .map(|&f| {
+                let trial = v.lr_times(f);
+                let run = first
+                    .iter()
+                    .find(|r| r.variant == trial)
+                    .context("a tuning run is missing")?;
+                Ok((f, run))
+            })
+            .collect::<Result<_>>()?;
+        candidates.sort_by(|a, b| a.1.final_loss.total_cmp(&b.1.final_loss));
+        for (f, run) in &candidates {
+            tuning.push_str(&format!(
+                "| {} | {f} | {:.1e} / {:.1e} | {:.4} |\n",
+                v.name, run.variant.lr, run.variant.small_lr, run.final_loss
+            ));
+        }
+        let (f, _) = candidates[0];
+        let edge = f == args.lr_factors.iter().copied().fold(f64::NAN, f64::min)
+            || f == args.lr_factors.iter().copied().fold(f64::NAN, f64::max);
+        if edge {
+            println!(
+                "note: the best factor of {} is the sweep's edge ({f}): a wider sweep may do better",
+                v.name
+            );
+        }
+        best.push(v.lr_times(f));
+    }
+    let mut jobs: Vec<(Variant, u64)> = Vec::new();
+    for seed in 0..args.seeds {
+        jobs.extend(best.iter().map(|v| (v.clone(), seed)));
+        jobs.extend(fixed.iter().map(|v| (v.clone(), seed)));
+    }
+    let runs = run_all(args, &jobs)?;
+    let variants: Vec<Variant> = best.iter().chain(&fixed).cloned().collect();
+    let summaries = report::summarize(&variants, &runs, &best[0]);
+    println!("\n{tuning}");
+    write_outputs(args, scale, &variants, &summaries, &runs, &tuning)?;
+    report::write_trend(args.out.parent().unwrap_or(&args.out))
+}
+
+/// Runs every job as a child process, `--jobs` at a time; results in job order.
+fn run_all(args: &Args, jobs: &[(Variant, u64)]) -> Result<Vec<RunResult>> {
+    let started = Instant::now();
+    let runs = run_jobs(args, jobs)?;
     println!(
         "{} runs in {:.0} s ({} in parallel)",
         runs.len(),
         started.elapsed().as_secs_f64(),
         args.jobs
     );
-
-    let variants: Vec<Variant> = headline.iter().chain(&sweep).cloned().collect();
-    let summaries = report::summarize(&variants, &runs);
-    write_outputs(&args, &scale, &headline, &summaries, &runs)
+    Ok(runs)
 }
 
-/// Runs every job as a child process, `--jobs` at a time; results in job order.
-fn run_all(args: &Args, jobs: &[(Variant, u64)]) -> Result<Vec<RunResult>> {
+fn run_jobs(args: &Args, jobs: &[(Variant, u64)]) -> Result<Vec<RunResult>> {
     let exe = std::env::current_exe().context("locating this program")?;
     let logs = args.work.join("logs");
     std::fs::create_dir_all(&logs).with_context(|| format!("creating {}", logs.display()))?;
@@ -170,6 +281,8 @@ fn run_all(args: &Args, jobs: &[(Variant, u64)]) -> Result<Vec<RunResult>> {
                 .arg(&args.corpus)
                 .arg("--work")
                 .arg(&args.work)
+                .arg("--budget")
+                .arg(args.budget.to_string())
                 .stdout(log.try_clone()?)
                 .stderr(log);
             if args.quick {
@@ -228,6 +341,7 @@ fn write_outputs(
     headline: &[Variant],
     summaries: &[Summary],
     runs: &[RunResult],
+    tuning: &str,
 ) -> Result<()> {
     let table = report::table(summaries);
     println!("\n{table}");
@@ -243,7 +357,12 @@ fn write_outputs(
     std::fs::write(&json, serde_json::to_string_pretty(&report)? + "\n")
         .with_context(|| format!("writing {}", json.display()))?;
     let md = args.out.join("table.md");
-    std::fs::write(&md, &table).with_context(|| format!("writing {}", md.display()))?;
+    let text = if tuning.is_empty() {
+        table
+    } else {
+        format!("{table}\nLearning-rate sweep (seed 0):\n\n{tuning}")
+    };
+    std::fs::write(&md, &text).with_context(|| format!("writing {}", md.display()))?;
 
     plot::register_font()?;
     let names: Vec<String> = headline.iter().map(|v| v.name.clone()).collect();
@@ -255,7 +374,7 @@ fn write_outputs(
     let target = report::Spread::of(
         &runs
             .iter()
-            .filter(|r| r.variant.levels == 1)
+            .filter(|r| r.variant == headline[0])
             .map(|r| r.final_loss)
             .collect::<Vec<_>>(),
     )

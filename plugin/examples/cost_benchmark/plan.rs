@@ -2,8 +2,9 @@
 //! V-cycles), with the step budgets that give every variant the baseline's training FLOPs.
 
 use anyhow::{Result, bail};
+use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
-use vcycle_plugin::Gpt2Config;
+use vcycle_plugin::{Decay, Gpt2Config};
 
 /// Model, data and budget shared by every run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -51,6 +52,17 @@ impl Scale {
         }
     }
 
+    /// `times` the budget: steps, validation interval and warm-up all scale, so every budget
+    /// has the same number of validation passes and the same warm-up share.
+    pub fn times(self, times: usize) -> Self {
+        Scale {
+            baseline_steps: self.baseline_steps * times,
+            eval_every: self.eval_every * times,
+            warmup: self.warmup * times,
+            ..self
+        }
+    }
+
     /// The GPT of a level with `heads` heads and `layers` layers: width and FFN shrink with the
     /// heads (the transform merges each head's hidden and FFN block with it).
     pub fn model(&self, heads: usize, layers: usize) -> Gpt2Config {
@@ -65,8 +77,9 @@ impl Scale {
     }
 
     /// Training FLOPs of one step of that model (the plugin's analytic count).
-    pub fn step_flops(&self, heads: usize, layers: usize) -> f64 {
-        self.model(heads, layers).train_flops(self.batch, self.seq)
+    pub fn step_flops(&self, heads: usize, layers: usize) -> Result<f64> {
+        let model = self.model(heads, layers).init(&Device::flex())?;
+        Ok(vcycle_plugin::train_flops(&model, self.batch, self.seq)?)
     }
 }
 
@@ -95,6 +108,9 @@ pub struct Variant {
     pub carry_moments: bool,
     /// Zero the output projections of the layers growing adds (function-preserving growth).
     pub zero_depth_init: bool,
+    /// The learning rate after the warm-up: the baseline's whole run, the V-cycle's last
+    /// segment (the others stay at their peak), decaying to 10% of the peak at the end.
+    pub decay: Decay,
 }
 
 impl Variant {
@@ -112,6 +128,7 @@ impl Variant {
             depth_scheme: "strided".into(),
             carry_moments: false,
             zero_depth_init: false,
+            decay: Decay::Constant,
         }
     }
 
@@ -121,6 +138,16 @@ impl Variant {
             name: format!("{levels} levels"),
             levels,
             ..Self::baseline()
+        }
+    }
+
+    /// This variant with its learning rates (full and small levels) multiplied by `factor`.
+    pub fn lr_times(&self, factor: f64) -> Self {
+        Variant {
+            name: format!("{}, lr x{factor}", self.name),
+            lr: self.lr * factor,
+            small_lr: self.small_lr * factor,
+            ..self.clone()
         }
     }
 
@@ -158,7 +185,10 @@ impl Variant {
     /// in all.
     pub fn budget(&self, scale: &Scale) -> Result<Budget> {
         let sizes = self.sizes(scale)?;
-        let flops: Vec<f64> = sizes.iter().map(|&(h, l)| scale.step_flops(h, l)).collect();
+        let flops = sizes
+            .iter()
+            .map(|&(h, l)| scale.step_flops(h, l))
+            .collect::<Result<Vec<f64>>>()?;
         let total = scale.baseline_steps as f64 * flops[0];
         if self.levels == 1 {
             return Ok(Budget {
@@ -204,6 +234,28 @@ pub fn headline() -> Vec<Variant> {
     vec![Variant::baseline(), Variant::vcycle(2), Variant::vcycle(3)]
 }
 
+/// The tuned comparison: the baseline and V-cycles of `levels` levels, each with a warm-up and
+/// a cosine decay to 10% (the V-cycle's in its last segment), and, as they were before the
+/// schedule, the baseline and the 2-level cycle at a constant rate.
+pub fn tuned(levels: &[usize]) -> (Vec<Variant>, Vec<Variant>) {
+    let cosine = |mut v: Variant| {
+        v.name = format!("{}, cosine", v.name);
+        v.decay = Decay::Cosine;
+        v
+    };
+    let constant = |mut v: Variant| {
+        v.name = format!("{}, constant lr", v.name);
+        v
+    };
+    (
+        std::iter::once(Variant::baseline())
+            .chain(levels.iter().map(|&k| Variant::vcycle(k)))
+            .map(cosine)
+            .collect(),
+        vec![constant(Variant::baseline()), constant(Variant::vcycle(2))],
+    )
+}
+
 /// The knobs that matter and the options beyond the paper, each changed alone from the
 /// 2-level defaults.
 pub fn sweep() -> Vec<Variant> {
@@ -235,7 +287,7 @@ mod tests {
     #[test]
     fn every_variant_gets_the_baseline_flops() {
         let scale = Scale::full();
-        let target = scale.baseline_steps as f64 * scale.step_flops(4, 4);
+        let target = scale.baseline_steps as f64 * scale.step_flops(4, 4).unwrap();
         for v in headline().into_iter().chain(sweep()) {
             let b = v.budget(&scale).unwrap();
             assert!((b.flops / target - 1.0).abs() < 0.01, "{}: {b:?}", v.name);

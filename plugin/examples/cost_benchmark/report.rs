@@ -2,6 +2,9 @@
 //! final validation loss, as ratios to the baseline's, paired by seed, mean and spread.
 
 use std::fmt::Write as _;
+use std::path::Path;
+
+use anyhow::{Context, Result};
 
 use serde::Serialize;
 
@@ -103,11 +106,12 @@ pub fn reach(points: &[Point], target: f64) -> Option<(f64, f64)> {
     None
 }
 
-/// Summaries of every variant in `variants`, paired with the baseline run of the same seed.
-pub fn summarize(variants: &[Variant], runs: &[RunResult]) -> Vec<Summary> {
+/// Summaries of every variant in `variants`, paired with the run of `baseline` of the same
+/// seed.
+pub fn summarize(variants: &[Variant], runs: &[RunResult], baseline: &Variant) -> Vec<Summary> {
     let baseline = |seed: u64| {
         runs.iter()
-            .find(|r| r.variant.levels == 1 && r.seed == seed)
+            .find(|r| &r.variant == baseline && r.seed == seed)
     };
     variants
         .iter()
@@ -179,6 +183,62 @@ pub struct Report<'a> {
     pub threads: usize,
     pub summaries: &'a [Summary],
     pub runs: &'a [RunResult],
+}
+
+/// `trend.md` in `out`: one row per variant and budget from every `budget-Nx/results.json` of
+/// a tuned comparison there (its first variant is the baseline the ratios refer to).
+pub fn write_trend(out: &Path) -> Result<()> {
+    let mut budgets = Vec::new();
+    for entry in std::fs::read_dir(out).with_context(|| format!("listing {}", out.display()))? {
+        let dir = entry
+            .with_context(|| format!("listing {}", out.display()))?
+            .path();
+        let json = dir.join("results.json");
+        if !dir.is_dir() || !json.is_file() {
+            continue;
+        }
+        let text = std::fs::read_to_string(&json)
+            .with_context(|| format!("reading {}", json.display()))?;
+        let report: serde_json::Value =
+            serde_json::from_str(&text).with_context(|| format!("parsing {}", json.display()))?;
+        let steps = report["scale"]["baseline_steps"].as_u64().unwrap_or(0);
+        budgets.push((steps, report));
+    }
+    budgets.sort_by_key(|(steps, _)| *steps);
+    let mut out_text = String::from(
+        "| baseline steps | run | peak lr | seeds | FLOPs to the tuned baseline's final loss (ratio) | final valid loss, equal FLOPs |\n\
+         |---|---|---|---|---|---|\n",
+    );
+    for (steps, report) in &budgets {
+        let Some(summaries) = report["summaries"].as_array() else {
+            continue;
+        };
+        for s in summaries {
+            let floats = |key: &str| -> Vec<Option<f64>> {
+                s[key]
+                    .as_array()
+                    .map(|a| a.iter().map(|v| v.as_f64()).collect())
+                    .unwrap_or_default()
+            };
+            let ratios = floats("flops_ratios");
+            let reached: Vec<f64> = ratios.iter().flatten().copied().collect();
+            let losses: Vec<f64> = floats("final_losses").into_iter().flatten().collect();
+            let _ = writeln!(
+                out_text,
+                "| {steps} | {} | {:.1e} | {} | {} | {} |",
+                s["variant"]["name"].as_str().unwrap_or("?"),
+                s["variant"]["lr"].as_f64().unwrap_or(f64::NAN),
+                losses.len(),
+                ratio_cell(Spread::of(&reached), reached.len(), ratios.len()),
+                Spread::of(&losses)
+                    .map_or("—".into(), |l| format!("{:.4} ± {:.4}", l.mean, l.std)),
+            );
+        }
+    }
+    let path = out.join("trend.md");
+    std::fs::write(&path, &out_text).with_context(|| format!("writing {}", path.display()))?;
+    println!("\n{out_text}\nwrote {}", path.display());
+    Ok(())
 }
 
 #[cfg(test)]

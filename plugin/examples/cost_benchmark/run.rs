@@ -13,8 +13,8 @@ use serde::{Deserialize, Serialize};
 use vcycle_plugin::budget::epoch_steps;
 use vcycle_plugin::text::{ByteWindows, LmBatch, LmBatcher, split_train_valid};
 use vcycle_plugin::{
-    DepthInitChoice, ExactBatches, LevelConfig, OptimizerStatePolicy, ProgressLine, Segment,
-    VCycle, VCycleConfig, VCycleModel, ValidHistory, WarmupConstantLr, default_optimizer,
+    DepthInitChoice, ExactBatches, LevelConfig, OptimizerStatePolicy, ProgressLine, Schedule,
+    Segment, VCycle, VCycleConfig, VCycleModel, ValidHistory, default_optimizer,
 };
 
 use crate::plan::{Scale, Variant};
@@ -127,6 +127,9 @@ fn loss_of(point: &vcycle_plugin::ValidPoint) -> Result<f64> {
     })
 }
 
+/// Where a decay ends, as a fraction of the peak (the V-cycle driver's default too).
+const DECAY_FLOOR: f64 = 0.1;
+
 /// The full model alone, with the V-cycle's optimizer and level 1's schedule.
 fn baseline(
     variant: &Variant,
@@ -140,10 +143,16 @@ fn baseline(
     let passes = epoch_steps(scale.baseline_steps, Some(scale.eval_every));
     let flops = Arc::new(Mutex::new(0.0));
     let loader = ExactBatches::in_passes(train, passes.clone())
-        .with_counter(model.flop_counter(), flops.clone())
+        .with_counter(model.flop_counter()?, flops.clone())
         .into_loader();
-    let scheduler: burn::optim::lr_scheduler::module_lr_scheduler::ModuleLrScheduler =
-        WarmupConstantLr::new(variant.lr, scale.warmup).into();
+    let scheduler = Schedule {
+        peak: variant.lr,
+        warmup: scale.warmup,
+        steps: scale.baseline_steps,
+        decay: variant.decay,
+        floor: DECAY_FLOOR,
+    }
+    .scheduler()?;
     let learner = Learner::new(model, default_optimizer(), scheduler);
     let result = training(dir, loader, valid, history)
         .num_epochs(passes.len())
@@ -217,6 +226,8 @@ fn vcycle(
     };
     let config = VCycleConfig::new(levels, budget.down, budget.bottom, budget.up)
         .with_alpha(variant.alpha)
+        .with_decay(variant.decay)
+        .with_decay_floor(DECAY_FLOOR)
         .with_optimizer_state(optimizer_state)
         .with_depth_init(if variant.zero_depth_init {
             DepthInitChoice::Zero

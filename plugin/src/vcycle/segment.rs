@@ -6,6 +6,8 @@ use std::path::PathBuf;
 use burn::train::{LearnerModel, SupervisedTraining, TrainLoader, ValidLoader};
 use serde::{Deserialize, Serialize};
 
+use crate::schedule::{Decay, Schedule};
+
 /// Where a segment lies in the cycle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -42,8 +44,14 @@ pub struct Segment {
     /// Optimizer steps of each of the segment's Burn epochs (one epoch unless the config's
     /// `eval_every` splits it); Burn validates after each.
     pub epoch_steps: Vec<usize>,
+    /// Peak learning rate.
     pub learning_rate: f64,
     pub warmup_steps: usize,
+    /// How the rate falls after the warm-up ([`crate::VCycleConfig::decay_segments`] says
+    /// which segments decay; the others have [`Decay::Constant`]).
+    pub decay: Decay,
+    /// The decay's last rate as a fraction of `learning_rate`.
+    pub decay_floor: f64,
     /// The artifact directory for this segment's `SupervisedTraining` (metrics, logs, Burn
     /// checkpoints).
     pub dir: PathBuf,
@@ -53,6 +61,17 @@ impl Segment {
     /// `03-up-L1`.
     pub fn name(&self) -> String {
         format!("{:02}-{}-L{}", self.index, self.phase, self.level)
+    }
+
+    /// The segment's learning-rate schedule, which the driver's default scheduler follows.
+    pub fn schedule(&self) -> Schedule {
+        Schedule {
+            peak: self.learning_rate,
+            warmup: self.warmup_steps,
+            steps: self.steps,
+            decay: self.decay,
+            floor: self.decay_floor,
+        }
     }
 }
 

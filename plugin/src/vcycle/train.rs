@@ -79,7 +79,7 @@ where
         };
         let flops = Arc::new(Mutex::new(0.0));
         let batches = Arc::new(AtomicUsize::new(0));
-        let count = model.flop_counter();
+        let count = model.flop_counter()?;
         let counted = batches.clone();
         let counter: FlopCounter<<M as TrainStep>::Input> = Arc::new(move |batch| {
             counted.fetch_add(1, Ordering::Relaxed);
@@ -97,7 +97,7 @@ where
         if let Some(record) = carried {
             optimizer = optimizer.load_record(record);
         }
-        let learner = Learner::new(model, optimizer, (self.scheduler)(segment));
+        let learner = Learner::new(model, optimizer, (self.scheduler)(segment)?);
         let carry = self.config.optimizer_state == OptimizerStatePolicy::Carry;
         let last_state = LastRecord::default();
         let mut training = training.training(segment, loader, valid.clone());

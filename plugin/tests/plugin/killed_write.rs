@@ -18,7 +18,9 @@ use burn::module::Module;
 use burn::tensor::Device;
 use burn::train::{InferenceStep, SequenceOutput, TrainOutput, TrainStep};
 use vcycle_plugin::text::LmBatch;
-use vcycle_plugin::{BoundaryRecord, FlopCounter, Gpt2, HfModel, VCycle, VCycleModel};
+use vcycle_plugin::{
+    ArchChoice, BoundaryRecord, FlopCounter, Gpt2, HfModel, Sizes, VCycle, VCycleModel,
+};
 
 use crate::support::*;
 
@@ -55,8 +57,19 @@ impl InferenceStep for StoppingGpt2 {
 }
 
 impl HfModel for StoppingGpt2 {
-    fn arch() -> &'static str {
+    fn arch() -> vcycle_plugin::Result<ArchChoice> {
         Gpt2::arch()
+    }
+
+    fn sizes(&self) -> Sizes {
+        self.inner.sizes()
+    }
+
+    fn from_sizes(sizes: &Sizes, device: &Device) -> vcycle_plugin::Result<Self> {
+        Ok(StoppingGpt2 {
+            inner: Gpt2::from_sizes(sizes, device)?,
+            marker: marker_path(),
+        })
     }
 
     fn write_hf_files(&self, dir: &Path) -> vcycle_plugin::Result<()> {
@@ -87,7 +100,7 @@ impl HfModel for StoppingGpt2 {
 }
 
 impl VCycleModel for StoppingGpt2 {
-    fn flop_counter(&self) -> FlopCounter<LmBatch> {
+    fn flop_counter(&self) -> vcycle_plugin::Result<FlopCounter<LmBatch>> {
         self.inner.flop_counter()
     }
 }

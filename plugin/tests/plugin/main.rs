@@ -6,6 +6,7 @@ mod bert_hf;
 mod carry;
 mod gpt2_hf;
 mod killed_write;
+mod layout;
 mod resume;
 mod support;
 mod vcycle_run;

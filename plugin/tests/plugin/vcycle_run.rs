@@ -6,7 +6,10 @@ use burn::data::dataloader::batcher::Batcher;
 use burn::data::dataloader::{DataLoader, DataLoaderBuilder};
 use burn::data::dataset::InMemDataset;
 use burn::tensor::Device;
-use vcycle_plugin::{ExactBatches, Gpt2, HfModel, Phase, VCycle, VCycleConfig};
+use vcycle_plugin::{
+    Decay, DecaySegments, ExactBatches, Gpt2, HfModel, Phase, Schedule, VCycle, VCycleConfig,
+    train_flops,
+};
 use vcycle_transform::verify::{compare, random_tokens};
 
 use crate::support::*;
@@ -56,7 +59,7 @@ fn tiny_two_level_cycle_end_to_end() {
     assert!(b[0].train_flops > 0.0 && b[0].train_flops < b[1].train_flops);
     assert!(b[1].train_flops < b[2].train_flops);
     // At most full batches of 4 × 16 tokens (the last batch of a pass may be shorter).
-    let per_step = tiny_gpt2().train_flops(4, 16);
+    let per_step = train_flops(&tiny_gpt2().init(&device()).expect("model"), 4, 16).expect("flops");
     assert!(b[0].train_flops <= 3.0 * per_step + 1.0);
     for r in b {
         assert!(r.valid_loss_before.is_finite(), "{r:?}");
@@ -231,4 +234,38 @@ fn tiny_bert_cycle_preserves_function_at_alpha_one() {
     println!("BERT alpha = 1, small vs grown: {d:?}");
     assert!(d.relative <= 1e-5, "{d:?}");
     Bert::load_hf(&grown, &super::support::device()).expect("grown BERT loads");
+}
+
+/// The default schedules: a warm-up in every segment, only the last one decays, to 10% of its
+/// peak at its last step; `DecaySegments::Every` decays them all.
+#[test]
+fn only_the_last_segment_decays_by_default_and_ends_at_the_floor() {
+    let dir = tempdir();
+    let mut config = two_levels(Some(2), Some(1), 20);
+    for level in &mut config.levels {
+        level.warmup_steps = 4;
+    }
+    let driver = VCycle::<Gpt2>::new(config.clone(), dir.path().join("run"), device()).unwrap();
+    let schedules: Vec<Schedule> = driver.segments().iter().map(|s| s.schedule()).collect();
+    assert_eq!(
+        schedules.iter().map(|s| s.decay).collect::<Vec<_>>(),
+        vec![Decay::Constant, Decay::Constant, Decay::Cosine]
+    );
+    for s in &schedules {
+        assert_eq!((s.warmup, s.steps), (4, 20));
+        assert_eq!(s.rate(4), s.peak);
+    }
+    let last = schedules[2];
+    assert_eq!(last.peak, 3e-3);
+    assert!((last.rate(20) - 3e-4).abs() < 1e-15, "{}", last.rate(20));
+    assert_eq!(schedules[0].rate(20), 3e-3);
+    assert_eq!(schedules[1].rate(20), 5e-3);
+
+    let every = config.with_decay_segments(DecaySegments::Every);
+    let driver = VCycle::<Gpt2>::new(every, dir.path().join("every"), device()).unwrap();
+    for s in driver.segments() {
+        let schedule = s.schedule();
+        assert_eq!(schedule.decay, Decay::Cosine, "{}", s.name());
+        assert!((schedule.rate(20) - 0.1 * schedule.peak).abs() < 1e-15);
+    }
 }

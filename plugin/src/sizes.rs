@@ -1,0 +1,235 @@
+//! A model's sizes as its rule file defines them: what the transform library's anatomy reads
+//! from a checkpoint, what a model is built from, and what `config.json` records.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde_json::{Map, Value};
+use vcycle_transform::anatomy::lookup;
+use vcycle_transform::rules::Rules;
+use vcycle_transform::{ArchChoice, Dims};
+
+use crate::error::{Error, Result};
+
+/// The sizes of a model, in the terms of its rule file: the transform library's
+/// [`Dims`] (layers, widths, heads, the fixed spaces such as `vocab`), the norm ε and the
+/// `config.json` entries that are not sizes.
+///
+/// A checkpoint's sizes come from its tensors and `config.json` through its rules; a model is
+/// built from them by [`crate::HfModel::from_sizes`] and reports them with
+/// [`crate::HfModel::sizes`], which is what `config.json` records.
+///
+/// ```
+/// use vcycle_plugin::Sizes;
+///
+/// let sizes = Sizes::new(2, 64, 4, 128).with_fixed("vocab", 256).with_fixed("positions", 32);
+/// assert_eq!(sizes.head_dim, 16);
+/// assert_eq!(sizes.fixed("vocab")?, 256);
+/// assert!(sizes.fixed("token_types").is_err());
+/// # Ok::<(), vcycle_plugin::Error>(())
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sizes {
+    pub layers: usize,
+    /// Width of the residual stream (the rules' `hidden` space).
+    pub hidden: usize,
+    /// Query heads.
+    pub heads: usize,
+    /// Key/value heads (= `heads` without grouped-query attention).
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    /// Width of the MLP (the rules' `ffn` space).
+    pub ffn: usize,
+    /// Whether the output head is tied to the token embedding.
+    pub tied: bool,
+    /// The norm ε, where the rules name a `config.json` key or a default for it.
+    pub norm_eps: Option<f64>,
+    /// Sizes of the fixed spaces the rules name (`vocab`, `positions`, …).
+    pub fixed: BTreeMap<String, usize>,
+    /// `config.json` entries beyond the sizes (a model's dropout, `architectures`, …): written
+    /// as they are, and read back whole.
+    pub settings: Map<String, Value>,
+}
+
+impl Sizes {
+    /// `layers` layers of width `hidden` with `heads` heads (no grouped-query attention, head
+    /// size `hidden / heads`) and an MLP of width `ffn`; tied head, no fixed spaces yet.
+    pub fn new(layers: usize, hidden: usize, heads: usize, ffn: usize) -> Self {
+        Sizes {
+            layers,
+            hidden,
+            heads,
+            kv_heads: heads,
+            head_dim: hidden.checked_div(heads).unwrap_or(0),
+            ffn,
+            tied: true,
+            norm_eps: None,
+            fixed: BTreeMap::new(),
+            settings: Map::new(),
+        }
+    }
+
+    /// Sets the size of a fixed space (`vocab`, `positions`, …).
+    pub fn with_fixed(mut self, space: &str, size: usize) -> Self {
+        self.fixed.insert(space.to_string(), size);
+        self
+    }
+
+    /// Sets the number of key/value heads (grouped-query attention).
+    pub fn with_kv_heads(mut self, kv_heads: usize) -> Self {
+        self.kv_heads = kv_heads;
+        self
+    }
+
+    /// Sets the head size (when it is not `hidden / heads`).
+    pub fn with_head_dim(mut self, head_dim: usize) -> Self {
+        self.head_dim = head_dim;
+        self
+    }
+
+    /// Sets whether the output head is tied to the token embedding.
+    pub fn with_tied(mut self, tied: bool) -> Self {
+        self.tied = tied;
+        self
+    }
+
+    /// Sets the norm ε.
+    pub fn with_norm_eps(mut self, eps: f64) -> Self {
+        self.norm_eps = Some(eps);
+        self
+    }
+
+    /// Sets a `config.json` entry that is not a size.
+    pub fn with_setting(mut self, key: &str, value: impl Into<Value>) -> Self {
+        self.settings.insert(key.to_string(), value.into());
+        self
+    }
+
+    /// The size of a fixed space; an error names the space and the spaces there are.
+    pub fn fixed(&self, space: &str) -> Result<usize> {
+        self.fixed.get(space).copied().ok_or_else(|| {
+            let known: Vec<&str> = self.fixed.keys().map(String::as_str).collect();
+            Error::Sizes(format!(
+                "no fixed space `{space}` (the rules give: {})",
+                known.join(", ")
+            ))
+        })
+    }
+
+    /// A numeric setting, or `default` when `config.json` has none.
+    pub fn setting_f64(&self, key: &str, default: f64) -> f64 {
+        self.settings
+            .get(key)
+            .and_then(Value::as_f64)
+            .unwrap_or(default)
+    }
+
+    /// The width of the query heads together (the rules' `attn` space).
+    pub fn attn(&self) -> usize {
+        self.heads * self.head_dim
+    }
+
+    /// The sizes of the checkpoint at `dir` according to `rules`.
+    pub(crate) fn read(dir: &Path, rules: &Rules) -> Result<Sizes> {
+        let arch = ArchChoice::Rules(Box::new(rules.clone()));
+        let (checkpoint, anatomy) = vcycle_transform::open_model(dir, &arch)?;
+        let config = checkpoint.config();
+        let norm_eps = config
+            .and_then(|c| rules.config.norm_eps.iter().find_map(|k| lookup(c, k)))
+            .and_then(Value::as_f64)
+            .or_else(|| rules.forward.as_ref().and_then(|f| f.norm_eps));
+        let settings = config
+            .and_then(Value::as_object)
+            .cloned()
+            .unwrap_or_default();
+        Ok(Sizes::from_dims(anatomy.dims, norm_eps, settings))
+    }
+
+    fn from_dims(dims: Dims, norm_eps: Option<f64>, settings: Map<String, Value>) -> Sizes {
+        Sizes {
+            layers: dims.layers,
+            hidden: dims.hidden,
+            heads: dims.heads,
+            kv_heads: dims.kv_heads,
+            head_dim: dims.head_dim,
+            ffn: dims.ffn,
+            tied: dims.tied,
+            norm_eps,
+            fixed: dims.fixed,
+            settings,
+        }
+    }
+
+    /// `config.json` for these sizes: the settings, then every size under the first key the
+    /// rules name for it, and the rules' `model_type`.
+    pub(crate) fn config_json(&self, rules: &Rules) -> Value {
+        let mut config = Value::Object(self.settings.clone());
+        let keys = &rules.config;
+        if let (Some(model_type), Some(map)) = (rules.model_types.first(), config.as_object_mut()) {
+            map.entry("model_type")
+                .or_insert_with(|| Value::from(model_type.as_str()));
+        }
+        let sizes: [(&[String], Value); 6] = [
+            (&keys.hidden, self.hidden.into()),
+            (&keys.layers, self.layers.into()),
+            (&keys.heads, self.heads.into()),
+            (&keys.kv_heads, self.kv_heads.into()),
+            (&keys.head_dim, self.head_dim.into()),
+            (&keys.ffn, self.ffn.into()),
+        ];
+        for (candidates, value) in sizes {
+            if let Some(key) = candidates.first() {
+                set(&mut config, key, value);
+            }
+        }
+        if let (Some(eps), Some(key)) = (self.norm_eps, keys.norm_eps.first()) {
+            set(&mut config, key, eps.into());
+        }
+        if let Some(key) = &keys.tie {
+            set(&mut config, key, self.tied.into());
+        }
+        config
+    }
+}
+
+/// Sets a possibly dotted key (`rope_parameters.rope_theta`), creating the objects on its way.
+fn set(config: &mut Value, key: &str, value: Value) {
+    let mut slot = config;
+    for part in key.split('.') {
+        if !slot.is_object() {
+            *slot = Value::Object(Map::new());
+        }
+        let Value::Object(map) = slot else { return };
+        slot = map.entry(part).or_insert(Value::Null);
+    }
+    *slot = value;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn config_names_every_size_with_the_rules_keys() {
+        let rules = Rules::preset("gpt2").expect("preset");
+        let sizes = Sizes::new(2, 32, 4, 64)
+            .with_norm_eps(1e-5)
+            .with_setting("n_positions", 16);
+        assert_eq!(
+            sizes.config_json(&rules),
+            json!({
+                "n_positions": 16, "model_type": "gpt2", "n_embd": 32, "n_layer": 2,
+                "n_head": 4, "n_inner": 64, "layer_norm_epsilon": 1e-5,
+                "tie_word_embeddings": true
+            })
+        );
+    }
+
+    #[test]
+    fn dotted_keys_write_nested_objects() {
+        let mut config = json!({"a": 1});
+        set(&mut config, "rope.theta", json!(10.0));
+        assert_eq!(config, json!({"a": 1, "rope": {"theta": 10.0}}));
+    }
+}
