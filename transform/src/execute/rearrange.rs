@@ -13,9 +13,7 @@ use crate::plan::AxisGather;
 /// dtype, moved whole blocks at a time and divided by powers of two: a de-coalesce, which
 /// duplicates `out` axes and splits `in` axes into groups of 2^k (and copies layers). Values
 /// are divided in their own encoding ([`dtype::divide_by_power_of_two`]), with the bits the
-/// decoding and f64 arithmetic of [`Rows::resize_row`] give; most values are not decoded.
-///
-/// [`Rows::resize_row`]: super::rows::Rows::resize_row
+/// decoding and f64 arithmetic of `Rows::resize_row` give; most values are not decoded.
 pub(super) struct Rearrange {
     dtype: Dtype,
     /// Per output row, when axis 0 is gathered: its input row and the power of two it is
@@ -125,10 +123,8 @@ impl Rearrange {
     }
 
     /// Output row `out` (values) interpolated between the saved large row `large` (bytes) and
-    /// input row `row` divided by 2^`k`, decoded together as [`Rows::compute`] would decode
+    /// input row `row` divided by 2^`k`, decoded together as `Rows::compute` would decode
     /// them, with the same arithmetic: (1 − α)·large + α·(value · 2^−k).
-    ///
-    /// [`Rows::compute`]: super::rows::Rows::compute
     pub(super) fn interpolated_row<T: Float>(
         &self,
         row: &[u8],
