@@ -3,8 +3,8 @@
 
 use std::path::Path;
 
-use ndarray::{Ix2, Ix4};
-use serde_json::json;
+use ndarray::{Ix2, Ix4, IxDyn};
+use serde_json::{Value, json};
 
 use super::test_checkpoints::{DeitParts, TestResult, hf_vit_to_deit, hf_vit_to_timm, load, save};
 use super::*;

@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use serde_json::json;
+use serde_json::{Value, json};
 
 use super::test_checkpoints::{DeitParts, hf_vit_to_deit, hf_vit_to_timm, load, save};
 use super::*;
