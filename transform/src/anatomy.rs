@@ -171,15 +171,16 @@ impl Anatomy {
 
     /// Whether the model has an output head: a tensor with a `head.*` role, or a tied head of a
     /// model saved under a base prefix (GPT2LMHeadModel stores `transformer.*` and no
-    /// `lm_head`). Bare base models (BertModel, GPT2Model, ViTModel) have none and output
-    /// hidden states.
+    /// `lm_head`), or of any model whose rules say `tied_head`. Bare base models (BertModel,
+    /// GPT2Model, ViTModel) have none and output hidden states.
     pub fn has_head(&self) -> bool {
         let role_present = self.claims.iter().any(|c| {
             self.rule_of(c)
                 .and_then(|r| r.role.as_deref())
                 .is_some_and(|r| r.starts_with("head."))
         });
-        role_present || (self.dims.tied && !self.prefix.is_empty())
+        let declared = self.rules.forward.as_ref().is_some_and(|f| f.tied_head);
+        role_present || (self.dims.tied && (declared || !self.prefix.is_empty()))
     }
 
     /// The claim of a tensor with a role, at a layer. Several rules may share a role when a

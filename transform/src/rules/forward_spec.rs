@@ -19,6 +19,11 @@ pub struct ForwardSpec {
     /// The norms' epsilon when config.json gives none (timm's ViT uses 1e-6; default 1e-5).
     #[serde(default)]
     pub norm_eps: Option<f64>,
+    /// Whether a tied output head is part of the model even when its checkpoint has no prefix.
+    /// Without it a prefix-less checkpoint whose head is tied (absent) is taken for a base
+    /// model, as HuggingFace's GPT2Model is, and the forward pass ends at the hidden states.
+    #[serde(default)]
+    pub tied_head: bool,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
