@@ -207,8 +207,32 @@ pub(crate) fn write_json(path: &Path, value: &Value) -> Result<()> {
 /// a `burn::train::SequenceOutput` (the loss and the logits) for a batch of type `$batch`:
 /// training back-propagates the loss.
 ///
-/// ```ignore
-/// vcycle_plugin::sequence_steps!(MyModel, vcycle_plugin::LmBatch, forward_lm);
+/// ```
+/// use burn::module::Module;
+/// use burn::nn::loss::CrossEntropyLossConfig;
+/// use burn::nn::{Embedding, Linear};
+/// use burn::train::SequenceOutput;
+/// use vcycle_plugin::LmBatch;
+///
+/// /// A bigram model: each byte's embedding predicts the next byte.
+/// #[derive(Module, Debug)]
+/// pub struct Bigram {
+///     embed: Embedding,
+///     out: Linear,
+/// }
+///
+/// impl Bigram {
+///     fn forward_lm(&self, batch: LmBatch) -> SequenceOutput {
+///         let logits = self.out.forward(self.embed.forward(batch.inputs));
+///         let [b, s, v] = logits.dims();
+///         let loss = CrossEntropyLossConfig::new()
+///             .init(&logits.device())
+///             .forward(logits.clone().reshape([b * s, v]), batch.targets.clone().reshape([b * s]));
+///         SequenceOutput::new(loss, logits, None, batch.targets)
+///     }
+/// }
+///
+/// vcycle_plugin::sequence_steps!(Bigram, LmBatch, forward_lm);
 /// ```
 ///
 /// ([`Gpt2`](crate::Gpt2) and `plugin/examples/custom_model.rs` use it.)

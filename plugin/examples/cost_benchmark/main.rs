@@ -58,7 +58,8 @@ struct Args {
     #[arg(long, value_delimiter = ',', default_values_t = [0.5, 1.0, 2.0, 4.0])]
     lr_factors: Vec<f64>,
     /// The budget as a multiple of the default (600 baseline steps): steps, validation
-    /// interval and warm-up scale with it. Results go to budget-Nx/ under --out and --work.
+    /// interval and warm-up scale with it. Results go to tuned-Nx/ (with --tuned) or
+    /// constant-Nx/ under --out and --work.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=1000))]
     budget: u64,
     /// Where results.json, table.md and the plots go.
@@ -71,8 +72,8 @@ struct Args {
     /// with --jobs equal to the cores).
     #[arg(long, default_value_t = 1)]
     jobs: usize,
-    /// Keep the results of runs already in --work (same variant and seed) instead of running
-    /// them again: to finish an interrupted benchmark or to re-plot.
+    /// Keep the results of runs already in --out's runs/ (same variant and seed) instead of
+    /// running them again: to finish an interrupted benchmark or to re-plot.
     #[arg(long)]
     reuse: bool,
     /// cpu, tch-cpu, tch-cuda:N (feature tch), cuda:N (feature cuda).
@@ -120,7 +121,8 @@ fn main() -> Result<()> {
     }
 
     if args.child.is_none() {
-        let sub = format!("budget-{}x", args.budget);
+        let protocol = if args.tuned { "tuned" } else { "constant" };
+        let sub = format!("{protocol}-{}x", args.budget);
         args.work = args.work.join(&sub);
         args.out = args.out.join(&sub);
     }
@@ -176,12 +178,14 @@ fn tuned(args: &Args, scale: &Scale) -> Result<()> {
         bail!("--levels: a V-cycle has at least 2 levels");
     }
     let (tuned, fixed) = plan::tuned(&args.levels);
-    if args.lr_factors.is_empty() || args.lr_factors.iter().any(|f| !(*f > 0.0)) {
+    if args.lr_factors.is_empty() || args.lr_factors.iter().any(|f| !f.is_finite() || *f <= 0.0) {
         bail!("--lr-factors must be positive numbers");
     }
-    let trials: Vec<Variant> = tuned
+    // Factor by factor, so that an interrupted sweep holds comparable runs of every variant.
+    let trials: Vec<Variant> = args
+        .lr_factors
         .iter()
-        .flat_map(|v| args.lr_factors.iter().map(|&f| v.lr_times(f)))
+        .flat_map(|&f| tuned.iter().map(move |v| v.lr_times(f)))
         .collect();
     print_budgets(trials.iter().chain(&fixed), scale)?;
     std::fs::create_dir_all(&args.out)
@@ -254,11 +258,16 @@ fn run_jobs(args: &Args, jobs: &[(Variant, u64)]) -> Result<Vec<RunResult>> {
     let exe = std::env::current_exe().context("locating this program")?;
     let logs = args.work.join("logs");
     std::fs::create_dir_all(&logs).with_context(|| format!("creating {}", logs.display()))?;
-    let result_path = |v: &Variant, seed: u64| logs.join(format!("{}-seed{seed}.json", v.slug()));
-    let mut pending = jobs
-        .iter()
-        .enumerate()
-        .filter(|(_, (v, seed))| !(args.reuse && result_path(v, *seed).is_file()));
+    // Each finished run's result sits beside the outputs, so a benchmark's partial results can
+    // be kept (committed) and finished later with --reuse.
+    let results = args.out.join("runs");
+    std::fs::create_dir_all(&results).with_context(|| format!("creating {}", results.display()))?;
+    let result_path =
+        |v: &Variant, seed: u64| results.join(format!("{}-seed{seed}.json", v.slug()));
+    let mut pending = jobs.iter().enumerate().filter(|(_, (v, seed))| {
+        let kept = read_result(&result_path(v, *seed));
+        !(args.reuse && kept.is_ok_and(|r| &r.variant == v && r.seed == *seed))
+    });
     let mut running: Vec<(usize, Child, Instant)> = Vec::new();
     let mut done = 0;
     loop {

@@ -185,8 +185,8 @@ pub struct Report<'a> {
     pub runs: &'a [RunResult],
 }
 
-/// `trend.md` in `out`: one row per variant and budget from every `budget-Nx/results.json` of
-/// a tuned comparison there (its first variant is the baseline the ratios refer to).
+/// `trend.md` in `out`: one row per variant and budget from every `tuned-Nx/results.json`
+/// there (a tuned comparison; its first variant is the baseline the ratios refer to).
 pub fn write_trend(out: &Path) -> Result<()> {
     let mut budgets = Vec::new();
     for entry in std::fs::read_dir(out).with_context(|| format!("listing {}", out.display()))? {
@@ -194,7 +194,10 @@ pub fn write_trend(out: &Path) -> Result<()> {
             .with_context(|| format!("listing {}", out.display()))?
             .path();
         let json = dir.join("results.json");
-        if !dir.is_dir() || !json.is_file() {
+        let tuned = dir
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("tuned-"));
+        if !tuned || !json.is_file() {
             continue;
         }
         let text = std::fs::read_to_string(&json)
