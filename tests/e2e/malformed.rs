@@ -1,7 +1,7 @@
-//! Runs the malformed-input corpus (`corpus.rs`): every case exits with code 2, names its
-//! cause, never panics, prints nothing on stdout, and leaves the sandbox exactly as it was:
-//! no output, no `.vcycle-*` temporary, every input byte unchanged. Also: `--strict`'s
-//! warning side, `--allow-extrapolation`, and a conversion killed while it writes.
+//! Runs the malformed-input corpus (`corpus.rs`, the cases in `corpus/`): every case exits with
+//! code 2, names its cause, never panics, prints nothing on stdout, and leaves the sandbox
+//! exactly as it was: no output, no `.vcycle-*` temporary, every input byte unchanged. Also:
+//! `--strict`'s warning side, `--allow-extrapolation`, and a conversion killed while it writes.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
