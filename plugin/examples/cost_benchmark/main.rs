@@ -76,6 +76,10 @@ struct Args {
     /// running them again: to finish an interrupted benchmark or to re-plot.
     #[arg(long)]
     reuse: bool,
+    /// Run nothing: report the finished runs in --out's runs/ (a partial benchmark's figures;
+    /// the runs not finished are left out, and table.md says so).
+    #[arg(long)]
+    report_only: bool,
     /// cpu, tch-cpu, tch-cuda:N (feature tch), cuda:N (feature cuda).
     #[arg(long, default_value = "cpu")]
     device: String,
@@ -198,18 +202,21 @@ fn tuned(args: &Args, scale: &Scale) -> Result<()> {
         "| run | lr factor | peak lr (full / smaller) | final valid loss, seed 0 |\n|---|---|---|---|\n",
     );
     for v in &tuned {
+        // Every trial has its run, except those --report-only leaves out.
         let mut candidates: Vec<(f64, &RunResult)> = args
             .lr_factors
             .iter()
-            .map(|&f| {
+            .filter_map(|&f| {
                 let trial = v.lr_times(f);
-                let run = first
+                first
                     .iter()
                     .find(|r| r.variant == trial)
-                    .context("a tuning run is missing")?;
-                Ok((f, run))
+                    .map(|run| (f, run))
             })
-            .collect::<Result<_>>()?;
+            .collect();
+        if candidates.is_empty() {
+            bail!("no finished tuning run of {}", v.name);
+        }
         candidates.sort_by(|a, b| a.1.final_loss.total_cmp(&b.1.final_loss));
         for (f, run) in &candidates {
             tuning.push_str(&format!(
@@ -243,6 +250,9 @@ fn tuned(args: &Args, scale: &Scale) -> Result<()> {
 
 /// Runs every job as a child process, `--jobs` at a time; results in job order.
 fn run_all(args: &Args, jobs: &[(Variant, u64)]) -> Result<Vec<RunResult>> {
+    if args.report_only {
+        return Ok(finished(args, jobs));
+    }
     let started = Instant::now();
     let runs = run_jobs(args, jobs)?;
     println!(
@@ -254,6 +264,27 @@ fn run_all(args: &Args, jobs: &[(Variant, u64)]) -> Result<Vec<RunResult>> {
     Ok(runs)
 }
 
+/// Where a job's result is kept.
+fn result_path(args: &Args, variant: &Variant, seed: u64) -> PathBuf {
+    args.out
+        .join("runs")
+        .join(format!("{}-seed{seed}.json", variant.slug()))
+}
+
+/// The kept result of a job, if it is that job's (same variant and seed).
+fn kept(args: &Args, variant: &Variant, seed: u64) -> Option<RunResult> {
+    read_result(&result_path(args, variant, seed))
+        .ok()
+        .filter(|r| &r.variant == variant && r.seed == seed)
+}
+
+/// The results of the jobs already finished, in job order.
+fn finished(args: &Args, jobs: &[(Variant, u64)]) -> Vec<RunResult> {
+    jobs.iter()
+        .filter_map(|(v, seed)| kept(args, v, *seed))
+        .collect()
+}
+
 fn run_jobs(args: &Args, jobs: &[(Variant, u64)]) -> Result<Vec<RunResult>> {
     let exe = std::env::current_exe().context("locating this program")?;
     let logs = args.work.join("logs");
@@ -262,12 +293,11 @@ fn run_jobs(args: &Args, jobs: &[(Variant, u64)]) -> Result<Vec<RunResult>> {
     // be kept (committed) and finished later with --reuse.
     let results = args.out.join("runs");
     std::fs::create_dir_all(&results).with_context(|| format!("creating {}", results.display()))?;
-    let result_path =
-        |v: &Variant, seed: u64| results.join(format!("{}-seed{seed}.json", v.slug()));
-    let mut pending = jobs.iter().enumerate().filter(|(_, (v, seed))| {
-        let kept = read_result(&result_path(v, *seed));
-        !(args.reuse && kept.is_ok_and(|r| &r.variant == v && r.seed == *seed))
-    });
+    let result_path = |v: &Variant, seed: u64| result_path(args, v, seed);
+    let mut pending = jobs
+        .iter()
+        .enumerate()
+        .filter(|(_, (v, seed))| !(args.reuse && kept(args, v, *seed).is_some()));
     let mut running: Vec<(usize, Child, Instant)> = Vec::new();
     let mut done = 0;
     loop {
@@ -366,11 +396,16 @@ fn write_outputs(
     std::fs::write(&json, serde_json::to_string_pretty(&report)? + "\n")
         .with_context(|| format!("writing {}", json.display()))?;
     let md = args.out.join("table.md");
-    let text = if tuning.is_empty() {
+    let mut text = if tuning.is_empty() {
         table
     } else {
         format!("{table}\nLearning-rate sweep (seed 0):\n\n{tuning}")
     };
+    if args.report_only {
+        text = format!(
+            "Partial: the finished runs only (`--report-only`); the runs not finished are left out.\n\n{text}"
+        );
+    }
     std::fs::write(&md, &text).with_context(|| format!("writing {}", md.display()))?;
 
     plot::register_font()?;

@@ -140,6 +140,7 @@ pub fn summarize(variants: &[Variant], runs: &[RunResult], baseline: &Variant) -
 
 fn ratio_cell(spread: Option<Spread>, reached: usize, of: usize) -> String {
     match spread {
+        _ if of == 0 => "no finished run".into(),
         Some(s) if reached == of => format!("{:.3} ± {:.3}", s.mean, s.std),
         Some(s) => format!("{:.3} ± {:.3} ({reached} of {of} seeds)", s.mean, s.std),
         None => format!("not reached (0 of {of})"),
