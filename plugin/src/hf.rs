@@ -3,14 +3,15 @@
 //! the V-cycle driver needs that trait to hand it to the transform library and take it back.
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use burn::module::Module;
 use burn::tensor::Device;
 use serde_json::Value;
 use vcycle_transform::ArchChoice;
+use vcycle_transform::write::replace_atomically;
 
-use crate::error::{Error, Result, io, json};
+use crate::error::{Result, io, json};
 use crate::layout::HfLayout;
 use crate::sizes::Sizes;
 
@@ -121,80 +122,22 @@ pub fn save_hf<M: HfModel>(model: &M, dir: &Path) -> Result<()> {
     write_dir_atomically(dir, |tmp| model.write_hf_files(tmp))
 }
 
-/// Fills a temporary sibling of `dir` with `fill`, flushes it to disk, then renames it to `dir`
-/// (replacing an existing `dir`).
-pub fn write_dir_atomically(dir: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
-    let parent = match dir.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    fs::create_dir_all(&parent).map_err(io(&parent))?;
-    let name = dir
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .ok_or_else(|| Error::Io {
-            path: dir.to_path_buf(),
-            source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "no directory name"),
-        })?;
-    let pid = std::process::id();
-    let tmp = parent.join(format!(".{name}.tmp-{pid}"));
-    if tmp.exists() {
-        fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
-    }
-    fs::create_dir(&tmp).map_err(io(&tmp))?;
-    if let Err(e) = fill(&tmp).and_then(|()| sync_dir_files(&tmp)) {
-        let _ = fs::remove_dir_all(&tmp);
-        return Err(e);
-    }
-    if dir.exists() {
-        let old = parent.join(format!(".{name}.old-{pid}"));
-        if old.exists() {
-            fs::remove_dir_all(&old).map_err(io(&old))?;
-        }
-        fs::rename(dir, &old).map_err(io(dir))?;
-        fs::rename(&tmp, dir).map_err(io(dir))?;
-        fs::remove_dir_all(&old).map_err(io(&old))?;
-    } else {
-        fs::rename(&tmp, dir).map_err(io(dir))?;
-    }
-    sync_path(&parent)
+/// Creates the directory `dir` filled by `fill`, atomically, replacing an existing `dir`: the
+/// transform's [`replace_atomically`], so the plugin's files follow the same protocol (and
+/// leave the same leftovers after a kill) as every output the CLI writes.
+pub(crate) fn write_dir_atomically(
+    dir: &Path,
+    fill: impl FnOnce(&Path) -> Result<()>,
+) -> Result<()> {
+    replace_atomically(dir, |new| {
+        fs::create_dir(new).map_err(io(new))?;
+        fill(new)
+    })
 }
 
-/// Writes `bytes` to `path` atomically (temporary sibling + rename).
-pub fn write_file_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    let parent = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    fs::create_dir_all(&parent).map_err(io(&parent))?;
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
-    fs::write(&tmp, bytes).map_err(io(&tmp))?;
-    sync_path(&tmp)?;
-    fs::rename(&tmp, path).map_err(io(path))?;
-    sync_path(&parent)
-}
-
-fn sync_path(path: &Path) -> Result<()> {
-    fs::File::open(path)
-        .and_then(|f| f.sync_all())
-        .map_err(io(path))
-}
-
-/// Flushes every file under `dir`, subdirectories included, and the directories themselves.
-fn sync_dir_files(dir: &Path) -> Result<()> {
-    for entry in fs::read_dir(dir).map_err(io(dir))? {
-        let path = entry.map_err(io(dir))?.path();
-        if path.is_dir() {
-            sync_dir_files(&path)?;
-        } else if path.is_file() {
-            sync_path(&path)?;
-        }
-    }
-    sync_path(dir)
+/// Writes `bytes` to `path` atomically, replacing an existing file.
+pub(crate) fn write_file_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    replace_atomically(path, |new| fs::write(new, bytes).map_err(io(new)))
 }
 
 /// Writes a pretty-printed JSON file.

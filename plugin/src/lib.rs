@@ -47,13 +47,16 @@ pub mod error;
 pub mod flops;
 pub mod gpt2;
 pub mod hf;
+pub mod images;
 pub mod layout;
+pub mod llama;
 pub mod moments;
 pub mod progress;
 pub mod schedule;
 pub mod sizes;
 pub mod text;
 pub mod vcycle;
+pub mod vit;
 
 pub use bert::{Bert, BertConfig};
 pub use budget::ExactBatches;
@@ -65,7 +68,9 @@ pub use error::{Error, Result};
 pub use flops::{SequenceBatch, default_flop_counter, train_flops};
 pub use gpt2::{Gpt2, Gpt2Config};
 pub use hf::{HfModel, save_hf};
+pub use images::{Digits, ImageBatch, ImageBatcher, LabelledImage};
 pub use layout::HfLayout;
+pub use llama::{Llama, LlamaConfig};
 pub use progress::{ProgressLine, ValidHistory, ValidPoint};
 pub use schedule::{Decay, Schedule};
 pub use sizes::Sizes;
@@ -76,3 +81,4 @@ pub use vcycle::{
 };
 /// The transform library's architecture choice and rule files, for [`HfModel::arch`].
 pub use vcycle_transform::{ArchChoice, Rules};
+pub use vit::{Vit, VitConfig};

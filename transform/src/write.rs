@@ -18,9 +18,11 @@ use crate::plan::TensorPlan;
 use crate::read::{CONFIG_FILE, INDEX_FILE, SINGLE_FILE};
 
 mod output_policy;
+mod replace;
 
 pub use output_policy::OutputPolicy;
 use output_policy::{Staged, commit, sync_dir};
+pub use replace::{replace_atomically, sweep_leftovers};
 
 /// The form of the output.
 #[derive(Debug, Clone)]

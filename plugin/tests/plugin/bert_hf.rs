@@ -72,24 +72,7 @@ fn bert_imports_fixture_and_huggingface_checkpoint() {
 
     let dir = hf_reference_dir("bert");
     let model = Bert::load_hf(&dir, &device).expect("import HF bert");
-    let reference =
-        vcycle_transform::Checkpoint::open(dir.join("reference.safetensors")).expect("reference");
-    let shape = reference.info("input_ids").expect("ids").shape.clone();
-    let ids: Vec<i64> = reference
-        .bytes("input_ids")
-        .expect("input_ids")
-        .chunks_exact(8)
-        .map(|b| i64::from_le_bytes(b.try_into().expect("8 bytes")))
-        .collect();
-    let ids = ndarray::Array2::from_shape_vec((shape[0], shape[1]), ids).expect("ids");
-    let logits_shape = reference.info("logits").expect("logits").shape.clone();
-    let hf: Vec<f32> = reference
-        .values("logits")
-        .expect("logits")
-        .into_iter()
-        .map(|v| v as f32)
-        .collect();
-    let hf = ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(&logits_shape), hf).expect("logits");
+    let (ids, hf) = hf_reference_logits(&dir);
     let d = compare(&hf, &bert_logits(&model, &ids)).expect("shape");
     println!("HF bert reference logits vs burn: {d:?}");
     assert!(d.max_abs <= 1e-4, "{d:?}");

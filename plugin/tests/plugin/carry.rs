@@ -213,7 +213,10 @@ fn carry_maps_adam_moments_across_boundaries_and_resumes() {
         serde_json::to_string_pretty(&state).expect("JSON"),
     )
     .expect("rewind state");
-    std::fs::create_dir(moments.join(".02-bottom-L2.tmp-4000000")).expect("plant");
+    // A write's work directory left by a killed process (pid 4000000 never runs on Linux).
+    let killed_write = moments.join(".vcycle-4000000-carry.tmp");
+    std::fs::create_dir_all(killed_write.join("new")).expect("plant");
+    std::fs::write(killed_write.join(".vcycle-work"), "02-bottom-L2").expect("plant");
     let saved_first = tensors(&moments.join("01-to-L2/m/model.safetensors"));
     let (train, valid) = loaders(24_000, 16, 4);
     let resumed = VCycle::<Gpt2>::new(config(), &run, device)
@@ -227,7 +230,7 @@ fn carry_maps_adam_moments_across_boundaries_and_resumes() {
         tensors(&moments.join("01-to-L2/m/model.safetensors")),
         saved_first
     );
-    assert!(!moments.join(".02-bottom-L2.tmp-4000000").exists());
+    assert!(!killed_write.exists());
 }
 
 /// The gradient of parameter `id` (shaped like `like`), as f32 values.

@@ -27,6 +27,10 @@ use crate::support::*;
 const CHILD_ENV: &str = "VCYCLE_PLUGIN_KILLED_WRITE_RUN";
 /// The checkpoint whose write the child stops in: the second boundary's trained model.
 const STOP_IN: &str = "02-bottom-L2";
+/// The file in a write's work directory `.vcycle-PID-RANDOM.tmp` that names the output
+/// (`vcycle_transform::write::replace_atomically`); the new content is `new` beside it, an old
+/// output being replaced `old`.
+const WORK_MARKER: &str = ".vcycle-work";
 
 /// A GPT-2 that stops in the middle of writing [`STOP_IN`] and waits to be killed, after
 /// creating the file `marker` to say so.
@@ -74,8 +78,11 @@ impl HfModel for StoppingGpt2 {
 
     fn write_hf_files(&self, dir: &Path) -> vcycle_plugin::Result<()> {
         self.inner.write_hf_files(dir)?;
-        let name = dir.file_name().unwrap().to_string_lossy().into_owned();
-        if name.starts_with(&format!(".{STOP_IN}.tmp-")) {
+        // `dir` is `new` in the write's work directory, whose marker names the output.
+        let work = dir.parent().unwrap();
+        let output = std::fs::read(work.join(WORK_MARKER)).unwrap_or_default();
+        if output == STOP_IN.as_bytes() {
+            let name = work.file_name().unwrap().to_string_lossy().into_owned();
             let weights = dir.join("model.safetensors");
             let len = std::fs::metadata(&weights).unwrap().len();
             std::fs::OpenOptions::new()
@@ -168,6 +175,15 @@ fn hidden_entries(dir: &Path) -> Vec<String> {
     names
 }
 
+/// A write's work directory in `dir`, as process `pid` leaves it when killed while writing
+/// `output`.
+fn plant_work_dir(dir: &Path, pid: u32, output: &str) -> PathBuf {
+    let work = dir.join(format!(".vcycle-{pid}-{output}.tmp"));
+    std::fs::create_dir(&work).expect("plant");
+    std::fs::write(work.join(WORK_MARKER), output).expect("plant");
+    work
+}
+
 fn read_json(path: &Path) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(path).expect("read")).expect("JSON")
 }
@@ -214,10 +230,14 @@ fn kill_mid_checkpoint_write_keeps_earlier_boundaries() {
 
     // The temporary is there, half-written, and not taken for a checkpoint.
     let pid = child.id();
-    let tmp_name = format!(".{STOP_IN}.tmp-{pid}");
+    let tmp_name = std::fs::read_to_string(&marker).expect("marker");
+    assert!(
+        tmp_name.starts_with(&format!(".vcycle-{pid}-")),
+        "{tmp_name}"
+    );
     assert_eq!(hidden_entries(&checkpoints), vec![tmp_name.clone()]);
     assert!(!checkpoints.join(STOP_IN).exists());
-    assert!(Gpt2::load_hf(&checkpoints.join(&tmp_name), &device()).is_err());
+    assert!(Gpt2::load_hf(&checkpoints.join(&tmp_name).join("new"), &device()).is_err());
     for (d, snap) in earlier.iter().zip(&before) {
         assert_eq!(&snapshot(&run.join(d)), snap, "{d} changed");
     }
@@ -241,12 +261,10 @@ fn kill_mid_checkpoint_write_keeps_earlier_boundaries() {
     // state (killed between the two writes), and a kept checkpoint moved aside by a
     // replacement that never finished.
     let text = String::from_utf8(state_before.clone()).expect("UTF-8");
-    std::fs::write(
-        run.join(format!(".state.json.tmp-{pid}")),
-        &text[..text.len() / 2],
-    )
-    .expect("plant");
-    std::fs::write(run.join(format!(".boundaries.json.tmp-{pid}")), "[{").expect("plant");
+    let state_work = plant_work_dir(&run, pid, "state.json");
+    std::fs::write(state_work.join("new"), &text[..text.len() / 2]).expect("plant");
+    let log_work = plant_work_dir(&run, pid, "boundaries.json");
+    std::fs::write(log_work.join("new"), "[{").expect("plant");
     let mut ahead = log.clone();
     ahead.push(BoundaryRecord {
         boundary: 2,
@@ -257,11 +275,8 @@ fn kill_mid_checkpoint_write_keeps_earlier_boundaries() {
         serde_json::to_string_pretty(&ahead).expect("JSON"),
     )
     .expect("plant");
-    std::fs::rename(
-        checkpoints.join("01-to-L2"),
-        checkpoints.join(format!(".01-to-L2.old-{pid}")),
-    )
-    .expect("plant");
+    let moved_aside = plant_work_dir(&checkpoints, pid, "01-to-L2");
+    std::fs::rename(checkpoints.join("01-to-L2"), moved_aside.join("old")).expect("plant");
 
     let (train, valid) = loaders(24_000, 16, 4);
     let outcome = VCycle::<Gpt2>::new(

@@ -7,8 +7,10 @@ mod carry;
 mod gpt2_hf;
 mod killed_write;
 mod layout;
+mod llama_hf;
 mod resume;
 mod support;
 mod vcycle_run;
+mod vit_hf;
 #[cfg(feature = "wgpu")]
 mod vulkan;

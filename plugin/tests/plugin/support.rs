@@ -119,15 +119,52 @@ pub fn quiet_training(
 
 /// Burn logits of `model` on `ids`, as an ndarray.
 pub fn burn_logits(model: &Gpt2, ids: &Array2<i64>, device: &Device) -> ArrayD<f32> {
+    logits_of(|input| model.forward(input), ids, device)
+}
+
+/// The logits `forward` computes for `ids`, as an ndarray.
+pub fn logits_of(
+    forward: impl FnOnce(Tensor<2, Int>) -> Tensor<3>,
+    ids: &Array2<i64>,
+    device: &Device,
+) -> ArrayD<f32> {
     let (b, s) = ids.dim();
     let input: Tensor<2, Int> = Tensor::from_data(
         TensorData::new(ids.iter().copied().collect::<Vec<i64>>(), [b, s]),
         device,
     );
-    let logits = model.forward(input);
+    let logits = forward(input);
     let dims = logits.dims();
     let values = logits.into_data().try_to_vec::<f32>().expect("f32 logits");
     ArrayD::from_shape_vec(IxDyn(&dims), values).expect("logit shape")
+}
+
+/// The input ids and the logits HuggingFace computed, from `reference.safetensors` of an
+/// `fixtures/hf-reference` folder.
+pub fn hf_reference_logits(dir: &Path) -> (Array2<i64>, ArrayD<f32>) {
+    let reference =
+        vcycle_transform::Checkpoint::open(dir.join("reference.safetensors")).expect("reference");
+    let ids: Vec<i64> = reference
+        .bytes("input_ids")
+        .expect("input_ids")
+        .chunks_exact(8)
+        .map(|b| i64::from_le_bytes(b.try_into().expect("8 bytes")))
+        .collect();
+    let shape = reference
+        .info("input_ids")
+        .expect("input_ids")
+        .shape
+        .clone();
+    let ids = Array2::from_shape_vec((shape[0], shape[1]), ids).expect("ids");
+    let logits_shape = reference.info("logits").expect("logits").shape.clone();
+    let logits: Vec<f32> = reference
+        .values("logits")
+        .expect("logits")
+        .into_iter()
+        .map(|v| v as f32)
+        .collect();
+    let logits = ArrayD::from_shape_vec(IxDyn(&logits_shape), logits).expect("logits");
+    (ids, logits)
 }
 
 /// The transform library's logits of the checkpoint at `dir` on `ids`.

@@ -91,10 +91,7 @@ impl OutputPolicy {
             reason: format!("cannot be written: {e}"),
         };
         let parent = parent_of(output);
-        {
-            let _lock = DirLock::take(&parent);
-            self.sweep(&parent);
-        }
+        self.sweep_locked(&parent);
         let work = tempfile::Builder::new()
             .prefix(&format!(".vcycle-{}-", std::process::id()))
             .suffix(".tmp")
@@ -110,6 +107,12 @@ impl OutputPolicy {
         let name = output.file_name().unwrap_or_default();
         std::fs::write(staged.work.join(MARKER), name_bytes(name)).map_err(out_err)?;
         Ok(staged)
+    }
+
+    /// [`OutputPolicy::sweep`] with `dir` locked, so that no writer commits meanwhile.
+    pub(crate) fn sweep_locked(&self, dir: &Path) {
+        let _lock = DirLock::take(dir);
+        self.sweep(dir);
     }
 
     /// Removes the work directories of dead vcycle processes in `dir` (see the module
