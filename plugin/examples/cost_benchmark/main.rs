@@ -7,6 +7,7 @@
 //! cargo run --release -p vcycle-plugin --example cost_benchmark -- --quick
 //! cargo run --release -p vcycle-plugin --example cost_benchmark -- --sweep --out docs/cost-benchmark
 //! cargo run --release -p vcycle-plugin --example cost_benchmark -- --tuned --budget 4 --out docs/cost-benchmark
+//! cargo run --release -p vcycle-plugin --example cost_benchmark -- --tuned --task bert --out docs/cost-benchmark
 //! ```
 //!
 //! `--tuned` is the comparison against the baseline a practitioner would run: warm-up and
@@ -29,7 +30,7 @@ use anyhow::{Context, Result, bail};
 use clap::Parser;
 use vcycle_plugin::device;
 
-use crate::plan::{Scale, Variant};
+use crate::plan::{Scale, Task, Variant};
 use crate::report::{Report, Summary};
 use crate::run::RunResult;
 
@@ -80,6 +81,10 @@ struct Args {
     /// the runs not finished are left out, and table.md says so).
     #[arg(long)]
     report_only: bool,
+    /// The model and objective: a GPT-2 predicting the next byte, or a BERT predicting 15% of
+    /// the bytes, masked (results under bert-… folders).
+    #[arg(long, value_enum, default_value_t = Task::Gpt)]
+    task: Task,
     /// cpu, tch-cpu, tch-cuda:N (feature tch), cuda:N (feature cuda).
     #[arg(long, default_value = "cpu")]
     device: String,
@@ -101,7 +106,10 @@ impl Args {
         } else {
             Scale::full()
         };
-        scale.times(self.budget as usize)
+        Scale {
+            task: self.task,
+            ..scale.times(self.budget as usize)
+        }
     }
 }
 
@@ -126,7 +134,10 @@ fn main() -> Result<()> {
 
     if args.child.is_none() {
         let protocol = if args.tuned { "tuned" } else { "constant" };
-        let sub = format!("{protocol}-{}x", args.budget);
+        let sub = match args.task {
+            Task::Gpt => format!("{protocol}-{}x", args.budget),
+            Task::Bert => format!("bert-{protocol}-{}x", args.budget),
+        };
         args.work = args.work.join(&sub);
         args.out = args.out.join(&sub);
     }
@@ -240,11 +251,30 @@ fn tuned(args: &Args, scale: &Scale) -> Result<()> {
         jobs.extend(best.iter().map(|v| (v.clone(), seed)));
         jobs.extend(fixed.iter().map(|v| (v.clone(), seed)));
     }
-    let runs = run_all(args, &jobs)?;
+    // Seed 0's runs of the best factors and the fixed variants ran with the sweep.
+    let ran = |v: &Variant, seed: u64| first.iter().any(|r| &r.variant == v && r.seed == seed);
+    let fresh: Vec<(Variant, u64)> = jobs
+        .iter()
+        .filter(|(v, seed)| !ran(v, *seed))
+        .cloned()
+        .collect();
+    let mut runs = run_all(args, &fresh)?;
+    runs.extend(
+        first
+            .iter()
+            .filter(|r| {
+                jobs.iter()
+                    .any(|(v, seed)| &r.variant == v && r.seed == *seed)
+            })
+            .cloned(),
+    );
     let variants: Vec<Variant> = best.iter().chain(&fixed).cloned().collect();
     let summaries = report::summarize(&variants, &runs, &best[0]);
     println!("\n{tuning}");
-    write_outputs(args, scale, &variants, &summaries, &runs, &tuning)?;
+    // results.json keeps every run, the tuning runs too.
+    let mut all = runs.clone();
+    all.extend(first.iter().filter(|r| !runs.contains(r)).cloned());
+    write_outputs(args, scale, &variants, &summaries, &all, &tuning)?;
     report::write_trend(args.out.parent().unwrap_or(&args.out))
 }
 
@@ -322,6 +352,11 @@ fn run_jobs(args: &Args, jobs: &[(Variant, u64)]) -> Result<Vec<RunResult>> {
                 .arg(&args.work)
                 .arg("--budget")
                 .arg(args.budget.to_string())
+                .arg("--task")
+                .arg(match args.task {
+                    Task::Gpt => "gpt",
+                    Task::Bert => "bert",
+                })
                 .stdout(log.try_clone()?)
                 .stderr(log);
             if args.quick {
@@ -424,8 +459,13 @@ fn write_outputs(
     )
     .map(|s| s.mean);
     let what = format!(
-        "GPT {}x{} heads, width {}, {} baseline steps, {} seeds",
-        scale.layers, scale.heads, scale.hidden, scale.baseline_steps, args.seeds
+        "{} {}x{} heads, width {}, {} baseline steps, {} seeds",
+        scale.task.model_name(),
+        scale.layers,
+        scale.heads,
+        scale.hidden,
+        scale.baseline_steps,
+        args.seeds
     );
     plot::plot(
         &headline_runs,

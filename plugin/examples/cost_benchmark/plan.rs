@@ -4,11 +4,36 @@
 use anyhow::{Result, bail};
 use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
-use vcycle_plugin::{Decay, Gpt2Config};
+use vcycle_plugin::text::BYTE_VOCAB;
+use vcycle_plugin::{BertConfig, Decay, Gpt2Config};
+
+/// What the model learns from the corpus.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Task {
+    /// Next-byte prediction with a GPT-2.
+    #[default]
+    Gpt,
+    /// Masked-byte prediction with a BERT: 15% of the bytes chosen, as BERT does.
+    Bert,
+}
+
+impl Task {
+    /// The name in tables, plots and result folders.
+    pub fn model_name(self) -> &'static str {
+        match self {
+            Task::Gpt => "GPT",
+            Task::Bert => "BERT",
+        }
+    }
+}
 
 /// Model, data and budget shared by every run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Scale {
+    /// The model and its objective.
+    #[serde(default)]
+    pub task: Task,
     /// Optimizer steps of the baseline; the V-cycles get the same training FLOPs.
     pub baseline_steps: usize,
     /// Steps between validation passes.
@@ -30,6 +55,7 @@ impl Scale {
     /// cores (flex backend, release); the sweep adds 7 runs per seed.
     pub fn full() -> Self {
         Scale {
+            task: Task::Gpt,
             baseline_steps: 600,
             eval_every: 30,
             batch: 16,
@@ -76,10 +102,31 @@ impl Scale {
         )
     }
 
-    /// Training FLOPs of one step of that model (the plugin's analytic count).
+    /// The BERT of a level, sized as [`Scale::model`], with one more token: the mask.
+    pub fn bert_model(&self, heads: usize, layers: usize) -> BertConfig {
+        BertConfig::new(
+            BYTE_VOCAB + 1,
+            self.seq,
+            self.hidden * heads / self.heads,
+            layers,
+            heads,
+            self.ffn * heads / self.heads,
+        )
+    }
+
+    /// Training FLOPs of one step of the task's model (the plugin's analytic count).
     pub fn step_flops(&self, heads: usize, layers: usize) -> Result<f64> {
-        let model = self.model(heads, layers).init(&Device::flex())?;
-        Ok(vcycle_plugin::train_flops(&model, self.batch, self.seq)?)
+        let device = Device::flex();
+        Ok(match self.task {
+            Task::Gpt => {
+                let model = self.model(heads, layers).init(&device)?;
+                vcycle_plugin::train_flops(&model, self.batch, self.seq)?
+            }
+            Task::Bert => {
+                let model = self.bert_model(heads, layers).init(&device)?;
+                vcycle_plugin::train_flops(&model, self.batch, self.seq)?
+            }
+        })
     }
 }
 
@@ -286,11 +333,16 @@ mod tests {
 
     #[test]
     fn every_variant_gets_the_baseline_flops() {
-        let scale = Scale::full();
-        let target = scale.baseline_steps as f64 * scale.step_flops(4, 4).unwrap();
-        for v in headline().into_iter().chain(sweep()) {
-            let b = v.budget(&scale).unwrap();
-            assert!((b.flops / target - 1.0).abs() < 0.01, "{}: {b:?}", v.name);
+        for task in [Task::Gpt, Task::Bert] {
+            let scale = Scale {
+                task,
+                ..Scale::full()
+            };
+            let target = scale.baseline_steps as f64 * scale.step_flops(4, 4).unwrap();
+            for v in headline().into_iter().chain(sweep()) {
+                let b = v.budget(&scale).unwrap();
+                assert!((b.flops / target - 1.0).abs() < 0.01, "{}: {b:?}", v.name);
+            }
         }
     }
 }

@@ -195,9 +195,10 @@ pub fn write_trend(out: &Path) -> Result<()> {
             .with_context(|| format!("listing {}", out.display()))?
             .path();
         let json = dir.join("results.json");
-        let tuned = dir
-            .file_name()
-            .is_some_and(|n| n.to_string_lossy().starts_with("tuned-"));
+        let tuned = dir.file_name().is_some_and(|n| {
+            let n = n.to_string_lossy();
+            n.starts_with("tuned-") || n.starts_with("bert-tuned-")
+        });
         if !tuned || !json.is_file() {
             continue;
         }
@@ -206,14 +207,18 @@ pub fn write_trend(out: &Path) -> Result<()> {
         let report: serde_json::Value =
             serde_json::from_str(&text).with_context(|| format!("parsing {}", json.display()))?;
         let steps = report["scale"]["baseline_steps"].as_u64().unwrap_or(0);
-        budgets.push((steps, report));
+        let model = match report["scale"]["task"].as_str() {
+            Some("bert") => "BERT",
+            _ => "GPT",
+        };
+        budgets.push((model, steps, report));
     }
-    budgets.sort_by_key(|(steps, _)| *steps);
+    budgets.sort_by(|a, b| (b.0, a.1).cmp(&(a.0, b.1)));
     let mut out_text = String::from(
-        "| baseline steps | run | peak lr | seeds | FLOPs to the tuned baseline's final loss (ratio) | final valid loss, equal FLOPs |\n\
-         |---|---|---|---|---|---|\n",
+        "| model | baseline steps | run | peak lr | seeds | FLOPs to the tuned baseline's final loss (ratio) | final valid loss, equal FLOPs |\n\
+         |---|---|---|---|---|---|---|\n",
     );
-    for (steps, report) in &budgets {
+    for (model, steps, report) in &budgets {
         let Some(summaries) = report["summaries"].as_array() else {
             continue;
         };
@@ -229,7 +234,7 @@ pub fn write_trend(out: &Path) -> Result<()> {
             let losses: Vec<f64> = floats("final_losses").into_iter().flatten().collect();
             let _ = writeln!(
                 out_text,
-                "| {steps} | {} | {:.1e} | {} | {} | {} |",
+                "| {model} | {steps} | {} | {:.1e} | {} | {} | {} |",
                 s["variant"]["name"].as_str().unwrap_or("?"),
                 s["variant"]["lr"].as_f64().unwrap_or(f64::NAN),
                 losses.len(),

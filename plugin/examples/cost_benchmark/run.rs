@@ -7,17 +7,17 @@ use std::sync::{Arc, Mutex};
 use anyhow::{Context, Result, bail};
 use burn::data::dataloader::DataLoaderBuilder;
 use burn::tensor::Device;
-use burn::train::metric::LossMetric;
-use burn::train::{Learner, SupervisedTraining};
+use burn::train::metric::{Adaptor, LossInput, LossMetric};
+use burn::train::{InferenceStep, Learner, SupervisedTraining, TrainLoader, ValidLoader};
 use serde::{Deserialize, Serialize};
 use vcycle_plugin::budget::epoch_steps;
-use vcycle_plugin::text::{ByteWindows, LmBatch, LmBatcher, split_train_valid};
+use vcycle_plugin::text::{BYTE_VOCAB, ByteWindows, LmBatcher, MlmBatcher, split_train_valid};
 use vcycle_plugin::{
     DepthInitChoice, ExactBatches, LevelConfig, OptimizerStatePolicy, ProgressLine, Schedule,
     Segment, VCycle, VCycleConfig, VCycleModel, ValidHistory, default_optimizer,
 };
 
-use crate::plan::{Scale, Variant};
+use crate::plan::{Scale, Task, Variant};
 
 /// One validation pass of a run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -57,37 +57,61 @@ pub fn run(
         .with_context(|| format!("reading the corpus {}", corpus.display()))?;
     let (train, mut valid) = split_train_valid(&text, 20, 2048);
     valid.truncate(scale.valid_bytes);
-    let train = DataLoaderBuilder::new(LmBatcher)
-        .batch_size(scale.batch)
-        .shuffle(seed)
-        .set_device(device.clone())
-        .build(ByteWindows::new(train, scale.seq, scale.seq / 2));
-    let valid = DataLoaderBuilder::new(LmBatcher)
-        .batch_size(scale.batch)
-        .set_device(device.clone())
-        .build(ByteWindows::new(valid, scale.seq, scale.seq));
+    let train = ByteWindows::new(train, scale.seq, scale.seq / 2);
+    let valid = ByteWindows::new(valid, scale.seq, scale.seq);
 
     let train_device = device.clone().autodiff();
     train_device.seed(seed);
-    let model = scale.model(scale.heads, scale.layers).init(&train_device)?;
     let dir = work.join(format!("{}-seed{seed}", variant.slug()));
     if dir.exists() {
         std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
     }
     let history = ValidHistory::new();
-    let points = if variant.levels == 1 {
-        baseline(variant, model, scale, train, valid, &dir, &history)?
-    } else {
-        vcycle(
-            variant,
-            scale,
-            model,
-            train,
-            valid,
-            &dir,
-            &history,
-            &train_device,
-        )?
+    let (heads, layers) = (scale.heads, scale.layers);
+    let points = match scale.task {
+        Task::Gpt => {
+            let train = DataLoaderBuilder::new(LmBatcher)
+                .batch_size(scale.batch)
+                .shuffle(seed)
+                .set_device(device.clone())
+                .build(train);
+            let valid = DataLoaderBuilder::new(LmBatcher)
+                .batch_size(scale.batch)
+                .set_device(device.clone())
+                .build(valid);
+            let model = scale.model(heads, layers).init(&train_device)?;
+            let run = Run {
+                variant,
+                scale,
+                dir: &dir,
+                history: &history,
+                device: &train_device,
+            };
+            run.train(model, train, valid)?
+        }
+        Task::Bert => {
+            let mask = BYTE_VOCAB as i64;
+            let train = DataLoaderBuilder::new(MlmBatcher::new(mask, MASK_SHARE, seed))
+                .batch_size(scale.batch)
+                .shuffle(seed)
+                .set_device(device.clone())
+                .build(train);
+            // The same masks at every validation pass, and for every run.
+            let valid =
+                DataLoaderBuilder::new(MlmBatcher::new(mask, MASK_SHARE, 0).with_fixed_masks())
+                    .batch_size(scale.batch)
+                    .set_device(device.clone())
+                    .build(valid);
+            let model = scale.bert_model(heads, layers).init(&train_device)?;
+            let run = Run {
+                variant,
+                scale,
+                dir: &dir,
+                history: &history,
+                device: &train_device,
+            };
+            run.train(model, train, valid)?
+        }
     };
     let last = points
         .last()
@@ -103,19 +127,202 @@ pub fn run(
     })
 }
 
-type Loader = Arc<dyn burn::data::dataloader::DataLoader<LmBatch>>;
+/// The share of the bytes BERT's masked-LM objective predicts.
+const MASK_SHARE: f64 = 0.15;
 
-/// The training every run shares: loss metrics and a silent progress line that records the
-/// validation passes.
-fn training(
-    dir: &Path,
-    train: Loader,
-    valid: Loader,
-    history: &ValidHistory,
-) -> SupervisedTraining<vcycle_plugin::Gpt2> {
-    SupervisedTraining::new(dir, train, valid)
-        .metric_valid_numeric(LossMetric::new())
-        .renderer(Box::new(ProgressLine::quiet().recording(history.clone())))
+/// What one run trains, and where.
+struct Run<'a> {
+    variant: &'a Variant,
+    scale: &'a Scale,
+    dir: &'a Path,
+    history: &'a ValidHistory,
+    device: &'a Device,
+}
+
+impl Run<'_> {
+    /// The baseline or the V-cycle of the variant.
+    fn train<M>(&self, model: M, train: TrainLoader<M>, valid: ValidLoader<M>) -> Result<Vec<Point>>
+    where
+        M: VCycleModel,
+        <M as InferenceStep>::Output: Adaptor<LossInput>,
+    {
+        if self.variant.levels == 1 {
+            self.baseline(model, train, valid)
+        } else {
+            self.vcycle(model, train, valid)
+        }
+    }
+
+    /// The training every run shares: the loss metric and a silent progress line that records
+    /// the validation passes.
+    fn training<M>(
+        &self,
+        dir: &Path,
+        train: TrainLoader<M>,
+        valid: ValidLoader<M>,
+    ) -> SupervisedTraining<M>
+    where
+        M: VCycleModel,
+        <M as InferenceStep>::Output: Adaptor<LossInput>,
+    {
+        SupervisedTraining::new(dir, train, valid)
+            .metric_valid_numeric(LossMetric::new())
+            .renderer(Box::new(
+                ProgressLine::quiet().recording(self.history.clone()),
+            ))
+    }
+
+    /// The full model alone, with the V-cycle's optimizer and level 1's schedule.
+    fn baseline<M>(
+        &self,
+        model: M,
+        train: TrainLoader<M>,
+        valid: ValidLoader<M>,
+    ) -> Result<Vec<Point>>
+    where
+        M: VCycleModel,
+        <M as InferenceStep>::Output: Adaptor<LossInput>,
+    {
+        let (variant, scale) = (self.variant, self.scale);
+        let passes = epoch_steps(scale.baseline_steps, Some(scale.eval_every));
+        let flops = Arc::new(Mutex::new(0.0));
+        let loader = ExactBatches::in_passes(train, passes.clone())
+            .with_counter(model.flop_counter()?, flops.clone())
+            .into_loader();
+        let scheduler = Schedule {
+            peak: variant.lr,
+            warmup: scale.warmup,
+            steps: scale.baseline_steps,
+            decay: variant.decay,
+            floor: DECAY_FLOOR,
+        }
+        .scheduler()?;
+        let learner = Learner::new(model, default_optimizer(), scheduler);
+        let result = self
+            .training(self.dir, loader, valid)
+            .num_epochs(passes.len())
+            .label("baseline")
+            .launch(learner);
+        if let Some(error) = result.error {
+            bail!("baseline training failed: {error}");
+        }
+        let total = flops.lock().map(|f| *f).unwrap_or(f64::NAN);
+        let per_step = total / scale.baseline_steps as f64;
+        let recorded = self.history.points();
+        if recorded.len() != passes.len() {
+            bail!(
+                "{} validation passes recorded, {} expected",
+                recorded.len(),
+                passes.len()
+            );
+        }
+        let mut steps = 0;
+        passes
+            .iter()
+            .zip(&recorded)
+            .map(|(pass, point)| {
+                steps += pass;
+                Ok(Point {
+                    steps,
+                    flops: steps as f64 * per_step,
+                    seconds: point.seconds,
+                    loss: loss_of(point)?,
+                    level: 1,
+                })
+            })
+            .collect()
+    }
+
+    /// The variant's V-cycle, driven by the plugin.
+    fn vcycle<M>(
+        &self,
+        model: M,
+        train: TrainLoader<M>,
+        valid: ValidLoader<M>,
+    ) -> Result<Vec<Point>>
+    where
+        M: VCycleModel,
+        <M as InferenceStep>::Output: Adaptor<LossInput>,
+    {
+        let (variant, scale) = (self.variant, self.scale);
+        let budget = variant.budget(scale)?;
+        let sizes = variant.sizes(scale)?;
+        let levels = sizes
+            .iter()
+            .enumerate()
+            .map(|(i, &(heads, layers))| {
+                if i == 0 {
+                    LevelConfig::new(variant.lr)
+                        .with_up_learning_rate(Some(variant.lr * variant.up_lr_factor))
+                        .with_warmup_steps(scale.warmup)
+                } else {
+                    LevelConfig::new(variant.small_lr)
+                        .with_warmup_steps(scale.warmup)
+                        .with_heads(Some(heads))
+                        .with_layers(Some(layers))
+                        .with_width_scheme(variant.width_scheme.clone())
+                        .with_depth_scheme(variant.depth_scheme.clone())
+                }
+            })
+            .collect();
+        let optimizer_state = if variant.carry_moments {
+            OptimizerStatePolicy::Carry
+        } else {
+            OptimizerStatePolicy::Reset
+        };
+        let config = VCycleConfig::new(levels, budget.down, budget.bottom, budget.up)
+            .with_alpha(variant.alpha)
+            .with_decay(variant.decay)
+            .with_decay_floor(DECAY_FLOOR)
+            .with_optimizer_state(optimizer_state)
+            .with_depth_init(if variant.zero_depth_init {
+                DepthInitChoice::Zero
+            } else {
+                DepthInitChoice::Copy
+            })
+            .with_eval_every(Some(scale.eval_every))
+            .with_boundary_valid_batches(Some(4));
+        let mut driver =
+            VCycle::new(config, PathBuf::from(self.dir), self.device.clone())?.quiet(true);
+        let segments = driver.segments();
+        let outcome = driver.run(model, train, valid, |segment: &Segment, train, valid| {
+            self.training(&segment.dir, train, valid)
+        })?;
+
+        // FLOPs are constant per step within a segment: spread each segment's share evenly.
+        let mut points = Vec::new();
+        let (mut steps_before, mut flops_before) = (0, 0.0);
+        let recorded = self.history.points();
+        for (segment, boundary) in segments.iter().zip(&outcome.boundaries) {
+            let per_step = (boundary.train_flops - flops_before) / segment.steps as f64;
+            let mut steps = steps_before;
+            let passes: Vec<_> = recorded
+                .iter()
+                .filter(|p| p.label == segment.name())
+                .collect();
+            if passes.len() != segment.epoch_steps.len() {
+                bail!(
+                    "{}: {} validation passes recorded, {} expected",
+                    segment.name(),
+                    passes.len(),
+                    segment.epoch_steps.len()
+                );
+            }
+            for (epoch_steps, point) in segment.epoch_steps.iter().zip(passes) {
+                steps += epoch_steps;
+                points.push(Point {
+                    steps,
+                    flops: flops_before + (steps - steps_before) as f64 * per_step,
+                    seconds: point.seconds,
+                    loss: loss_of(point)?,
+                    level: segment.level,
+                });
+            }
+            steps_before = boundary.steps;
+            flops_before = boundary.train_flops;
+        }
+        Ok(points)
+    }
 }
 
 fn loss_of(point: &vcycle_plugin::ValidPoint) -> Result<f64> {
@@ -129,150 +336,3 @@ fn loss_of(point: &vcycle_plugin::ValidPoint) -> Result<f64> {
 
 /// Where a decay ends, as a fraction of the peak (the V-cycle driver's default too).
 const DECAY_FLOOR: f64 = 0.1;
-
-/// The full model alone, with the V-cycle's optimizer and level 1's schedule.
-fn baseline(
-    variant: &Variant,
-    model: vcycle_plugin::Gpt2,
-    scale: &Scale,
-    train: Loader,
-    valid: Loader,
-    dir: &Path,
-    history: &ValidHistory,
-) -> Result<Vec<Point>> {
-    let passes = epoch_steps(scale.baseline_steps, Some(scale.eval_every));
-    let flops = Arc::new(Mutex::new(0.0));
-    let loader = ExactBatches::in_passes(train, passes.clone())
-        .with_counter(model.flop_counter()?, flops.clone())
-        .into_loader();
-    let scheduler = Schedule {
-        peak: variant.lr,
-        warmup: scale.warmup,
-        steps: scale.baseline_steps,
-        decay: variant.decay,
-        floor: DECAY_FLOOR,
-    }
-    .scheduler()?;
-    let learner = Learner::new(model, default_optimizer(), scheduler);
-    let result = training(dir, loader, valid, history)
-        .num_epochs(passes.len())
-        .label("baseline")
-        .launch(learner);
-    if let Some(error) = result.error {
-        bail!("baseline training failed: {error}");
-    }
-    let total = flops.lock().map(|f| *f).unwrap_or(f64::NAN);
-    let per_step = total / scale.baseline_steps as f64;
-    let recorded = history.points();
-    if recorded.len() != passes.len() {
-        bail!(
-            "{} validation passes recorded, {} expected",
-            recorded.len(),
-            passes.len()
-        );
-    }
-    let mut steps = 0;
-    passes
-        .iter()
-        .zip(&recorded)
-        .map(|(pass, point)| {
-            steps += pass;
-            Ok(Point {
-                steps,
-                flops: steps as f64 * per_step,
-                seconds: point.seconds,
-                loss: loss_of(point)?,
-                level: 1,
-            })
-        })
-        .collect()
-}
-
-#[allow(clippy::too_many_arguments)]
-fn vcycle(
-    variant: &Variant,
-    scale: &Scale,
-    model: vcycle_plugin::Gpt2,
-    train: Loader,
-    valid: Loader,
-    dir: &Path,
-    history: &ValidHistory,
-    device: &Device,
-) -> Result<Vec<Point>> {
-    let budget = variant.budget(scale)?;
-    let sizes = variant.sizes(scale)?;
-    let levels = sizes
-        .iter()
-        .enumerate()
-        .map(|(i, &(heads, layers))| {
-            if i == 0 {
-                LevelConfig::new(variant.lr)
-                    .with_up_learning_rate(Some(variant.lr * variant.up_lr_factor))
-                    .with_warmup_steps(scale.warmup)
-            } else {
-                LevelConfig::new(variant.small_lr)
-                    .with_warmup_steps(scale.warmup)
-                    .with_heads(Some(heads))
-                    .with_layers(Some(layers))
-                    .with_width_scheme(variant.width_scheme.clone())
-                    .with_depth_scheme(variant.depth_scheme.clone())
-            }
-        })
-        .collect();
-    let optimizer_state = if variant.carry_moments {
-        OptimizerStatePolicy::Carry
-    } else {
-        OptimizerStatePolicy::Reset
-    };
-    let config = VCycleConfig::new(levels, budget.down, budget.bottom, budget.up)
-        .with_alpha(variant.alpha)
-        .with_decay(variant.decay)
-        .with_decay_floor(DECAY_FLOOR)
-        .with_optimizer_state(optimizer_state)
-        .with_depth_init(if variant.zero_depth_init {
-            DepthInitChoice::Zero
-        } else {
-            DepthInitChoice::Copy
-        })
-        .with_eval_every(Some(scale.eval_every))
-        .with_boundary_valid_batches(Some(4));
-    let mut driver = VCycle::new(config, PathBuf::from(dir), device.clone())?.quiet(true);
-    let segments = driver.segments();
-    let outcome = driver.run(model, train, valid, |segment: &Segment, train, valid| {
-        training(&segment.dir, train, valid, history)
-    })?;
-
-    // FLOPs are constant per step within a segment: spread each segment's share evenly.
-    let mut points = Vec::new();
-    let (mut steps_before, mut flops_before) = (0, 0.0);
-    let recorded = history.points();
-    for (segment, boundary) in segments.iter().zip(&outcome.boundaries) {
-        let per_step = (boundary.train_flops - flops_before) / segment.steps as f64;
-        let mut steps = steps_before;
-        let passes: Vec<_> = recorded
-            .iter()
-            .filter(|p| p.label == segment.name())
-            .collect();
-        if passes.len() != segment.epoch_steps.len() {
-            bail!(
-                "{}: {} validation passes recorded, {} expected",
-                segment.name(),
-                passes.len(),
-                segment.epoch_steps.len()
-            );
-        }
-        for (epoch_steps, point) in segment.epoch_steps.iter().zip(passes) {
-            steps += epoch_steps;
-            points.push(Point {
-                steps,
-                flops: flops_before + (steps - steps_before) as f64 * per_step,
-                seconds: point.seconds,
-                loss: loss_of(point)?,
-                level: segment.level,
-            });
-        }
-        steps_before = boundary.steps;
-        flops_before = boundary.train_flops;
-    }
-    Ok(points)
-}
