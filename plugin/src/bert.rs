@@ -196,6 +196,7 @@ pub struct Bert {
     config: BertConfig,
 }
 
+/// Word, position and token-type embeddings, summed and normalised (HF `bert.embeddings`).
 #[derive(Module, Debug)]
 pub struct BertEmbeddings {
     pub word_embeddings: Embedding,
@@ -205,11 +206,13 @@ pub struct BertEmbeddings {
     dropout: Dropout,
 }
 
+/// The post-LN encoder layers (HF `bert.encoder`).
 #[derive(Module, Debug)]
 pub struct BertEncoder {
     pub layer: Vec<BertLayer>,
 }
 
+/// One encoder layer: attention, then the MLP (`intermediate`, `output`).
 #[derive(Module, Debug)]
 pub struct BertLayer {
     pub attention: BertAttention,
@@ -217,12 +220,14 @@ pub struct BertLayer {
     pub output: BertResidual,
 }
 
+/// Self-attention and its residual output block.
 #[derive(Module, Debug)]
 pub struct BertAttention {
     pub self_attn: BertSelfAttention,
     pub output: BertResidual,
 }
 
+/// The query, key and value projections (HF `attention.self`).
 #[derive(Module, Debug)]
 pub struct BertSelfAttention {
     pub query: Linear,
@@ -239,16 +244,19 @@ pub struct BertResidual {
     dropout: Dropout,
 }
 
+/// The MLP's first projection, followed by exact GELU.
 #[derive(Module, Debug)]
 pub struct BertIntermediate {
     pub dense: Linear,
 }
 
+/// The masked-LM head (HF `cls`).
 #[derive(Module, Debug)]
 pub struct BertMlmHead {
     pub predictions: BertPredictions,
 }
 
+/// The head's transform and the decoder bias (HF `cls.predictions`).
 #[derive(Module, Debug)]
 pub struct BertPredictions {
     pub transform: BertTransform,
@@ -256,6 +264,7 @@ pub struct BertPredictions {
     pub bias: Param<Tensor<1>>,
 }
 
+/// `LayerNorm(gelu(dense(x)))` before the tied decoder.
 #[derive(Module, Debug)]
 pub struct BertTransform {
     pub dense: Linear,

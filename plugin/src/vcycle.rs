@@ -124,10 +124,12 @@ where
         self
     }
 
+    /// The V-cycle configuration.
     pub fn config(&self) -> &VCycleConfig {
         &self.config
     }
 
+    /// The run directory (checkpoints, state, boundary log).
     pub fn run_dir(&self) -> &Path {
         &self.run_dir
     }
