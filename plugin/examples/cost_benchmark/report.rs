@@ -9,6 +9,7 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 
 use crate::plan::{Scale, Variant};
+use crate::plot;
 use crate::run::{Point, RunResult};
 
 /// A variant's figures over its seeds.
@@ -218,6 +219,7 @@ pub fn write_trend(out: &Path) -> Result<()> {
         "| model | baseline steps | run | peak lr | seeds | FLOPs to the tuned baseline's final loss (ratio) | final valid loss, equal FLOPs |\n\
          |---|---|---|---|---|---|---|\n",
     );
+    let mut savings = Vec::new();
     for (model, steps, report) in &budgets {
         let Some(summaries) = report["summaries"].as_array() else {
             continue;
@@ -231,6 +233,20 @@ pub fn write_trend(out: &Path) -> Result<()> {
             };
             let ratios = floats("flops_ratios");
             let reached: Vec<f64> = ratios.iter().flatten().copied().collect();
+            let name = s["variant"]["name"].as_str().unwrap_or("?");
+            let levels = s["variant"]["levels"].as_u64().unwrap_or(1);
+            // A point of the plot only where every seed reached the baseline's loss.
+            if levels >= 2 && !name.contains("constant") && reached.len() == ratios.len() {
+                let saved: Vec<f64> = reached.iter().map(|r| (1.0 - r) * 100.0).collect();
+                if let Some(spread) = Spread::of(&saved) {
+                    savings.push(plot::Saving {
+                        series: format!("{model}, {levels} levels"),
+                        steps: *steps as f64,
+                        mean: spread.mean,
+                        std: spread.std,
+                    });
+                }
+            }
             let losses: Vec<f64> = floats("final_losses").into_iter().flatten().collect();
             let _ = writeln!(
                 out_text,
@@ -246,7 +262,11 @@ pub fn write_trend(out: &Path) -> Result<()> {
     }
     let path = out.join("trend.md");
     std::fs::write(&path, &out_text).with_context(|| format!("writing {}", path.display()))?;
-    println!("\n{out_text}\nwrote {}", path.display());
+    plot::plot_savings(&savings, &out.join("savings_vs_budget"))?;
+    println!(
+        "\n{out_text}\nwrote {} and savings_vs_budget.{{png,svg}}",
+        path.display()
+    );
     Ok(())
 }
 
