@@ -13,7 +13,6 @@ use std::path::{Path, PathBuf};
 
 use burn::data::dataloader::DataLoaderBuilder;
 use burn::module::Module;
-use burn::nn::loss::CrossEntropyLossConfig;
 use burn::nn::{Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
@@ -97,15 +96,7 @@ impl TinyLm {
 
     /// Logits and the mean next-token cross-entropy of a batch.
     pub fn forward_lm(&self, batch: LmBatch) -> SequenceOutput {
-        let logits = self.forward(batch.inputs);
-        let [b, s, v] = logits.dims();
-        let loss = CrossEntropyLossConfig::new()
-            .init(&logits.device())
-            .forward(
-                logits.clone().reshape([b * s, v]),
-                batch.targets.clone().reshape([b * s]),
-            );
-        SequenceOutput::new(loss, logits, None, batch.targets)
+        vcycle_plugin::text::next_token_output(self.forward(batch.inputs), batch.targets)
     }
 }
 

@@ -8,7 +8,6 @@
 
 use burn::config::Config;
 use burn::module::{Module, Param};
-use burn::nn::loss::CrossEntropyLossConfig;
 use burn::nn::{
     Dropout, DropoutConfig, Embedding, EmbeddingConfig, Initializer, LayerNorm, LayerNormConfig,
     Linear, LinearConfig,
@@ -257,14 +256,7 @@ impl Gpt2 {
     /// Logits and the mean next-token cross-entropy of a batch.
     pub fn forward_lm(&self, batch: LmBatch) -> SequenceOutput {
         let logits = self.forward(batch.inputs);
-        let [b, s, v] = logits.dims();
-        let loss = CrossEntropyLossConfig::new()
-            .init(&logits.device())
-            .forward(
-                logits.clone().reshape([b * s, v]),
-                batch.targets.clone().reshape([b * s]),
-            );
-        SequenceOutput::new(loss, logits, None, batch.targets)
+        crate::text::next_token_output(logits, batch.targets)
     }
 }
 

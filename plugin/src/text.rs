@@ -6,7 +6,9 @@ use std::sync::Arc;
 
 use burn::data::dataloader::batcher::Batcher;
 use burn::data::dataset::{Dataset, DatasetError};
+use burn::nn::loss::CrossEntropyLossConfig;
 use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn::train::SequenceOutput;
 
 /// The vocabulary of the byte-level tokenizer.
 pub const BYTE_VOCAB: usize = 256;
@@ -106,6 +108,19 @@ impl Batcher<Vec<i64>, LmBatch> for LmBatcher {
             targets: Tensor::from_data(TensorData::new(targets, [batch, seq]), device),
         }
     }
+}
+
+/// The mean next-token cross-entropy of `logits` `[batch, seq, vocab]` against `targets`
+/// `[batch, seq]`, with the logits, as Burn's learner reports a step.
+pub fn next_token_output(logits: Tensor<3>, targets: Tensor<2, Int>) -> SequenceOutput {
+    let [b, s, v] = logits.dims();
+    let loss = CrossEntropyLossConfig::new()
+        .init(&logits.device())
+        .forward(
+            logits.clone().reshape([b * s, v]),
+            targets.clone().reshape([b * s]),
+        );
+    SequenceOutput::new(loss, logits, None, targets)
 }
 
 /// A batch for masked-language modelling.
