@@ -12,7 +12,7 @@ use burn::config::Config;
 use burn::module::{Module, Param};
 use burn::nn::{
     Dropout, DropoutConfig, Embedding, EmbeddingConfig, Initializer, LayerNorm, LayerNormConfig,
-    Linear, LinearConfig,
+    Linear,
 };
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
@@ -23,6 +23,7 @@ use vcycle_transform::ArchChoice;
 
 use crate::error::{Error, Result};
 use crate::hf::HfModel;
+use crate::init::normal_linear;
 use crate::sizes::Sizes;
 use crate::text::MlmBatch;
 use crate::vcycle::VCycleModel;
@@ -71,13 +72,7 @@ impl BertConfig {
             mean: 0.0,
             std: self.init_std,
         };
-        let linear = |d_in: usize, d_out: usize| {
-            let mut l = LinearConfig::new(d_in, d_out)
-                .with_initializer(normal.clone())
-                .init(device);
-            l.bias = Some(Param::from_tensor(Tensor::zeros([d_out], device)));
-            l
-        };
+        let linear = |d_in: usize, d_out: usize| normal_linear(d_in, d_out, self.init_std, device);
         let norm = || {
             LayerNormConfig::new(self.hidden)
                 .with_epsilon(self.layer_norm_eps)

@@ -7,10 +7,10 @@
 //! `weight`/`bias`). `c_attn` is one `Linear` hidden → 3·hidden, as in HF.
 
 use burn::config::Config;
-use burn::module::{Module, Param};
+use burn::module::Module;
 use burn::nn::{
     Dropout, DropoutConfig, Embedding, EmbeddingConfig, Initializer, LayerNorm, LayerNormConfig,
-    Linear, LinearConfig,
+    Linear,
 };
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
@@ -21,6 +21,7 @@ use vcycle_transform::ArchChoice;
 
 use crate::error::{Error, Result};
 use crate::hf::HfModel;
+use crate::init::normal_linear;
 use crate::sizes::Sizes;
 use crate::text::LmBatch;
 use crate::vcycle::VCycleModel;
@@ -58,13 +59,7 @@ impl Gpt2Config {
     pub fn init(&self, device: &Device) -> Result<Gpt2> {
         self.check()?;
         let normal = |std: f64| Initializer::Normal { mean: 0.0, std };
-        let linear = |d_in: usize, d_out: usize, std: f64| {
-            let mut l = LinearConfig::new(d_in, d_out)
-                .with_initializer(normal(std))
-                .init(device);
-            l.bias = Some(Param::from_tensor(Tensor::zeros([d_out], device)));
-            l
-        };
+        let linear = |d_in: usize, d_out: usize, std: f64| normal_linear(d_in, d_out, std, device);
         let norm = || {
             LayerNormConfig::new(self.hidden)
                 .with_epsilon(self.layer_norm_eps)

@@ -48,6 +48,7 @@ pub mod flops;
 pub mod gpt2;
 pub mod hf;
 pub mod images;
+mod init;
 pub mod layout;
 pub mod llama;
 pub mod moments;

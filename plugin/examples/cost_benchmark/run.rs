@@ -68,6 +68,13 @@ pub fn run(
     }
     let history = ValidHistory::new();
     let (heads, layers) = (scale.heads, scale.layers);
+    let run = Run {
+        variant,
+        scale,
+        dir: &dir,
+        history: &history,
+        device: &train_device,
+    };
     let points = match scale.task {
         Task::Gpt => {
             let train = DataLoaderBuilder::new(LmBatcher)
@@ -80,13 +87,6 @@ pub fn run(
                 .set_device(device.clone())
                 .build(valid);
             let model = scale.model(heads, layers).init(&train_device)?;
-            let run = Run {
-                variant,
-                scale,
-                dir: &dir,
-                history: &history,
-                device: &train_device,
-            };
             run.train(model, train, valid)?
         }
         Task::Bert => {
@@ -103,13 +103,6 @@ pub fn run(
                     .set_device(device.clone())
                     .build(valid);
             let model = scale.bert_model(heads, layers).init(&train_device)?;
-            let run = Run {
-                variant,
-                scale,
-                dir: &dir,
-                history: &history,
-                device: &train_device,
-            };
             run.train(model, train, valid)?
         }
     };
