@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # Converts the fixtures (and the real MiniLM, when scripts/fetch-minilm.sh has fetched it) with
-# vcycle, writes a manifest of checks for scripts/hf_check.py, and runs it when python3 has
-# HuggingFace transformers; otherwise it says how to run it on a machine that has it.
+# vcycle, keeps checkpoints the Burn plugin writes (its Llama and ViT tests), writes a manifest
+# of checks for scripts/hf_check.py, and runs it when python3 has HuggingFace transformers;
+# otherwise it says how to run it on a machine that has it.
 #
 #   scripts/hf-check.sh [OUT_DIR] [PLUGIN_RUN_DIR]
 #
+# CARGO_FLAGS: extra flags for the cargo test that writes the plugin's checkpoints (e.g. the
+# features of an existing build, to reuse it).
 # PLUGIN_RUN_DIR: a finished run of the Burn plugin on the bundled corpus (e.g. a cost_benchmark
 # run under target/cost-benchmark-work/): its final model must give, under transformers, the
 # validation loss the plugin logged.
@@ -39,6 +42,13 @@ if [ -d .local/minilm ]; then
   convert minilm-small .local/minilm coalesce --heads 6 --layers 3
   add "{\"kind\": \"loads\", \"a\": \"minilm-small\"}"
 fi
+# Checkpoints the Burn plugin writes (Llama tied and untied, and the final models of Llama and
+# ViT V-cycles), kept by the plugin's tests with the logits Burn computed for them.
+VCYCLE_HF_CHECK_DIR="$(realpath "$out")/plugin" cargo test -q -p vcycle-plugin --test plugin ${CARGO_FLAGS:-} -- \
+  llama_hf:: vit_hf:: >/dev/null
+for dir in "$out"/plugin/*/; do
+  add "{\"kind\": \"burn-logits\", \"a\": \"$(rel "$dir")\"}"
+done
 if [ -n "$run" ]; then
   cp -r "$run/final" "$out/plugin-final"
   expected=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))[-1]["valid_loss_before"])' "$run/boundaries.json")

@@ -14,6 +14,9 @@ The manifest (written by scripts/hf-check.sh) lists checks, paths relative to th
    "valid_bytes": N, "seq": S, "windows": W, "expected": LOSS}
       a byte-level causal LM: its mean cross-entropy on the first W validation windows
       (the plugin's split and windows) equals the loss the Burn plugin reported (<= 1e-4).
+  {"kind": "burn-logits", "a": DIR}
+      a checkpoint the Burn plugin wrote (DIR/burn-logits.json holds the input and the logits
+      Burn computed): it loads, and transformers computes the same logits (max |a - b| <= 1e-4).
 Exit status 1 if any check fails.
 """
 
@@ -99,11 +102,32 @@ def valid_loss(base, check):
     return diff <= 1e-4, f"HF loss {loss:.6f}, plugin {check['expected']:.6f}, diff {diff:.1e}"
 
 
+def burn_logits(base, check):
+    model, _ = load(base / check["a"])
+    record = json.loads((base / check["a"] / "burn-logits.json").read_text())
+    values = torch.tensor(record["input_values"]).reshape(record["input_shape"])
+    with torch.no_grad():
+        if record["input"] == "input_ids":
+            logits = model(input_ids=values.long()).logits
+        else:
+            logits = model(pixel_values=values.float()).logits
+    burn = torch.tensor(record["logits"]).reshape(record["logits_shape"])
+    if logits.shape != burn.shape:
+        return False, f"shape {list(logits.shape)}, Burn {list(burn.shape)}"
+    diff = (logits - burn).abs().max().item()
+    return diff <= 1e-4, f"{type(model).__name__}, max |HF - Burn| {diff:.1e}"
+
+
 def main():
     manifest = Path(sys.argv[1])
     base = manifest.parent
     checks = json.loads(manifest.read_text())
-    kinds = {"same-function": same_function, "loads": loads, "valid-loss": valid_loss}
+    kinds = {
+        "same-function": same_function,
+        "loads": loads,
+        "valid-loss": valid_loss,
+        "burn-logits": burn_logits,
+    }
     results, failed = [], 0
     print(f"transformers {transformers.__version__}, torch {torch.__version__}")
     for check in checks:

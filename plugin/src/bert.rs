@@ -184,8 +184,11 @@ impl BertConfig {
 /// `layer_norm` for `LayerNorm` and `self_attn` for `self`.
 #[derive(Module, Debug)]
 pub struct Bert {
+    /// Token, position and token-type embeddings with their norm.
     pub embeddings: BertEmbeddings,
+    /// The encoder layers.
     pub encoder: BertEncoder,
+    /// The masked-LM head (transform, norm, decoder tied to the token embedding).
     pub cls: BertMlmHead,
     #[module(skip)]
     config: BertConfig,

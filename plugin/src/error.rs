@@ -8,14 +8,18 @@ pub enum Error {
     /// A file-system operation failed.
     #[error("{path}: {source}")]
     Io {
+        /// The file or directory.
         path: PathBuf,
+        /// What the operating system said.
         #[source]
         source: std::io::Error,
     },
     /// A JSON file could not be read or written.
     #[error("{path}: {source}")]
     Json {
+        /// The JSON file.
         path: PathBuf,
+        /// What serde_json said.
         #[source]
         source: serde_json::Error,
     },
@@ -24,44 +28,85 @@ pub enum Error {
     Transform(#[from] vcycle_transform::Error),
     /// burn-store could not write or read a safetensors file.
     #[error("{path}: safetensors: {message}")]
-    Store { path: PathBuf, message: String },
+    Store {
+        /// The safetensors file.
+        path: PathBuf,
+        /// What burn-store said.
+        message: String,
+    },
     /// A checkpoint's tensors do not fit the model built from its config.json.
     #[error("{path}: {message}")]
-    Mismatch { path: PathBuf, message: String },
+    Mismatch {
+        /// The checkpoint directory or file.
+        path: PathBuf,
+        /// Which tensor does not fit, and how.
+        message: String,
+    },
     /// A model's tensors and its rule file disagree: a tensor no rule names, or a layout the
     /// rules cannot express.
     #[error("architecture `{arch}`: tensor `{tensor}`: {message}")]
     Layout {
+        /// The rules' architecture name.
         arch: String,
+        /// The tensor's name.
         tensor: String,
+        /// What does not fit.
         message: String,
     },
     /// A rule file cannot drive a model's checkpoints.
     #[error("architecture `{arch}`: {message}")]
-    Rules { arch: String, message: String },
+    Rules {
+        /// The rules' architecture name.
+        arch: String,
+        /// What the rules lack.
+        message: String,
+    },
     /// A model was asked for a size its [`crate::Sizes`] do not hold.
     #[error("sizes: {0}")]
     Sizes(String),
     /// A config.json lacks a value the model needs, or holds one it cannot use.
     #[error("{path}: config.json: {message}")]
-    ModelConfig { path: PathBuf, message: String },
-    /// The V-cycle configuration is not usable.
+    ModelConfig {
+        /// The checkpoint directory.
+        path: PathBuf,
+        /// The key and what is wrong with it.
+        message: String,
+    },
+    /// A device name cannot be used in this build or on this machine.
     #[error("device `{name}`: {message}")]
-    Device { name: String, message: String },
-
+    Device {
+        /// The name as given (e.g. `wgpu:1`).
+        name: String,
+        /// Why it cannot be used.
+        message: String,
+    },
+    /// The V-cycle configuration is not usable.
     #[error("V-cycle configuration: {0}")]
     VCycleConfig(String),
     /// The run directory holds a run that cannot be resumed with this configuration.
     #[error("{path}: cannot resume: {message}")]
-    Resume { path: PathBuf, message: String },
+    Resume {
+        /// The run directory.
+        path: PathBuf,
+        /// What differs from the configuration.
+        message: String,
+    },
     /// An optimizer state could not be read, written or carried across a boundary.
     #[error("{what}: optimizer state: {message}")]
-    Optimizer { what: String, message: String },
+    Optimizer {
+        /// The state's file, directory or parameter.
+        what: String,
+        /// What went wrong.
+        message: String,
+    },
     /// A training segment ended with an error or was interrupted.
     #[error("segment {segment} ({name}): {message}")]
     Training {
+        /// The segment's 1-based position in the cycle.
         segment: usize,
+        /// The segment's name, e.g. `02-bottom-L2`.
         name: String,
+        /// What Burn reported.
         message: String,
     },
 }

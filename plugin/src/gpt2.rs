@@ -157,9 +157,13 @@ impl Gpt2Config {
 /// paths are HF's less the `transformer.` prefix and with `gamma`/`beta` for norms.
 #[derive(Module, Debug)]
 pub struct Gpt2 {
+    /// Token embedding, also the head's weight (tied).
     pub wte: Embedding,
+    /// Learned position embedding.
     pub wpe: Embedding,
+    /// The decoder blocks.
     pub h: Vec<Gpt2Block>,
+    /// The final norm.
     pub ln_f: LayerNorm,
     dropout: Dropout,
     #[module(skip)]

@@ -16,6 +16,7 @@ use crate::flops::SequenceBatch;
 pub struct LabelledImage {
     /// Pixels row by row, scaled to [0, 1].
     pub pixels: Vec<f32>,
+    /// The class, from 0.
     pub label: usize,
 }
 

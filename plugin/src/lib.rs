@@ -11,7 +11,7 @@
 //! ```no_run
 //! # use std::sync::Arc;
 //! # use burn::train::{SupervisedTraining, metric::LossMetric};
-//! # use vcycle_plugin::{Gpt2, Gpt2Config, LevelConfig, Segment, VCycle, VCycleConfig};
+//! # use vcycle_plugin::{Gpt2, Gpt2Config, LevelConfig, ProgressLine, Segment, VCycle, VCycleConfig};
 //! # fn demo(train: burn::train::TrainLoader<Gpt2>, valid: burn::train::ValidLoader<Gpt2>)
 //! # -> vcycle_plugin::Result<()> {
 //! let device = burn::tensor::Device::flex().autodiff();
@@ -33,34 +33,37 @@
 //!         SupervisedTraining::new(&segment.dir, train, valid)
 //!             .metric_train_numeric(LossMetric::new())
 //!             .metric_valid_numeric(LossMetric::new())
+//!             .renderer(Box::new(ProgressLine::new())) // one line per 2 s, fit for logs
 //!     },
 //! )?;
 //! println!("final model: {}", outcome.final_dir.display());
 //! # Ok(()) }
 //! ```
 
-pub mod bert;
-pub mod budget;
-pub mod config;
+#![warn(missing_docs)]
+
+mod bert;
+mod budget;
+mod config;
 pub mod device;
-pub mod error;
-pub mod flops;
-pub mod gpt2;
-pub mod hf;
-pub mod images;
+mod error;
+mod flops;
+mod gpt2;
+mod hf;
+mod images;
 mod init;
-pub mod layout;
-pub mod llama;
+mod layout;
+mod llama;
 pub mod moments;
-pub mod progress;
-pub mod schedule;
-pub mod sizes;
+mod progress;
+mod schedule;
+mod sizes;
 pub mod text;
-pub mod vcycle;
-pub mod vit;
+mod vcycle;
+mod vit;
 
 pub use bert::{Bert, BertConfig};
-pub use budget::ExactBatches;
+pub use budget::{ExactBatches, epoch_steps};
 pub use config::{
     DecaySegments, DepthInitChoice, EmbeddingRuleChoice, LevelConfig, OptimizerStatePolicy,
     VCycleConfig,

@@ -226,8 +226,11 @@ impl LlamaConfig {
 /// Field names are HuggingFace's, so Burn's parameter paths are HF's less the `model.` prefix.
 #[derive(Module, Debug)]
 pub struct Llama {
+    /// Token embedding (also the head's weight when tied).
     pub embed_tokens: Embedding,
+    /// The decoder layers.
     pub layers: Vec<LlamaLayer>,
+    /// The final RMSNorm.
     pub norm: RmsNorm,
     /// None when the head is tied to `embed_tokens`.
     pub lm_head: Option<Linear>,

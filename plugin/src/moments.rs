@@ -221,7 +221,7 @@ impl Moments {
 /// Maps the moments saved in `trained` to the next level, as the weights were: `m` and `sqrt_v`
 /// through `job` (built by the caller for each input directory: coalesce, or grow with the saved
 /// large moments), the step count unchanged. Writes `next` atomically.
-pub fn map(
+pub(crate) fn map(
     trained: &Path,
     next: &Path,
     job: impl Fn(&str) -> Result<Job>,
@@ -240,14 +240,14 @@ pub fn map(
 }
 
 /// The coalesce job of a moments directory's `name` part.
-pub fn coalesce_job(trained: &Path, options: &Options) -> impl Fn(&str) -> Result<Job> {
+pub(crate) fn coalesce_job(trained: &Path, options: &Options) -> impl Fn(&str) -> Result<Job> {
     let (trained, options) = (trained.to_path_buf(), options.clone());
     move |name| Ok(Job::coalesce(&trained.join(name), &options)?)
 }
 
 /// The grow job of a moments directory's `name` part: de-coalesce `trained`'s and interpolate
 /// with `large`'s (the moments saved with the large model before it was coalesced).
-pub fn grow_job(
+pub(crate) fn grow_job(
     trained: &Path,
     large: &Path,
     alpha: f64,

@@ -28,10 +28,13 @@ pub enum Decay {
 /// to `floor · peak`, which the last step reaches exactly.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Schedule {
+    /// The rate at the end of the warm-up.
     pub peak: LearningRate,
+    /// Warm-up steps (0: start at `peak`).
     pub warmup: usize,
     /// Optimizer steps in all, warm-up included.
     pub steps: usize,
+    /// How the rate falls after the warm-up.
     pub decay: Decay,
     /// The last step's rate as a fraction of `peak` (unused by [`Decay::Constant`]).
     pub floor: f64,

@@ -30,6 +30,7 @@ use crate::error::{Error, Result};
 /// ```
 #[derive(Debug, Clone, PartialEq)]
 pub struct Sizes {
+    /// Transformer layers.
     pub layers: usize,
     /// Width of the residual stream (the rules' `hidden` space).
     pub hidden: usize,
@@ -37,6 +38,7 @@ pub struct Sizes {
     pub heads: usize,
     /// Key/value heads (= `heads` without grouped-query attention).
     pub kv_heads: usize,
+    /// Width of one head.
     pub head_dim: usize,
     /// Width of the MLP (the rules' `ffn` space).
     pub ffn: usize,

@@ -1,6 +1,22 @@
 //! Byte-level language-modelling data: a text cut into windows of `seq + 1` bytes, batched into
 //! inputs and next-byte targets. Enough for the example and the tests; any Burn data pipeline
 //! that yields [`LmBatch`] works with [`crate::Gpt2`].
+//!
+//! ```
+//! use burn::data::dataloader::{DataLoader, DataLoaderBuilder};
+//! use vcycle_plugin::text::{ByteWindows, LmBatcher, split_train_valid};
+//!
+//! let text = b"fn main() { println!(\"hello\"); }\n".repeat(64);
+//! // Every 10th block of 128 bytes is held out for validation.
+//! let (train, valid) = split_train_valid(&text, 10, 128);
+//! assert_eq!(train.len() + valid.len(), text.len());
+//! // Windows of 33 bytes every 32: 32 inputs and their 32 next bytes.
+//! let windows = ByteWindows::new(train, 32, 32);
+//! let loader = DataLoaderBuilder::new(LmBatcher).batch_size(8).shuffle(1).build(windows);
+//! let batch = loader.iter().next().expect("a batch").expect("eight windows");
+//! assert_eq!(batch.inputs.dims(), [8, 32]);
+//! assert_eq!(batch.targets.dims(), [8, 32]);
+//! ```
 
 use std::sync::Arc;
 

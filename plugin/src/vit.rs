@@ -212,9 +212,13 @@ impl VitConfig {
 /// linear classifier on the class token.
 #[derive(Module, Debug)]
 pub struct Vit {
+    /// Patch projection, class token and position embeddings.
     pub embeddings: VitEmbeddings,
+    /// The encoder layers.
     pub layers: Vec<VitLayer>,
+    /// The final norm.
     pub layernorm: LayerNorm,
+    /// The linear classifier on the class token.
     pub classifier: Linear,
     #[module(skip)]
     config: VitConfig,

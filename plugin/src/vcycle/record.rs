@@ -10,11 +10,17 @@ use super::Phase;
 /// A model's size as the boundary log reports it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ModelSize {
+    /// 1 = the full model.
     pub level: usize,
+    /// Transformer layers.
     pub layers: usize,
+    /// Width of the residual stream.
     pub hidden: usize,
+    /// Query heads.
     pub heads: usize,
+    /// Width of the MLP.
     pub ffn: usize,
+    /// Parameters in all.
     pub params: usize,
 }
 
@@ -35,6 +41,7 @@ pub struct BoundaryRecord {
     pub boundary: usize,
     /// Its name, e.g. `01-down-L1`.
     pub segment: String,
+    /// Its phase.
     pub phase: Phase,
     /// `coalesce`, `grow` or `end` (after the last segment).
     pub operator: String,
@@ -107,7 +114,10 @@ pub struct VCycleOutcome<M> {
     pub model: M,
     /// Its HF directory (`RUN/final`).
     pub final_dir: PathBuf,
+    /// The boundary log, one record per segment (`boundaries.json`).
     pub boundaries: Vec<BoundaryRecord>,
+    /// Optimizer steps of the whole cycle.
     pub steps: usize,
+    /// Training FLOPs of the whole cycle, by the model's FLOP counter.
     pub train_flops: f64,
 }

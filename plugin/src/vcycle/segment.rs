@@ -12,8 +12,11 @@ use crate::schedule::{Decay, Schedule};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Phase {
+    /// Before a coalesce: on the way down to the smallest level.
     Down,
+    /// At the smallest level.
     Bottom,
+    /// After a grow: on the way back up to the full size.
     Up,
 }
 
@@ -34,6 +37,7 @@ pub struct Segment {
     pub index: usize,
     /// Segments in the cycle (2k − 1).
     pub count: usize,
+    /// Down, bottom or up.
     pub phase: Phase,
     /// 1 = the full model, k = the smallest.
     pub level: usize,
@@ -46,6 +50,7 @@ pub struct Segment {
     pub epoch_steps: Vec<usize>,
     /// Peak learning rate.
     pub learning_rate: f64,
+    /// Steps of linear warm-up to `learning_rate`.
     pub warmup_steps: usize,
     /// How the rate falls after the warm-up ([`crate::VCycleConfig::decay_segments`] says
     /// which segments decay; the others have [`Decay::Constant`]).
@@ -81,6 +86,7 @@ impl Segment {
 /// loader it passes yields exactly the segment's budget. Any `FnMut(&Segment, TrainLoader<M>, ValidLoader<M>) -> SupervisedTraining<M>`
 /// is one.
 pub trait SegmentTraining<M: LearnerModel> {
+    /// The `SupervisedTraining` of `segment`, over the loaders the driver sized for it.
     fn training(
         &mut self,
         segment: &Segment,

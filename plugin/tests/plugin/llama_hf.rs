@@ -49,11 +49,15 @@ fn export_matches_transform_forward_and_round_trips_exactly() {
         save_hf(&model, &out).expect("export");
 
         let ids = random_tokens(11, 3, 24, 96).expect("tokens");
-        let d = compare(
-            &transform_logits(&out, &ids),
-            &llama_logits(&model, &ids, &device),
-        )
-        .expect("same shape");
+        let logits = llama_logits(&model, &ids, &device);
+        keep_for_hf_check(
+            &format!("llama-export-tied-{tied}"),
+            &out,
+            "input_ids",
+            ids_record(&ids),
+            &logits,
+        );
+        let d = compare(&transform_logits(&out, &ids), &logits).expect("same shape");
         println!("burn llama (tied = {tied}) vs transform forward: {d:?}");
         assert!(d.max_abs <= 1e-4, "{d:?}");
 
@@ -149,8 +153,20 @@ fn llama_cycle_coalesces_heads_kv_heads_and_layers_and_alpha_zero_restores() {
 fn llama_cycle_grown_at_alpha_one_keeps_the_small_models_function() {
     let dir = tempdir();
     let run = dir.path().join("run");
-    llama_cycle(two_levels(Some(2), None, 2).with_alpha(1.0), &run);
+    let outcome = llama_cycle(two_levels(Some(2), None, 2).with_alpha(1.0), &run);
     let device = device();
+    let ids = random_tokens(3, 2, 16, 256).expect("tokens");
+    keep_for_hf_check(
+        "llama-vcycle-final",
+        &outcome.final_dir,
+        "input_ids",
+        ids_record(&ids),
+        &llama_logits(
+            &Llama::load_hf(&outcome.final_dir, &device).expect("final"),
+            &ids,
+            &device,
+        ),
+    );
     let small = run.join("checkpoints/02-bottom-L2");
     let grown = run.join("checkpoints/02-to-L1");
     let ids = random_tokens(9, 2, 16, 256).expect("tokens");

@@ -191,3 +191,42 @@ pub fn tensors(file: &Path) -> std::collections::BTreeMap<String, (Vec<usize>, V
         })
         .collect()
 }
+
+/// For `scripts/hf-check.sh`: with `VCYCLE_HF_CHECK_DIR` set, keeps a checkpoint the plugin
+/// wrote (a copy of `model_dir` under `$VCYCLE_HF_CHECK_DIR/name`) with the input and the logits
+/// Burn computed for it (`burn-logits.json`), so that HuggingFace transformers can load it and
+/// be compared with Burn. Without the variable it does nothing.
+pub fn keep_for_hf_check(
+    name: &str,
+    model_dir: &Path,
+    input_name: &str,
+    input: (Vec<usize>, Vec<f64>),
+    logits: &ArrayD<f32>,
+) {
+    let Some(root) = std::env::var_os("VCYCLE_HF_CHECK_DIR") else {
+        return;
+    };
+    let out = PathBuf::from(root).join(name);
+    std::fs::create_dir_all(&out).unwrap_or_else(|e| panic!("{}: {e}", out.display()));
+    for file in ["config.json", "model.safetensors"] {
+        std::fs::copy(model_dir.join(file), out.join(file))
+            .unwrap_or_else(|e| panic!("{}: {e}", model_dir.join(file).display()));
+    }
+    let record = serde_json::json!({
+        "input": input_name,
+        "input_shape": input.0,
+        "input_values": input.1,
+        "logits_shape": logits.shape(),
+        "logits": logits.iter().copied().collect::<Vec<f32>>(),
+    });
+    let file = out.join("burn-logits.json");
+    std::fs::write(&file, record.to_string()).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+}
+
+/// Token ids as `keep_for_hf_check` records them.
+pub fn ids_record(ids: &Array2<i64>) -> (Vec<usize>, Vec<f64>) {
+    (
+        ids.shape().to_vec(),
+        ids.iter().map(|&i| i as f64).collect(),
+    )
+}

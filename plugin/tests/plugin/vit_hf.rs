@@ -126,6 +126,7 @@ fn vit_cycle_on_digits_learns_and_alpha_zero_restores() {
         .set_device(device())
         .build(valid);
     let device = Device::flex().autodiff();
+    device.seed(11);
     let model = VitConfig::new(Digits::SIDE, 2, 1, Digits::CLASSES, 32, 2, 4, 64)
         .init(&device)
         .expect("model");
@@ -155,6 +156,26 @@ fn vit_cycle_on_digits_learns_and_alpha_zero_restores() {
     );
     let chance = (Digits::CLASSES as f64).ln();
     assert!(last.valid_loss_before < 0.6 * chance);
+
+    let shape = [3, 1, Digits::SIDE, Digits::SIDE];
+    let pixels: Vec<f32> = (0..shape.iter().product::<usize>())
+        .map(|i| (i * 37 % 17) as f32 / 16.0)
+        .collect();
+    keep_for_hf_check(
+        "vit-vcycle-final",
+        &outcome.final_dir,
+        "pixel_values",
+        (
+            shape.to_vec(),
+            pixels.iter().map(|&p| f64::from(p)).collect(),
+        ),
+        &vit_logits(
+            &Vit::load_hf(&outcome.final_dir, &super::support::device()).expect("final"),
+            &pixels,
+            shape,
+            &super::support::device(),
+        ),
+    );
 
     let bottom = Vit::load_hf(
         &run.join("checkpoints/02-bottom-L2"),
