@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Builds what scripts/gpu-check.sh needs on a machine with a GPU but no Rust and no internet:
-# the train_gpt example built twice for Vulkan (WGSL shaders: --features wgpu; SPIR-V shaders:
-# --features vulkan) and once for the CPU (flex), stripped and compressed with xz, the Vulkan
-# loader libvulkan.so.1 from Debian's libvulkan1 package, the corpus and the check script.
+# Builds what scripts/gpu-check.sh and scripts/gpu-cost-benchmark.sh need on a machine with a
+# GPU but no Rust and no internet: the train_gpt example built twice for Vulkan (WGSL shaders:
+# --features wgpu; SPIR-V shaders: --features vulkan) and once for the CPU (flex), the
+# cost_benchmark example for Vulkan (WGSL), all stripped and compressed with xz, the Vulkan
+# loader libvulkan.so.1 from Debian's libvulkan1 package, the corpus and the scripts.
 #
 #   scripts/gpu-bundle.sh [OUT_DIR]     (default target/gpu-check; then copy OUT_DIR.tar over)
 #
@@ -13,16 +14,17 @@ out="${1:-target/gpu-check}"
 rm -rf "$out"
 mkdir -p "$out/bin" "$out/lib"
 
-build() { # NAME FEATURES...
-  local name=$1
-  shift
-  cargo build --release --locked -p vcycle-plugin --example train_gpt "$@"
-  cp target/release/examples/train_gpt "$out/bin/$name"
+build() { # EXAMPLE NAME FEATURES...
+  local example=$1 name=$2
+  shift 2
+  cargo build --release --locked -p vcycle-plugin --example "$example" "$@"
+  cp "target/release/examples/$example" "$out/bin/$name"
   strip "$out/bin/$name"
 }
-build train_gpt-cpu
-build train_gpt-wgsl --features wgpu
-build train_gpt-spirv --features vulkan
+build train_gpt train_gpt-cpu
+build train_gpt train_gpt-wgsl --features wgpu
+build train_gpt train_gpt-spirv --features vulkan
+build cost_benchmark cost_benchmark-wgsl --features wgpu
 xz -T0 -9 "$out"/bin/*
 
 if command -v apt-get >/dev/null 2>&1 && (cd "$out/lib" && apt-get download libvulkan1 >/dev/null 2>&1); then
@@ -35,7 +37,8 @@ else
 fi
 mkdir -p "$out/data"
 cp data/rust-book.txt "$out/data/"
-cp scripts/gpu-check.sh "$out/"
+cp scripts/gpu-check.sh scripts/gpu-cost-benchmark.sh scripts/vulkan-env.sh "$out/"
 tar -C "$(dirname "$out")" -cf "$out.tar" "$(basename "$out")"
 du -sh "$out.tar"
 echo "copy $out.tar to the GPU machine, then: tar xf $(basename "$out").tar && $(basename "$out")/gpu-check.sh"
+echo "and for the training cost at scale: $(basename "$out")/gpu-cost-benchmark.sh"

@@ -30,7 +30,7 @@ use anyhow::{Context, Result, bail};
 use clap::Parser;
 use vcycle_plugin::device;
 
-use crate::plan::{Scale, Task, Variant};
+use crate::plan::{Scale, Size, Task, Variant};
 use crate::report::{Report, Summary};
 use crate::run::RunResult;
 
@@ -40,17 +40,25 @@ struct Args {
     /// A short budget (a few minutes) instead of the full one.
     #[arg(long)]
     quick: bool,
+    /// The model and batch: `small` for CPUs, `gpu` for an accelerator (results under gpu-…
+    /// folders).
+    #[arg(long, value_enum, default_value_t = Size::Small)]
+    scale: Size,
+    /// With --tuned: leave out the constant-rate rows (a shorter run, e.g. on an accelerator).
+    #[arg(long)]
+    no_constant: bool,
     /// Seeds of every headline run.
     #[arg(long, default_value_t = 3)]
     seeds: u64,
-    /// Also run the sweep (α, bottom share, learning rate after growing).
+    /// Also run the sweep (α, bottom share, learning rate after growing, moments, groups,
+    /// depth init); with --tuned, around the best-rate 2-level cycle.
     #[arg(long)]
     sweep: bool,
     /// Seeds of every sweep run.
     #[arg(long, default_value_t = 1)]
     sweep_seeds: u64,
     /// The tuned comparison (cosine decay, learning rates swept) instead of the headline.
-    #[arg(long, conflicts_with = "sweep")]
+    #[arg(long)]
     tuned: bool,
     /// The V-cycles --tuned compares with the baseline, by their number of levels.
     #[arg(long, value_delimiter = ',', default_values_t = [2, 3])]
@@ -101,11 +109,8 @@ struct Args {
 
 impl Args {
     fn scale(&self) -> Scale {
-        let scale = if self.quick {
-            Scale::quick()
-        } else {
-            Scale::full()
-        };
+        let scale = Scale::of(self.scale);
+        let scale = if self.quick { scale.quick() } else { scale };
         Scale {
             task: self.task,
             ..scale.times(self.budget as usize)
@@ -137,6 +142,10 @@ fn main() -> Result<()> {
         let sub = match args.task {
             Task::Gpt => format!("{protocol}-{}x", args.budget),
             Task::Bert => format!("bert-{protocol}-{}x", args.budget),
+        };
+        let sub = match args.scale {
+            Size::Small => sub,
+            Size::Gpu => format!("gpu-{sub}"),
         };
         args.work = args.work.join(&sub);
         args.out = args.out.join(&sub);
@@ -192,7 +201,10 @@ fn tuned(args: &Args, scale: &Scale) -> Result<()> {
     if args.levels.iter().any(|&k| k < 2) {
         bail!("--levels: a V-cycle has at least 2 levels");
     }
-    let (tuned, fixed) = plan::tuned(&args.levels);
+    let (tuned, mut fixed) = plan::tuned(&args.levels);
+    if args.no_constant {
+        fixed.clear();
+    }
     if args.lr_factors.is_empty() || args.lr_factors.iter().any(|f| !f.is_finite() || *f <= 0.0) {
         bail!("--lr-factors must be positive numbers");
     }
@@ -246,10 +258,20 @@ fn tuned(args: &Args, scale: &Scale) -> Result<()> {
         }
         best.push(v.lr_times(f));
     }
+    // The knobs, each changed alone from the best-rate 2-level cycle (at that rate: the
+    // knobs are not tuned again).
+    let sweep = match best.iter().find(|v| v.levels == 2) {
+        Some(base) if args.sweep => plan::sweep_from(base),
+        _ => Vec::new(),
+    };
+    print_budgets(sweep.iter(), scale)?;
     let mut jobs: Vec<(Variant, u64)> = Vec::new();
     for seed in 0..args.seeds {
         jobs.extend(best.iter().map(|v| (v.clone(), seed)));
         jobs.extend(fixed.iter().map(|v| (v.clone(), seed)));
+    }
+    for seed in 0..args.sweep_seeds.min(args.seeds) {
+        jobs.extend(sweep.iter().map(|v| (v.clone(), seed)));
     }
     // Seed 0's runs of the best factors and the fixed variants ran with the sweep.
     let ran = |v: &Variant, seed: u64| first.iter().any(|r| &r.variant == v && r.seed == seed);
@@ -268,13 +290,15 @@ fn tuned(args: &Args, scale: &Scale) -> Result<()> {
             })
             .cloned(),
     );
-    let variants: Vec<Variant> = best.iter().chain(&fixed).cloned().collect();
+    let variants: Vec<Variant> = best.iter().chain(&fixed).chain(&sweep).cloned().collect();
     let summaries = report::summarize(&variants, &runs, &best[0]);
     println!("\n{tuning}");
     // results.json keeps every run, the tuning runs too.
     let mut all = runs.clone();
     all.extend(first.iter().filter(|r| !runs.contains(r)).cloned());
-    write_outputs(args, scale, &variants, &summaries, &all, &tuning)?;
+    // The plots show the compared variants; the sweep's are in the table.
+    let plotted = &variants[..best.len() + fixed.len()];
+    write_outputs(args, scale, plotted, &summaries, &all, &tuning)?;
     report::write_trend(args.out.parent().unwrap_or(&args.out))
 }
 
@@ -361,6 +385,9 @@ fn run_jobs(args: &Args, jobs: &[(Variant, u64)]) -> Result<Vec<RunResult>> {
                 .stderr(log);
             if args.quick {
                 cmd.arg("--quick");
+            }
+            if args.scale == Size::Gpu {
+                cmd.args(["--scale", "gpu"]);
             }
             running.push((i, cmd.spawn().context("starting a run")?, Instant::now()));
         }

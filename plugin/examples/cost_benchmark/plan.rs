@@ -28,6 +28,16 @@ impl Task {
     }
 }
 
+/// The model size and batch of a benchmark.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Size {
+    /// 4 layers × 4 heads, width 128, batches of 16 × 64 bytes: runs on 2 CPU cores.
+    #[default]
+    Small,
+    /// 8 layers × 8 heads, width 512, batches of 32 × 128 bytes: for an accelerator.
+    Gpu,
+}
+
 /// Model, data and budget shared by every run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Scale {
@@ -69,12 +79,36 @@ impl Scale {
         }
     }
 
+    /// The accelerator's scale: 8 layers × 8 heads, width 512 (25M parameters with the byte
+    /// embeddings), batches of 32 windows of 128 bytes, the same 600 baseline steps per unit
+    /// of `--budget`.
+    pub fn gpu() -> Self {
+        Scale {
+            batch: 32,
+            seq: 128,
+            hidden: 512,
+            layers: 8,
+            heads: 8,
+            ffn: 2048,
+            valid_bytes: 64 * 1024,
+            ..Self::full()
+        }
+    }
+
+    /// The scale of `size`.
+    pub fn of(size: Size) -> Self {
+        match size {
+            Size::Small => Self::full(),
+            Size::Gpu => Self::gpu(),
+        }
+    }
+
     /// A few minutes: the same model, a short budget.
-    pub fn quick() -> Self {
+    pub fn quick(self) -> Self {
         Scale {
             baseline_steps: 160,
             eval_every: 20,
-            ..Self::full()
+            ..self
         }
     }
 
@@ -186,6 +220,31 @@ impl Variant {
             levels,
             ..Self::baseline()
         }
+    }
+
+    /// Whether every knob of [`sweep_from`] has the default of [`Variant::vcycle`] (the
+    /// learning rates and the schedule aside).
+    pub fn has_default_knobs(&self) -> bool {
+        let default = Variant::vcycle(self.levels);
+        (
+            self.up_lr_factor,
+            self.alpha,
+            self.down_share,
+            self.bottom_share,
+            &self.width_scheme,
+            &self.depth_scheme,
+            self.carry_moments,
+            self.zero_depth_init,
+        ) == (
+            default.up_lr_factor,
+            default.alpha,
+            default.down_share,
+            default.bottom_share,
+            &default.width_scheme,
+            &default.depth_scheme,
+            default.carry_moments,
+            default.zero_depth_init,
+        )
     }
 
     /// This variant with its learning rates (full and small levels) multiplied by `factor`.
@@ -306,10 +365,14 @@ pub fn tuned(levels: &[usize]) -> (Vec<Variant>, Vec<Variant>) {
 /// The knobs that matter and the options beyond the paper, each changed alone from the
 /// 2-level defaults.
 pub fn sweep() -> Vec<Variant> {
-    let base = Variant::vcycle(2);
+    sweep_from(&Variant::vcycle(2))
+}
+
+/// The knobs of [`sweep`], each changed alone from `base` (a 2-level cycle), named after it.
+pub fn sweep_from(base: &Variant) -> Vec<Variant> {
     let with = |name: &str, change: &dyn Fn(&mut Variant)| {
         let mut v = base.clone();
-        v.name = format!("2 levels, {name}");
+        v.name = format!("{}, {name}", base.name);
         change(&mut v);
         v
     };
@@ -344,5 +407,29 @@ mod tests {
                 assert!((b.flops / target - 1.0).abs() < 0.01, "{}: {b:?}", v.name);
             }
         }
+    }
+
+    /// The accelerator's scale plans every tuned variant at 16× with the baseline's FLOPs, and
+    /// its 3-level cycle's bottom model (2 heads, 2 layers) can be built.
+    #[test]
+    fn the_gpu_scale_plans_its_cycles() {
+        let scale = Scale::gpu().times(16);
+        let target = scale.baseline_steps as f64 * scale.step_flops(8, 8).unwrap();
+        let (tuned, fixed) = tuned(&[2, 3]);
+        for v in tuned.iter().chain(&fixed) {
+            let b = v.budget(&scale).unwrap();
+            assert!((b.flops / target - 1.0).abs() < 0.01, "{}: {b:?}", v.name);
+        }
+        assert_eq!(scale.model(2, 2).hidden, 128);
+    }
+
+    /// The sweep changes one knob each; the compared variants change none.
+    #[test]
+    fn sweep_variants_are_told_from_the_compared_ones() {
+        let (tuned, fixed) = tuned(&[2, 3]);
+        assert!(tuned.iter().chain(&fixed).all(Variant::has_default_knobs));
+        let swept = sweep_from(&tuned[1].lr_times(2.0));
+        assert!(swept.iter().all(|v| !v.has_default_knobs()));
+        assert!(swept.iter().all(|v| v.lr == tuned[1].lr * 2.0));
     }
 }

@@ -233,6 +233,12 @@ pub fn write_trend(out: &Path) -> Result<()> {
             };
             let ratios = floats("flops_ratios");
             let reached: Vec<f64> = ratios.iter().flatten().copied().collect();
+            // The trend compares the tuned variants; a sweep's knobs stay in its own table.
+            let swept = serde_json::from_value::<Variant>(s["variant"].clone())
+                .is_ok_and(|v| !v.has_default_knobs());
+            if swept {
+                continue;
+            }
             let name = s["variant"]["name"].as_str().unwrap_or("?");
             let levels = s["variant"]["levels"].as_u64().unwrap_or(1);
             // A point of the plot only where every seed reached the baseline's loss.
