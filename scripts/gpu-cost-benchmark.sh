@@ -58,12 +58,17 @@ rc=0
 # Both runs at once: a small model leaves most of a GPU idle.
 timeout --kill-after 10 "$limit" "$exe" "${args[@]}" --jobs 2 || rc=$?
 if [ "$rc" = 124 ] || [ "$rc" = 137 ]; then
-  echo "time limit ${limit} s: reporting the runs that finished"
-  "$exe" "${args[@]}" --report-only || true
-  echo "how far each run got (last validation lines):"
+  echo "time limit ${limit} s"
+  if compgen -G "$out/*/runs/*.json" >/dev/null; then
+    echo "reporting the runs that finished:"
+    "$exe" "${args[@]}" --report-only || true
+  else
+    echo "no run finished"
+  fi
+  echo "how far each run got (its log's last lines: segment, split, batches done, seconds):"
   for log in "$work"/*/logs/*.log; do
     echo "== $(basename "$log")"
-    grep -i 'valid' "$log" | tail -n 2 || true
+    tail -n 2 "$log"
   done
 elif [ "$rc" != 0 ]; then
   echo "cost_benchmark failed (exit $rc); logs under $work" >&2

@@ -160,8 +160,11 @@ impl Run<'_> {
     {
         SupervisedTraining::new(dir, train, valid)
             .metric_valid_numeric(LossMetric::new())
+            // A line a minute in the run's log: how far a run got if it is stopped.
             .renderer(Box::new(
-                ProgressLine::quiet().recording(self.history.clone()),
+                ProgressLine::new()
+                    .every(std::time::Duration::from_secs(60))
+                    .recording(self.history.clone()),
             ))
     }
 
