@@ -51,8 +51,8 @@ pub struct BoundaryRecord {
     pub to: Option<ModelSize>,
     /// Optimizer steps so far.
     pub steps: usize,
-    /// Training FLOPs so far (the model's analytic count, e.g.
-    /// [`crate::Gpt2Config::train_flops`], over every batch trained on).
+    /// Training FLOPs so far (the model's FLOP counter, by default [`crate::train_flops`],
+    /// over every batch trained on).
     pub train_flops: f64,
     /// Validation loss of the trained model, just before the transform.
     pub valid_loss_before: f64,
