@@ -177,6 +177,9 @@ pub struct Saving {
     /// over seeds.
     pub mean: f64,
     pub std: f64,
+    /// False where some seed never reached the baseline's final loss: drawn hollow at 0%
+    /// (nothing saved) instead of a mean.
+    pub reached: bool,
 }
 
 /// Writes `stem.png` and `stem.svg`: FLOPs saved against the budget (log scale), one line per
@@ -211,7 +214,7 @@ where
     let y_min = points.iter().map(|p| p.mean - p.std).fold(0.0, f64::min) - 5.0;
     let mut chart = ChartBuilder::on(&area)
         .caption(
-            "FLOPs the V-cycle saves to the tuned baseline's final loss",
+            "FLOPs the V-cycle saves to the tuned baseline's final loss (hollow: not reached)",
             ("sans-serif", 22),
         )
         .margin(16)
@@ -223,6 +226,8 @@ where
         .configure_mesh()
         .x_desc("budget (baseline optimizer steps, log scale)")
         .y_desc("FLOPs saved (%)")
+        .x_labels(4)
+        .x_label_formatter(&|x| format!("{x:.0}"))
         .label_style(("sans-serif", 16))
         .draw()
         .map_err(fail)?;
@@ -263,10 +268,14 @@ where
         });
         chart.draw_series(bars).map_err(fail)?;
         chart
-            .draw_series(
-                mine.iter()
-                    .map(|p| Circle::new((p.steps, p.mean), 4, color.filled())),
-            )
+            .draw_series(mine.iter().map(|p| {
+                let style = if p.reached {
+                    color.filled()
+                } else {
+                    color.stroke_width(2)
+                };
+                Circle::new((p.steps, p.mean), 6, style)
+            }))
             .map_err(fail)?;
     }
     chart

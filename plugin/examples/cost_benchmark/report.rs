@@ -242,15 +242,25 @@ pub fn write_trend(out: &Path) -> Result<()> {
             let name = s["variant"]["name"].as_str().unwrap_or("?");
             let levels = s["variant"]["levels"].as_u64().unwrap_or(1);
             // A point of the plot only where every seed reached the baseline's loss.
-            if levels >= 2 && !name.contains("constant") && reached.len() == ratios.len() {
+            if levels >= 2 && !name.contains("constant") && !ratios.is_empty() {
                 let saved: Vec<f64> = reached.iter().map(|r| (1.0 - r) * 100.0).collect();
-                if let Some(spread) = Spread::of(&saved) {
-                    savings.push(plot::Saving {
-                        series: format!("{model}, {levels} levels"),
+                let series = format!("{model}, {levels} levels");
+                match Spread::of(&saved) {
+                    Some(spread) if reached.len() == ratios.len() => savings.push(plot::Saving {
+                        series,
                         steps: *steps as f64,
                         mean: spread.mean,
                         std: spread.std,
-                    });
+                        reached: true,
+                    }),
+                    // Some seed never reached it: nothing saved, drawn hollow at 0.
+                    _ => savings.push(plot::Saving {
+                        series,
+                        steps: *steps as f64,
+                        mean: 0.0,
+                        std: 0.0,
+                        reached: false,
+                    }),
                 }
             }
             let losses: Vec<f64> = floats("final_losses").into_iter().flatten().collect();
