@@ -157,14 +157,7 @@ where
             .label("baseline final loss (mean)")
             .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 8, y)], BLACK.stroke_width(1)));
     }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .label_font(("sans-serif", 16))
-        .draw()
-        .map_err(fail)?;
-    area.present().map_err(fail)
+    finish(chart, &area, title)
 }
 
 /// One point of the savings trend: a V-cycle of one model at one budget.
@@ -278,6 +271,19 @@ where
             }))
             .map_err(fail)?;
     }
+    finish(chart, &area, "the savings")
+}
+
+/// Draws the legend and writes the picture out.
+fn finish<'a, B: DrawingBackend + 'a, CT: CoordTranslate>(
+    mut chart: ChartContext<'a, B, CT>,
+    area: &DrawingArea<B, Shift>,
+    what: &str,
+) -> Result<()>
+where
+    B::ErrorType: 'static,
+{
+    let fail = |e: DrawingAreaErrorKind<B::ErrorType>| anyhow!("plotting {what}: {e}");
     chart
         .configure_series_labels()
         .background_style(WHITE.mix(0.85))
