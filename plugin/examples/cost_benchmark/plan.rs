@@ -376,17 +376,22 @@ pub fn sweep_from(base: &Variant) -> Vec<Variant> {
         change(&mut v);
         v
     };
+    // In the order they run: first the knobs of the growth step, where the 16x cycle lost
+    // what its small level had gained (α, the rate after growing), then the others.
     vec![
-        with("alpha 0.25", &|v| v.alpha = 0.25),
-        with("bottom 5%", &|v| v.bottom_share = 0.05),
-        with("bottom 30%", &|v| v.bottom_share = 0.3),
+        with("alpha 0.75", &|v| v.alpha = 0.75),
         with("up lr x0.5", &|v| v.up_lr_factor = 0.5),
+        with("up lr x2", &|v| v.up_lr_factor = 2.0),
+        with("alpha 0.25", &|v| v.alpha = 0.25),
         with("Adam moments carried", &|v| v.carry_moments = true),
+        with("bottom 30%", &|v| v.bottom_share = 0.3),
+        with("down 20%", &|v| v.down_share = 0.2),
+        with("zero depth init", &|v| v.zero_depth_init = true),
+        with("bottom 5%", &|v| v.bottom_share = 0.05),
         with("similar groups", &|v| {
             v.width_scheme = "similar".into();
             v.depth_scheme = "similar".into();
         }),
-        with("zero depth init", &|v| v.zero_depth_init = true),
     ]
 }
 
