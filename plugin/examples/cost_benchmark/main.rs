@@ -57,6 +57,10 @@ struct Args {
     /// Seeds of every sweep run.
     #[arg(long, default_value_t = 1)]
     sweep_seeds: u64,
+    /// Only these knobs of the sweep, comma-separated, named as in its table (e.g. "alpha
+    /// 0.25,up lr x2"): to give the promising ones more seeds.
+    #[arg(long, value_delimiter = ',')]
+    sweep_only: Vec<String>,
     /// The tuned comparison (cosine decay, learning rates swept) instead of the headline.
     #[arg(long)]
     tuned: bool,
@@ -155,7 +159,7 @@ fn main() -> Result<()> {
     }
     let headline = plan::headline();
     let sweep = if args.sweep {
-        plan::sweep()
+        plan::only_knobs(plan::sweep(), &args.sweep_only)?
     } else {
         Vec::new()
     };
@@ -261,7 +265,7 @@ fn tuned(args: &Args, scale: &Scale) -> Result<()> {
     // The knobs, each changed alone from the best-rate 2-level cycle (at that rate: the
     // knobs are not tuned again).
     let sweep = match best.iter().find(|v| v.levels == 2) {
-        Some(base) if args.sweep => plan::sweep_from(base),
+        Some(base) if args.sweep => plan::only_knobs(plan::sweep_from(base), &args.sweep_only)?,
         _ => Vec::new(),
     };
     print_budgets(sweep.iter(), scale)?;

@@ -383,6 +383,7 @@ pub fn sweep_from(base: &Variant) -> Vec<Variant> {
         with("up lr x0.5", &|v| v.up_lr_factor = 0.5),
         with("up lr x2", &|v| v.up_lr_factor = 2.0),
         with("alpha 0.25", &|v| v.alpha = 0.25),
+        with("alpha 0.1", &|v| v.alpha = 0.1),
         with("Adam moments carried", &|v| v.carry_moments = true),
         with("bottom 30%", &|v| v.bottom_share = 0.3),
         with("down 20%", &|v| v.down_share = 0.2),
@@ -393,6 +394,30 @@ pub fn sweep_from(base: &Variant) -> Vec<Variant> {
             v.depth_scheme = "similar".into();
         }),
     ]
+}
+
+/// The knob a sweep variant changes: its name after the base's.
+fn knob(variant: &Variant) -> &str {
+    variant
+        .name
+        .rsplit_once(", ")
+        .map_or(variant.name.as_str(), |(_, knob)| knob)
+}
+
+/// The variants of `sweep` whose knob is one of `only` (all of them if `only` is empty).
+pub fn only_knobs(sweep: Vec<Variant>, only: &[String]) -> Result<Vec<Variant>> {
+    let only: Vec<&str> = only.iter().map(|k| k.trim()).collect();
+    if let Some(unknown) = only.iter().find(|k| !sweep.iter().any(|v| knob(v) == **k)) {
+        let knobs: Vec<&str> = sweep.iter().map(knob).collect();
+        bail!(
+            "--sweep-only: no knob named {unknown:?}; the knobs: {}",
+            knobs.join(", ")
+        );
+    }
+    Ok(sweep
+        .into_iter()
+        .filter(|v| only.is_empty() || only.contains(&knob(v)))
+        .collect())
 }
 
 #[cfg(test)]
@@ -426,6 +451,22 @@ mod tests {
             assert!((b.flops / target - 1.0).abs() < 0.01, "{}: {b:?}", v.name);
         }
         assert_eq!(scale.model(2, 2).hidden, 128);
+    }
+
+    /// `--sweep-only` keeps the named knobs, in the sweep's order, and refuses an unknown one.
+    #[test]
+    fn only_the_named_knobs_are_swept() {
+        let base = Variant::vcycle(2).lr_times(0.5);
+        let named = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+        let kept = only_knobs(sweep_from(&base), &named(&["up lr x2", "alpha 0.25"])).unwrap();
+        let knobs: Vec<&str> = kept.iter().map(knob).collect();
+        assert_eq!(knobs, ["up lr x2", "alpha 0.25"]);
+        assert_eq!(
+            only_knobs(sweep_from(&base), &[]).unwrap().len(),
+            sweep_from(&base).len()
+        );
+        let error = only_knobs(sweep_from(&base), &named(&["alpha 0.3"])).unwrap_err();
+        assert!(error.to_string().contains("alpha 0.25"), "{error}");
     }
 
     /// The sweep changes one knob each; the compared variants change none.
