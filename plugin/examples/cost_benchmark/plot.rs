@@ -207,7 +207,7 @@ where
     let y_min = points.iter().map(|p| p.mean - p.std).fold(0.0, f64::min) - 5.0;
     let mut chart = ChartBuilder::on(&area)
         .caption(
-            "FLOPs the V-cycle saves to the tuned baseline's final loss (hollow: not reached)",
+            "FLOPs the V-cycle saves to the tuned baseline's final loss (hollow: not reached on every seed)",
             ("sans-serif", 22),
         )
         .margin(16)
