@@ -254,8 +254,8 @@ fn write_safetensors(
 
     // Written on a thread of its own while the next block is computed, through an ordinary
     // buffered file: the page cache writes it back, and the caller's fsync waits for what is
-    // left. Written on the computing thread, a bf16 grow took 1.44-1.85 times its copy (see
-    // docs/performance.md).
+    // left. Written on the computing thread, a bf16 grow took 1.44-1.67 times its copy, with it
+    // 1.27-1.29 (docs/performance.md).
     take_space(8 + header_bytes.len()).map_err(Error::io(path))?;
     std::thread::scope(|scope| {
         let (to_writer, computed) = mpsc::sync_channel::<Block>(1);
