@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 use crate::execute::{self, Inputs};
 use crate::plan::{self, AlphaRange, Plan, Target, TensorPlan};
 use crate::progress::Progress;
-use crate::read::{Checkpoint, Layout};
+use crate::read::{Checkpoint, Layout, Prefetch};
 use crate::write::{self, OutputForm, OutputPolicy, SideFile};
 
 /// Options shared by every conversion.
@@ -269,10 +269,6 @@ impl Job {
     ) -> Result<()> {
         let policy = self.output_policy(force)?;
         policy.check(&[output])?;
-        let inputs = Inputs {
-            primary: &self.primary,
-            large: self.large.as_ref(),
-        };
         let plan = &self.plan;
         let scanned = Mutex::new(Scanned::default());
         // Inputs no output reads are scanned now; the others with the first output computed
@@ -288,14 +284,49 @@ impl Job {
             }
         }
         progress.start(plan.output_bytes());
+        let order: Vec<_> = write::computation_order(&self.form, &plan.tensors)
+            .into_iter()
+            .map(|t| {
+                let inputs = input_keys(t)
+                    .filter_map(|(in_large, name)| Some((self.input(in_large)?, name)))
+                    .collect();
+                (t.name.as_str(), inputs)
+            })
+            .collect();
+        let prefetch = Prefetch::new(&order);
+        std::thread::scope(|scope| {
+            scope.spawn(|| prefetch.run());
+            let written =
+                self.write_computed(output, &policy, side_files, progress, &scanned, &prefetch);
+            prefetch.finish();
+            written
+        })
+    }
+
+    /// Computes and writes every output tensor; see [`Job::write_with_progress`].
+    fn write_computed(
+        &self,
+        output: &Path,
+        policy: &OutputPolicy,
+        side_files: &[SideFile<'_>],
+        progress: &dyn Progress,
+        scanned: &Mutex<Scanned>,
+        prefetch: &Prefetch<'_>,
+    ) -> Result<()> {
+        let plan = &self.plan;
+        let inputs = Inputs {
+            primary: &self.primary,
+            large: self.large.as_ref(),
+        };
         write::write_output(
             output,
-            &policy,
+            policy,
             &self.form,
             &plan.tensors,
             &self.metadata,
             side_files,
             &|t, sink| {
+                prefetch.reached(&t.name);
                 let from_inputs = || {
                     scanned.lock().is_ok_and(|scanned| {
                         input_keys(t).any(|(in_large, name)| {
@@ -307,7 +338,7 @@ impl Job {
                 if !output_first {
                     let mut keep = KEEP_SCANNED_BYTES;
                     for key in input_keys(t) {
-                        self.scan_input(key, &scanned, &mut keep)?;
+                        self.scan_input(key, scanned, &mut keep)?;
                     }
                 }
                 // Non-finite values that come from the inputs are reported with them.
@@ -339,7 +370,7 @@ impl Job {
                 };
                 if output_first {
                     for key in input_keys(t) {
-                        self.scan_input(key, &scanned, &mut 0)?;
+                        self.scan_input(key, scanned, &mut 0)?;
                     }
                 }
                 if from_inputs() {

@@ -20,11 +20,13 @@ mod directory;
 mod header;
 mod json;
 mod mapped_file;
+mod prefetch;
 
 pub use directory::read_regular;
 use directory::{collect_extra_files, read_index, require_regular};
 pub use header::{HEADER_LEN_BYTES, Header, HeaderTensor, MAX_HEADER_LEN, parse_header};
 use mapped_file::MappedFile;
+pub use prefetch::Prefetch;
 
 pub const CONFIG_FILE: &str = "config.json";
 pub const SINGLE_FILE: &str = "model.safetensors";

@@ -3,27 +3,30 @@
 //!
 //! Every path is written under one [`OutputPolicy`]: into a work directory beside it, renamed
 //! into place only when complete, so an output appears whole or not at all and an existing one
-//! is never half overwritten (see `output_policy.rs`).
+//! is never half overwritten (see `output_policy.rs`). This file writes the output's form
+//! (file, directory, shards); `safetensors_file.rs` writes one safetensors file as its tensors
+//! are computed, and `replace.rs` replaces a file atomically.
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{BufWriter, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
 
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 
 use crate::error::{Error, Result};
-use crate::execute::{Block, Sink};
+use crate::execute::Sink;
 use crate::plan::TensorPlan;
 use crate::read::{CONFIG_FILE, INDEX_FILE, SINGLE_FILE};
 
 mod output_policy;
 mod replace;
+mod safetensors_file;
 
 pub use output_policy::OutputPolicy;
 use output_policy::{Staged, commit, sync_dir};
 pub use replace::{replace_atomically, sweep_leftovers};
+use safetensors_file::{file_order, write_safetensors};
 
 /// The form of the output.
 #[derive(Debug, Clone)]
@@ -121,7 +124,8 @@ fn write_new(
     match form {
         OutputForm::File => {
             let file = File::create(tmp).map_err(Error::io(tmp))?;
-            write_safetensors(&file, tmp, tensors, metadata, compute)?;
+            let tensors: Vec<&TensorPlan> = tensors.iter().collect();
+            write_safetensors(&file, tmp, &tensors, metadata, compute)?;
             file.sync_all().map_err(Error::io(tmp))
         }
         OutputForm::Directory {
@@ -199,12 +203,24 @@ fn write_json(path: &Path, value: &Value) -> Result<()> {
     write_synced(path, text.as_bytes()).map_err(Error::io(path))
 }
 
-/// Greedy split in plan order; a tensor larger than the limit gets a shard of its own.
-fn split_shards(tensors: &[TensorPlan], limit: Option<u64>) -> Vec<Vec<TensorPlan>> {
-    let Some(limit) = limit else {
-        return vec![tensors.to_vec()];
+/// The order [`write_output`] computes the tensors in: shard by shard, each in its file's order.
+pub fn computation_order<'a>(form: &OutputForm, tensors: &'a [TensorPlan]) -> Vec<&'a TensorPlan> {
+    let shard_size = match form {
+        OutputForm::File => None,
+        OutputForm::Directory { shard_size, .. } => *shard_size,
     };
-    let mut shards: Vec<Vec<TensorPlan>> = vec![Vec::new()];
+    split_shards(tensors, shard_size)
+        .iter()
+        .flat_map(|shard| file_order(shard))
+        .collect()
+}
+
+/// Greedy split in plan order; a tensor larger than the limit gets a shard of its own.
+fn split_shards(tensors: &[TensorPlan], limit: Option<u64>) -> Vec<Vec<&TensorPlan>> {
+    let Some(limit) = limit else {
+        return vec![tensors.iter().collect()];
+    };
+    let mut shards: Vec<Vec<&TensorPlan>> = vec![Vec::new()];
     let mut size = 0u64;
     for t in tensors {
         let len = byte_len(t) as u64;
@@ -214,186 +230,17 @@ fn split_shards(tensors: &[TensorPlan], limit: Option<u64>) -> Vec<Vec<TensorPla
         }
         size += len;
         if let Some(last) = shards.last_mut() {
-            last.push(t.clone());
+            last.push(t);
         }
     }
     shards
 }
 
-/// Writes one safetensors file: the header first (every shape is known from the plan), then
-/// each tensor as it is computed, in the order the safetensors crate writes (dtype, larger
-/// first, then name), so files match what `safetensors.serialize` would produce.
-fn write_safetensors(
-    file: &File,
-    path: &Path,
-    tensors: &[TensorPlan],
-    metadata: &BTreeMap<String, String>,
-    compute: &Produce<'_>,
-) -> Result<()> {
-    let mut order: Vec<&TensorPlan> = tensors.iter().collect();
-    order.sort_by(|a, b| b.dtype.cmp(&a.dtype).then(a.name.cmp(&b.name)));
-    let mut header = Map::new();
-    if !metadata.is_empty() {
-        header.insert("__metadata__".into(), json!(metadata));
-    }
-    let mut offset = 0usize;
-    for t in &order {
-        let len = byte_len(t);
-        header.insert(
-            t.name.clone(),
-            json!({"dtype": crate::dtype::name(t.dtype), "shape": t.shape, "data_offsets": [offset, offset + len]}),
-        );
-        offset += len;
-    }
-    let mut header_bytes =
-        serde_json::to_vec(&Value::Object(header)).map_err(|source| Error::Json {
-            path: path.to_path_buf(),
-            source,
-        })?;
-    header_bytes.resize(header_bytes.len().next_multiple_of(8), b' ');
-
-    // Written on a thread of its own while the next block is computed, through an ordinary
-    // buffered file: the page cache writes it back, and the caller's fsync waits for what is
-    // left. Written on the computing thread, a bf16 grow took 1.44-1.67 times its copy, with it
-    // 1.27-1.29 (docs/performance.md).
-    take_space(8 + header_bytes.len()).map_err(Error::io(path))?;
-    std::thread::scope(|scope| {
-        let (to_writer, computed) = mpsc::sync_channel::<Block>(1);
-        let (to_compute, spares) = mpsc::channel::<Block>();
-        let writer = scope.spawn(move || {
-            let mut out = Output::new(file, path);
-            out.write(&(header_bytes.len() as u64).to_le_bytes())?;
-            out.write(&header_bytes)?;
-            for block in computed {
-                out.write(block.bytes())?;
-                // The computing side may be gone; then the block is dropped.
-                to_compute.send(block).ok();
-            }
-            out.flush()
-        });
-        let produced = order.into_iter().try_for_each(|t| {
-            let mut check = SizeCheck::new(t);
-            compute(t, &mut |block| {
-                let len = block.bytes().len();
-                check.add(len)?;
-                take_space(len).map_err(Error::io(path))?;
-                let spare = spares.try_recv().unwrap_or_default();
-                // Fails only when the writer stopped on an error, which is reported instead.
-                to_writer
-                    .send(std::mem::replace(block, spare))
-                    .map_err(|_| Error::io(path)(std::io::Error::other("the writer stopped")))
-            })?;
-            check.finish()
-        });
-        drop(to_writer);
-        let written = writer
-            .join()
-            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-        written.and(produced)
-    })
-}
-
-/// A safetensors file being written.
-struct Output<'a> {
-    file: BufWriter<&'a File>,
-    path: &'a Path,
-}
-
-impl<'a> Output<'a> {
-    fn new(file: &'a File, path: &'a Path) -> Self {
-        Output {
-            file: BufWriter::with_capacity(BUFFER_BYTES, file),
-            path,
-        }
-    }
-
-    fn write(&mut self, bytes: &[u8]) -> Result<()> {
-        self.file.write_all(bytes).map_err(Error::io(self.path))
-    }
-
-    fn flush(&mut self) -> Result<()> {
-        self.file.flush().map_err(Error::io(self.path))
-    }
-}
-
-/// The write buffer: small tensors (biases, norms) are gathered into writes of this size.
-const BUFFER_BYTES: usize = 1 << 20;
-
-/// Bytes computed for one tensor, against its planned size.
-struct SizeCheck<'t> {
-    tensor: &'t TensorPlan,
-    planned: usize,
-    written: usize,
-}
-
-impl<'t> SizeCheck<'t> {
-    fn new(tensor: &'t TensorPlan) -> Self {
-        SizeCheck {
-            tensor,
-            planned: byte_len(tensor),
-            written: 0,
-        }
-    }
-
-    /// Counts `bytes` more; checked before they are written, since the header already promised
-    /// the planned size.
-    fn add(&mut self, bytes: usize) -> Result<()> {
-        self.written += bytes;
-        if self.written > self.planned {
-            return Err(self.wrong_size());
-        }
-        Ok(())
-    }
-
-    fn finish(&self) -> Result<()> {
-        if self.written != self.planned {
-            return Err(self.wrong_size());
-        }
-        Ok(())
-    }
-
-    fn wrong_size(&self) -> Error {
-        Error::BadAxis {
-            tensor: self.tensor.name.clone(),
-            axis: 0,
-            shape: self.tensor.shape.clone(),
-            reason: format!("computed {} bytes, planned {}", self.written, self.planned),
-        }
-    }
-}
-
-#[cfg(test)]
-thread_local! {
-    /// Under test: bytes of tensor files the disk still takes before it is full.
-    static DISK_SPACE: std::cell::Cell<Option<u64>> = const { std::cell::Cell::new(None) };
-}
-
-#[cfg(not(test))]
-fn take_space(_: usize) -> std::io::Result<()> {
-    Ok(())
-}
-
-/// Under test: a disk that fills up takes no write larger than the space it has left.
-#[cfg(test)]
-fn take_space(len: usize) -> std::io::Result<()> {
-    let Some(left) = DISK_SPACE.get() else {
-        return Ok(());
-    };
-    match left.checked_sub(len as u64) {
-        Some(rest) => {
-            DISK_SPACE.set(Some(rest));
-            Ok(())
-        }
-        None => Err(std::io::Error::new(
-            std::io::ErrorKind::StorageFull,
-            "no space left on device (simulated)",
-        )),
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use super::safetensors_file::{BUFFER_BYTES, DISK_SPACE};
     use super::*;
+    use crate::execute::Block;
     use crate::plan::DepthOp;
     use crate::test_support::dir_entries as entries;
     use safetensors::Dtype;
@@ -523,6 +370,7 @@ mod tests {
             }
             Ok(())
         };
+        let tensors: Vec<&TensorPlan> = tensors.iter().collect();
         let result = write_safetensors(&file, &path, &tensors, &BTreeMap::new(), &produce);
         match result {
             Err(Error::Io { path: p, source }) => {

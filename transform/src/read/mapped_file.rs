@@ -55,6 +55,15 @@ impl MappedFile {
         }
     }
 
+    /// Asks the kernel to read `range` of the file into the page cache, without waiting for it;
+    /// see [`Prefetch`](super::Prefetch). Best effort.
+    pub(super) fn read_ahead(&self, range: std::ops::Range<usize>) {
+        #[cfg(unix)]
+        let _ = self
+            .map
+            .advise_range(memmap2::Advice::WillNeed, range.start, range.len());
+    }
+
     /// Marks `range` of the file consumed; see [`Checkpoint::release`].
     ///
     /// [`Checkpoint::release`]: super::Checkpoint::release
