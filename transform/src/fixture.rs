@@ -358,7 +358,9 @@ pub fn config(spec: &FixtureSpec) -> Result<Value> {
 /// Writes a fixture as a HuggingFace model directory (config.json + model.safetensors).
 pub fn write_dir(spec: &FixtureSpec, dir: &Path) -> Result<()> {
     let tensors = build(spec)?;
-    std::fs::create_dir_all(dir).map_err(Error::io(dir))?;
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(Error::io(parent))?;
+    }
     let config = config(spec)?;
     let plans: Vec<TensorPlan> = tensors.iter().map(tensor_plan).collect();
     // Each tensor's bytes are handed to the writer, not copied (a benchmark model is GBs).
@@ -370,18 +372,12 @@ pub fn write_dir(spec: &FixtureSpec, dir: &Path) -> Result<()> {
         shard_size: None,
     };
     let metadata = BTreeMap::from([("format".to_string(), "pt".to_string())]);
-    let tmp = dir.with_extension("building");
-    let _ = std::fs::remove_dir_all(&tmp);
+    // Replaces an existing directory atomically, as `--force` does.
     let policy = crate::write::OutputPolicy::new(&[], true)?;
-    crate::write::write_output(&tmp, &policy, &form, &plans, &metadata, &[], &|t, sink| {
+    crate::write::write_output(dir, &policy, &form, &plans, &metadata, &[], &|t, sink| {
         let data = by_name.lock().ok().and_then(|mut m| m.remove(&t.name));
         sink(&mut crate::execute::Block::from(data.unwrap_or_default()))
-    })?;
-    match std::fs::remove_dir_all(dir) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(Error::io(dir)(e)),
-        _ => {}
-    }
-    std::fs::rename(&tmp, dir).map_err(Error::io(dir))
+    })
 }
 
 fn tensor_plan(t: &FixtureTensor) -> TensorPlan {
