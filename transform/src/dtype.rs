@@ -54,8 +54,8 @@ pub trait Float:
     const ZERO: Self;
     const ONE: Self;
     const HALF: Self;
-    /// The value nearest `v` (exact for the group sizes, reciprocals of powers of two and α
-    /// that the operators use as f64).
+    /// The value nearest `v` (exact for the group sizes and α that the operators use as
+    /// f64).
     fn from_f64(v: f64) -> Self;
     /// `v` exactly.
     fn from_f32(v: f32) -> Self;

@@ -13,19 +13,12 @@ pub fn combine<'a, T: Float>(
     row: impl Fn(usize) -> &'a [T],
 ) {
     match sources {
+        [single] if divisor == 1.0 => dst.copy_from_slice(row(*single)),
         [single] => {
-            let src = row(*single);
-            match exact_reciprocal(divisor) {
-                Some(1.0) => dst.copy_from_slice(src),
-                Some(r) => {
-                    let r = T::from_f64(r);
-                    dst.iter_mut().zip(src).for_each(|(d, &s)| *d = s * r);
-                }
-                None => {
-                    let divisor = T::from_f64(divisor);
-                    dst.iter_mut().zip(src).for_each(|(d, &s)| *d = s / divisor);
-                }
-            }
+            let divisor = T::from_f64(divisor);
+            dst.iter_mut()
+                .zip(row(*single))
+                .for_each(|(d, &s)| *d = s / divisor);
         }
         // A sum, left to right; the first two rows in one pass.
         [first, second, rest @ ..] if divisor == 1.0 => {
@@ -98,28 +91,10 @@ fn shifted_mean<'a, T: Float>(
             .zip(row.iter().zip(first))
             .for_each(|(d, (&r, &f))| *d += r - f);
     }
-    match exact_reciprocal(n) {
-        Some(r) => {
-            let r = T::from_f64(r);
-            dst.iter_mut()
-                .zip(first)
-                .for_each(|(d, &f)| *d = f + *d * r);
-        }
-        None => {
-            let n = T::from_f64(n);
-            dst.iter_mut()
-                .zip(first)
-                .for_each(|(d, &f)| *d = f + *d / n);
-        }
-    }
-}
-
-/// `1 / divisor` when multiplying by it is dividing by `divisor`, bit for bit: for a power of
-/// two, x / 2^k and x · 2^−k are the same real number, so rounded they are equal. A product
-/// costs a fraction of a division, and group sizes are mostly powers of two.
-fn exact_reciprocal(divisor: f64) -> Option<f64> {
-    const MANTISSA: u64 = (1 << 52) - 1;
-    (divisor.is_normal() && divisor.to_bits() & MANTISSA == 0).then(|| 1.0 / divisor)
+    let n = T::from_f64(n);
+    dst.iter_mut()
+        .zip(first)
+        .for_each(|(d, &f)| *d = f + *d / n);
 }
 
 /// Depth coalescing: `dst` = the element-wise mean of the group's layers (a single layer is

@@ -1,4 +1,4 @@
-//! The arithmetic: interpolation's end points, products by exact reciprocals and the depth
+//! The arithmetic: interpolation's end points, splits and means as the plain divisions, and the depth
 //! mean of equal layers.
 
 use super::*;
@@ -18,7 +18,7 @@ fn interpolation_end_points_keep_signed_zero() {
 }
 
 #[test]
-fn products_by_exact_reciprocals_are_the_divisions_bit_for_bit() {
+fn splits_and_means_are_the_plain_divisions_bit_for_bit() {
     use rand::{RngExt, SeedableRng};
     let mut rng = rand::rngs::Xoshiro256PlusPlus::seed_from_u64(3);
     let mut values: Vec<f64> = (0..200_000)
