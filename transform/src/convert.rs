@@ -296,10 +296,9 @@ impl Job {
         let prefetch = Prefetch::new(&order);
         std::thread::scope(|scope| {
             scope.spawn(|| prefetch.run());
-            let written =
-                self.write_computed(output, &policy, side_files, progress, &scanned, &prefetch);
-            prefetch.finish();
-            written
+            // Ends the reading ahead however the computation ends, a panic included.
+            let _finish = prefetch.finish_on_drop();
+            self.write_computed(output, &policy, side_files, progress, &scanned, &prefetch)
         })
     }
 

@@ -1,5 +1,5 @@
-//! The arithmetic: interpolation's end points, splits and means as the plain divisions, and the depth
-//! mean of equal layers.
+//! The arithmetic: interpolation's end points, splits and means as the plain divisions, and
+//! the depth mean of equal layers.
 
 use super::*;
 

@@ -86,6 +86,17 @@ impl<'a> Prefetch<'a> {
         }
     }
 
+    /// Calls [`Prefetch::finish`] when dropped.
+    pub fn finish_on_drop(&self) -> impl Drop + '_ {
+        struct Finish<'p, 'a>(&'p Prefetch<'a>);
+        impl Drop for Finish<'_, '_> {
+            fn drop(&mut self) {
+                self.0.finish();
+            }
+        }
+        Finish(self)
+    }
+
     /// Ends [`Prefetch::run`]: the computation is over, finished or failed.
     pub fn finish(&self) {
         if let Ok(mut reached) = self.reached.lock() {
@@ -168,7 +179,7 @@ mod tests {
         std::thread::scope(|scope| {
             let running = scope.spawn(|| prefetch.run());
             prefetch.reached("a");
-            prefetch.finish();
+            drop(prefetch.finish_on_drop());
             running.join().unwrap();
         });
     }
