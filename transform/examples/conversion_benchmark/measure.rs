@@ -61,25 +61,23 @@ pub fn bench_operation(
                 .collect();
             // Deleting an earlier output is not part of a conversion (it costs a large file's
             // unlink, 0.1 s per GB here): neither child finds one, and the deletions are
-            // committed to the disk (`sync`) before either starts. Both are deleted first, so
-            // that neither child starts just after a large file's pages were freed. The two
-            // children take turns at going first: the first one after the last model's
-            // writes met a slower disk on a virtual machine (the Llama grow from disk took
-            // 4.1-6.1 s after the BERT-Large grow, 2.6-3.8 s after its own copy). (The
-            // conversion's output stays: a later operation reads it.)
+            // committed to the disk (`sync`) before either starts. The two children take turns
+            // at going first: on a virtual machine a child in one position often took twice as
+            // long as in the other (the per-child times printed below; docs/performance.md,
+            // "The benchmark"). (The conversion's output stays: a later operation reads it.)
             remove(output)?;
             remove(&copy_out)?;
             sync()?;
+            let measure = |args: &[String]| {
+                cache.prepare(&inputs)?;
+                run_child(args)
+            };
             let (c, k) = if run % 2 == 0 {
-                cache.prepare(&inputs)?;
-                let c = run_child(&args)?;
-                cache.prepare(&inputs)?;
-                (c, run_child(&copy_args)?)
+                let c = measure(&args)?;
+                (c, measure(&copy_args)?)
             } else {
-                cache.prepare(&inputs)?;
-                let k = run_child(&copy_args)?;
-                cache.prepare(&inputs)?;
-                (run_child(&args)?, k)
+                let k = measure(&copy_args)?;
+                (measure(&args)?, k)
             };
             eprintln!("  {:.2} s, copy {:.2} s", seconds(&c), seconds(&k));
             runs.copy_times.push(seconds(&k));

@@ -86,7 +86,8 @@ impl<'a> Prefetch<'a> {
         }
     }
 
-    /// Calls [`Prefetch::finish`] when dropped.
+    /// Ends [`Prefetch::run`] when dropped: the computation is over, finished or failed (or
+    /// panicked).
     pub fn finish_on_drop(&self) -> impl Drop + '_ {
         struct Finish<'p, 'a>(&'p Prefetch<'a>);
         impl Drop for Finish<'_, '_> {
@@ -98,15 +99,15 @@ impl<'a> Prefetch<'a> {
     }
 
     /// Ends [`Prefetch::run`]: the computation is over, finished or failed.
-    pub fn finish(&self) {
+    fn finish(&self) {
         if let Ok(mut reached) = self.reached.lock() {
             *reached = usize::MAX;
             self.moved.notify_one();
         }
     }
 
-    /// Asks for the inputs ahead of the computation until [`Prefetch::finish`] is called or
-    /// everything was asked for. Best effort: a refused request only leaves the computation to
+    /// Asks for the inputs ahead of the computation until the guard of
+    /// [`Prefetch::finish_on_drop`] is dropped or everything was asked for. Best effort: a refused request only leaves the computation to
     /// fault the pages in.
     pub fn run(&self) {
         for (position, file, range) in &self.requests {
