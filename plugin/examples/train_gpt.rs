@@ -127,7 +127,17 @@ fn main() -> Result<()> {
         args.up_steps,
     )
     .with_boundary_valid_batches(Some(16));
-    let mut vcycle = VCycle::new(config, &args.run_dir, train_device.clone())?;
+    // What the run depends on beyond the V-cycle's configuration: a resume must use the same.
+    let run_options = serde_json::json!({
+        "corpus": args.corpus,
+        "batch": args.batch,
+        "seq": args.seq,
+        "layers": args.layers,
+        "heads": args.heads,
+        "hidden": args.hidden,
+    });
+    let mut vcycle =
+        VCycle::new(config, &args.run_dir, train_device.clone())?.with_run_options(run_options);
     if vcycle.has_run() && !args.resume {
         bail!(
             "{} already holds a run: pass --resume to continue it or --fresh to start over",

@@ -102,14 +102,50 @@ pub struct LevelConfig {
     pub depth_scheme: String,
 }
 
-/// The V-cycle: train the full model `down_steps`, coalesce; … ; train the smallest model
-/// `bottom_steps`; grow (de-coalesce + interpolate with the saved weights of that level) and
-/// train `up_steps` at each level on the way back up.
+/// One segment of an explicit path of model sizes ([`VCycleConfig::path`]).
+#[derive(Config, Debug, PartialEq)]
+pub struct PathSegment {
+    /// The level (model size) it trains at: 1 is the full model.
+    pub level: usize,
+    /// Its optimizer steps.
+    pub steps: usize,
+    /// Its peak learning rate (None: the level's `learning_rate`).
+    #[config(default = "None")]
+    pub learning_rate: Option<f64>,
+}
+
+/// A warmup-stable-decay schedule over the whole run: a linear warm-up at its start, each
+/// segment's peak rate until the decay, and a decay over the last `decay_fraction` of all
+/// steps to `decay_floor` × the peak, in whichever segments it falls.
+#[derive(Config, Debug, PartialEq)]
+pub struct Wsd {
+    /// Warm-up steps at the start of the run (the levels' `warmup_steps` are unused).
+    #[config(default = 0)]
+    pub warmup_steps: usize,
+    /// The fraction of all steps the decay takes, at the end of the run.
+    #[config(default = 0.2)]
+    pub decay_fraction: f64,
+    /// The decay's shape: [`Decay::Linear`] or [`Decay::Sqrt`] (1 − √t), the cooldowns of
+    /// warmup-stable-decay studies; [`Decay::Cosine`] works too.
+    #[config(default = "Decay::Linear")]
+    pub decay: Decay,
+    /// Steps of linear re-warm-up to the segment's peak after each growth (0: none). A
+    /// re-warm-up rises to the peak, so it belongs in the stable phase.
+    #[config(default = 0)]
+    pub rewarm_steps: usize,
+}
+
+/// The run: by default the V-cycle (train the full model `down_steps`, coalesce; … ; train the
+/// smallest model `bottom_steps`; grow (de-coalesce + interpolate with the saved weights of
+/// that level) and train `up_steps` at each level on the way back up), or any `path` of model
+/// sizes. A transition to a smaller level coalesces; one to a larger level grows, interpolating
+/// with weight `alpha` with the last model trained at that size, or with `alpha = 1` (pure
+/// de-coalescing) where none was, as when a run starts small.
 #[derive(Config, Debug, PartialEq)]
 pub struct VCycleConfig {
     /// The levels, the full model first; at least two.
     pub levels: Vec<LevelConfig>,
-    /// Optimizer steps of each level on the way down (levels 1 … k − 1).
+    /// Optimizer steps of each level on the way down (levels 1 … k − 1); 0 with a `path`.
     pub down_steps: usize,
     /// Optimizer steps at the bottom level k.
     pub bottom_steps: usize,
@@ -160,6 +196,17 @@ pub struct VCycleConfig {
     /// so the metrics give a validation curve. None: one epoch, validated at its end.
     #[config(default = "None")]
     pub eval_every: Option<usize>,
+    /// The segments in order, for a run that is not the V of `down_steps`, `bottom_steps` and
+    /// `up_steps` (which must then be 0): a W, multi-stage or late growth, a run that starts
+    /// small. The first segment may be at any level: a run starting below level 1 coalesces
+    /// the model it is given first.
+    #[config(default = "None")]
+    pub path: Option<Vec<PathSegment>>,
+    /// A warmup-stable-decay schedule of the whole run instead of per-segment schedules
+    /// (`decay`, `decay_segments` and the levels' `warmup_steps` are then unused;
+    /// `decay_floor` is the floor).
+    #[config(default = "None")]
+    pub wsd: Option<Wsd>,
 }
 
 impl VCycleConfig {
@@ -186,6 +233,69 @@ impl VCycleConfig {
         }
         if self.eval_every == Some(0) {
             return bad("eval_every must be at least 1 step".into());
+        }
+        if let Some(wsd) = &self.wsd
+            && !(wsd.decay_fraction > 0.0 && wsd.decay_fraction <= 1.0)
+        {
+            return bad(format!(
+                "wsd.decay_fraction must lie in (0, 1], got {}",
+                wsd.decay_fraction
+            ));
+        }
+        if let Some(path) = &self.path {
+            if self.down_steps + self.bottom_steps + self.up_steps != 0 {
+                return bad(
+                    "a path sets its own steps: down_steps, bottom_steps and up_steps must be 0"
+                        .into(),
+                );
+            }
+            if path.len() < 2 {
+                return bad(format!(
+                    "a path needs at least 2 segments, got {}",
+                    path.len()
+                ));
+            }
+            for (i, segment) in path.iter().enumerate() {
+                let n = i + 1;
+                if !(1..=self.levels.len()).contains(&segment.level) {
+                    return bad(format!(
+                        "path segment {n}: level {} does not exist (levels 1 to {})",
+                        segment.level,
+                        self.levels.len()
+                    ));
+                }
+                if i > 0 && path[i - 1].level == segment.level {
+                    return bad(format!(
+                        "path segments {} and {n} are both at level {}: join them",
+                        n - 1,
+                        segment.level
+                    ));
+                }
+                if let Some(lr) = segment.learning_rate
+                    && !(lr.is_finite() && lr > 0.0 && lr <= 1.0)
+                {
+                    return bad(format!(
+                        "path segment {n}: learning rates must lie in (0, 1], got {lr}"
+                    ));
+                }
+            }
+            if path.last().is_some_and(|s| s.level != 1) {
+                return bad("a path must end at level 1, the full model".into());
+            }
+        }
+        if self.optimizer_state == OptimizerStatePolicy::Carry {
+            let path = self.path_segments();
+            for (i, pair) in path.windows(2).enumerate() {
+                let grows = pair[1].level < pair[0].level;
+                if grows && !path[..=i].iter().any(|s| s.level == pair[1].level) {
+                    return bad(format!(
+                        "path segment {} grows to level {}, where no model was trained: \
+                         carrying the Adam moments needs one (use optimizer_state = Reset)",
+                        i + 2,
+                        pair[1].level
+                    ));
+                }
+            }
         }
         for (i, level) in self.levels.iter().enumerate() {
             let n = i + 1;
@@ -222,9 +332,39 @@ impl VCycleConfig {
         self.levels.len()
     }
 
-    /// Optimizer steps of the whole cycle.
+    /// Optimizer steps of the whole run.
     pub fn total_steps(&self) -> usize {
-        let k = self.levels.len().saturating_sub(1);
-        k * self.down_steps + self.bottom_steps + k * self.up_steps
+        self.path_segments().iter().map(|s| s.steps).sum()
+    }
+
+    /// Late growth: train level 2 (the smaller model, started by coalescing the fresh full
+    /// model) for `grow_after` of `total_steps`, grow it once to level 1 (α = 1: nothing was
+    /// trained at the full size to interpolate with) and train the rest, under a
+    /// warmup-stable-decay schedule ([`Wsd`]'s defaults) over the whole run. Exact growth in
+    /// depth is `with_depth_init(DepthInitChoice::Zero)`.
+    pub fn late_growth(levels: Vec<LevelConfig>, total_steps: usize, grow_after: f64) -> Self {
+        let small = (total_steps as f64 * grow_after).round() as usize;
+        VCycleConfig::new(levels, 0, 0, 0)
+            .with_path(Some(vec![
+                PathSegment::new(2, small),
+                PathSegment::new(1, total_steps.saturating_sub(small)),
+            ]))
+            .with_wsd(Some(Wsd::new()))
+    }
+
+    /// The segments in order as (level, steps, peak learning rate): the explicit path, or the
+    /// V.
+    pub(crate) fn path_segments(&self) -> Vec<PathSegment> {
+        if let Some(path) = &self.path {
+            return path.clone();
+        }
+        let k = self.levels.len();
+        let down = (1..k).map(|l| PathSegment::new(l, self.down_steps));
+        let bottom = std::iter::once(PathSegment::new(k, self.bottom_steps));
+        let up = (1..k).rev().map(|l| {
+            PathSegment::new(l, self.up_steps)
+                .with_learning_rate(self.levels[l - 1].up_learning_rate)
+        });
+        down.chain(bottom).chain(up).collect()
     }
 }

@@ -91,6 +91,15 @@ pub enum Error {
         /// What differs from the configuration.
         message: String,
     },
+    /// A run directory that cannot be used now: another training holds it, or it cannot be
+    /// locked.
+    #[error("run directory {path}: {message}")]
+    RunDirectory {
+        /// The run directory.
+        path: PathBuf,
+        /// Why, naming the holder.
+        message: String,
+    },
     /// An optimizer state could not be read, written or carried across a boundary.
     #[error("{what}: optimizer state: {message}")]
     Optimizer {

@@ -66,7 +66,7 @@ pub use bert::{Bert, BertConfig};
 pub use budget::{ExactBatches, epoch_steps};
 pub use config::{
     DecaySegments, DepthInitChoice, EmbeddingRuleChoice, LevelConfig, OptimizerStatePolicy,
-    VCycleConfig,
+    PathSegment, VCycleConfig, Wsd,
 };
 pub use error::{Error, Result};
 pub use flops::{SequenceBatch, default_flop_counter, train_flops};
@@ -80,8 +80,8 @@ pub use schedule::{Decay, Schedule};
 pub use sizes::Sizes;
 pub use text::{ByteWindows, LmBatch, LmBatcher, MlmBatch, MlmBatcher};
 pub use vcycle::{
-    BoundaryRecord, FlopCounter, ModelSize, Phase, Segment, SegmentTraining, VCycle, VCycleModel,
-    VCycleOutcome, default_optimizer,
+    BoundaryRecord, FlopCounter, ModelSize, Operator, Phase, Segment, SegmentTraining, VCycle,
+    VCycleModel, VCycleOutcome, default_optimizer,
 };
 /// The transform library's architecture choice and rule files, for [`HfModel::arch`].
 pub use vcycle_transform::{ArchChoice, Rules};

@@ -18,14 +18,13 @@ use burn::optim::{ModuleOptimizer, OptimizerRecord};
 use burn::tensor::Device;
 use burn::train::metric::{Adaptor, LossInput};
 use burn::train::{InferenceStep, LearnerModel, TrainLoader, TrainStep, ValidLoader};
-use vcycle_transform::{ArchChoice, Job, Options, SchemeSpec, Target};
+use vcycle_transform::{ArchChoice, Options, SchemeSpec, Target};
 
-use crate::config::{DecaySegments, LevelConfig, OptimizerStatePolicy, VCycleConfig};
+use crate::config::{LevelConfig, OptimizerStatePolicy, VCycleConfig};
 use crate::error::{Error, Result, io, json};
 use crate::flops::SequenceBatch;
 use crate::hf::{self, HfModel};
-use crate::moments::{self, Moments};
-use crate::schedule::Decay;
+use crate::moments::Moments;
 
 /// Counts the training FLOPs of one batch (forward and backward).
 pub type FlopCounter<I> = Arc<dyn Fn(&I) -> f64 + Send + Sync>;
@@ -44,12 +43,15 @@ mod record;
 mod run_dir;
 mod segment;
 mod train;
+mod transition;
 
 use record::RunState;
 pub use record::{BoundaryRecord, ModelSize, VCycleOutcome};
-use run_dir::{clear_leftovers, pretty, remove_path};
+use run_dir::{RunLock, checksums, clear_leftovers, pretty, remove_path, verify_checksums};
 pub use segment::{Phase, Segment, SegmentTraining};
 pub use train::default_optimizer;
+use transition::INIT;
+pub use transition::Operator;
 
 type OptimizerFactory = Box<dyn FnMut(&Segment) -> ModuleOptimizer>;
 type SchedulerFactory = Box<dyn FnMut(&Segment) -> Result<ModuleLrScheduler>>;
@@ -62,6 +64,8 @@ pub struct VCycle<M> {
     optimizer: OptimizerFactory,
     scheduler: SchedulerFactory,
     quiet: bool,
+    /// The caller's options the run depends on, recorded and compared on resume.
+    run_options: serde_json::Value,
     /// The model's architecture, as the transform library is given it.
     arch: ArchChoice,
     _model: PhantomData<fn() -> M>,
@@ -73,7 +77,7 @@ const CONFIG_FILE: &str = "vcycle.json";
 /// The run directory's folder of Adam moments (`optimizer_state = carry`), one directory per
 /// checkpoint that feeds a transform, named as that checkpoint.
 const MOMENTS_DIR: &str = "moments";
-const STATE_FORMAT: u32 = 1;
+const STATE_FORMAT: u32 = 2;
 
 impl<M> VCycle<M>
 where
@@ -97,6 +101,7 @@ where
             optimizer: Box::new(|_| default_optimizer()),
             scheduler: Box::new(|s| s.schedule().scheduler()),
             quiet: false,
+            run_options: serde_json::Value::Null,
             arch: ArchChoice::Rules(Box::new(M::layout()?.rules().clone())),
             _model: PhantomData,
         })
@@ -118,6 +123,14 @@ where
         self
     }
 
+    /// Records options of the caller's that the run depends on (the data, the sequence length,
+    /// the model's hyperparameters) with the run, as the configuration is: a resume with other
+    /// values is refused instead of failing, or training something else, later.
+    pub fn with_run_options(mut self, options: serde_json::Value) -> Self {
+        self.run_options = options;
+        self
+    }
+
     /// Whether to print the boundary log lines (default: yes).
     pub fn quiet(mut self, quiet: bool) -> Self {
         self.quiet = quiet;
@@ -134,48 +147,9 @@ where
         &self.run_dir
     }
 
-    /// The segments of the cycle, in order.
+    /// The segments of the run, in order.
     pub fn segments(&self) -> Vec<Segment> {
-        let c = &self.config;
-        let k = c.levels.len();
-        let count = 2 * k - 1;
-        (1..=count)
-            .map(|index| {
-                let (phase, level, steps) = if index < k {
-                    (Phase::Down, index, c.down_steps)
-                } else if index == k {
-                    (Phase::Bottom, k, c.bottom_steps)
-                } else {
-                    (Phase::Up, 2 * k - index, c.up_steps)
-                };
-                let lc = &c.levels[level - 1];
-                let learning_rate = match phase {
-                    Phase::Up => lc.up_learning_rate.unwrap_or(lc.learning_rate),
-                    Phase::Down | Phase::Bottom => lc.learning_rate,
-                };
-                let epoch_steps = crate::budget::epoch_steps(steps, c.eval_every);
-                let decays = match c.decay_segments {
-                    DecaySegments::Every => true,
-                    DecaySegments::Last => index == count,
-                };
-                let mut segment = Segment {
-                    index,
-                    count,
-                    phase,
-                    level,
-                    steps,
-                    batches: steps * c.batches_per_step,
-                    epoch_steps,
-                    learning_rate,
-                    warmup_steps: lc.warmup_steps,
-                    decay: if decays { c.decay } else { Decay::Constant },
-                    decay_floor: c.decay_floor,
-                    dir: PathBuf::new(),
-                };
-                segment.dir = self.run_dir.join("segments").join(segment.name());
-                segment
-            })
-            .collect()
+        segment::plan(&self.config, &self.run_dir)
     }
 
     /// Whether `run_dir` holds a run (a state file).
@@ -184,7 +158,7 @@ where
     }
 
     /// Starts a new cycle from `model` (the full-size model, level 1). Refuses a run directory
-    /// that already holds a run: see [`VCycle::resume`].
+    /// that already holds a run (see [`VCycle::resume`]) or that another training is using.
     pub fn run(
         &mut self,
         model: M,
@@ -192,6 +166,7 @@ where
         valid: ValidLoader<M>,
         training: impl SegmentTraining<M>,
     ) -> Result<VCycleOutcome<M>> {
+        let _lock = RunLock::take(&self.run_dir)?;
         if self.has_run() {
             return Err(Error::Resume {
                 path: self.run_dir.clone(),
@@ -204,7 +179,23 @@ where
             &self.run_dir.join(CONFIG_FILE),
             pretty(&config, &self.run_dir)?.as_bytes(),
         )?;
-        hf::save_hf(&model, &self.run_dir.join(self.start_checkpoint(1)))?;
+        hf::save_hf(&model, &self.run_dir.join(INIT))?;
+        let mut files = checksums(&self.run_dir, Path::new(INIT))?;
+        // A run that starts small coalesces the model it was given first.
+        let start = self.start_checkpoint(1);
+        let model = if start == Path::new(INIT) {
+            Some(model)
+        } else {
+            let level = self.segments()[0].level;
+            self.coalesce(
+                &self.run_dir.join(INIT),
+                None,
+                level,
+                &self.run_dir.join(&start),
+            )?;
+            files.extend(checksums(&self.run_dir, &start)?);
+            None
+        };
         let state = RunState {
             format: STATE_FORMAT,
             arch: self.arch_name(),
@@ -213,25 +204,30 @@ where
             steps: 0,
             train_flops: 0.0,
             boundaries: Vec::new(),
+            run_options: self.run_options.clone(),
+            files,
         };
         let state = self.write_state(&state)?;
-        self.drive(state, Some(model), train, valid, training)
+        self.drive(state, model, train, valid, training)
     }
 
     /// Continues the run in `run_dir` from its last completed boundary. The configuration must
-    /// be the one the run started with.
+    /// be the one the run started with, and the checkpoints it relies on the ones it wrote;
+    /// another training using the directory is refused.
     pub fn resume(
         &mut self,
         train: TrainLoader<M>,
         valid: ValidLoader<M>,
         training: impl SegmentTraining<M>,
     ) -> Result<VCycleOutcome<M>> {
-        let state = self.read_state()?;
+        let _lock = RunLock::take(&self.run_dir)?;
+        let mut state = self.read_state()?;
         // Remove what an interrupted segment or boundary left behind: the checkpoints of an
         // unfinished boundary and every temporary. The state names a directory only once it
         // is complete, so a named directory is never half-written.
         let keep: Vec<PathBuf> = (1..=state.completed_segments + 1)
             .map(|s| self.start_checkpoint(s))
+            .chain(std::iter::once(PathBuf::from(INIT)))
             .chain((1..=state.completed_segments).map(|s| self.trained_checkpoint(s)))
             .map(|p| self.run_dir.join(p))
             .collect();
@@ -248,6 +244,18 @@ where
         let finished = state.completed_segments >= self.segments().len();
         let final_dir = finished.then(|| self.run_dir.join("final"));
         clear_leftovers(&self.run_dir, final_dir.as_slice(), false)?;
+        // The files the resume relies on are the ones the state recorded (checked after the
+        // sweep, which puts back a checkpoint a killed replacement had moved aside).
+        let moments_keep: Vec<PathBuf> = keep
+            .iter()
+            .filter_map(|p| p.file_name())
+            .map(|name| moments.join(name))
+            .collect();
+        let relied: Vec<&PathBuf> = keep.iter().chain(&moments_keep).chain(&final_dir).collect();
+        state
+            .files
+            .retain(|rel, _| relied.iter().any(|r| self.run_dir.join(rel).starts_with(r)));
+        verify_checksums(&self.run_dir, &state.files)?;
         // A kill between the log's and the state's writes leaves the log one record ahead.
         let state = self.write_state(&state)?;
         for segment in self.segments().iter().skip(state.completed_segments) {
@@ -277,9 +285,10 @@ where
         serde_json::to_value(&self.config).map_err(json(self.run_dir.join(CONFIG_FILE)))
     }
 
+    /// The state file, checked against the configuration.
     fn read_state(&self) -> Result<RunState> {
         let path = self.run_dir.join(STATE_FILE);
-        let text = fs::read_to_string(&path).map_err(io(&path))?;
+        let text = vcycle_transform::read::read_regular(&path)?;
         let state: RunState = serde_json::from_str(&text).map_err(json(&path))?;
         let resume_error = |message: String| Error::Resume {
             path: self.run_dir.clone(),
@@ -304,6 +313,23 @@ where
                 self.run_dir.join(CONFIG_FILE).display()
             )));
         }
+        if state.run_options != self.run_options {
+            return Err(resume_error(format!(
+                "the run started with the options {}, not {}",
+                state.run_options, self.run_options
+            )));
+        }
+        let segments = self.segments();
+        if let Some(reason) = state.inconsistency(
+            &segments,
+            |s| self.trained_checkpoint(s),
+            |s| self.start_checkpoint(s),
+        ) {
+            return Err(resume_error(format!(
+                "{} does not describe a run of this configuration: {reason}",
+                path.display()
+            )));
+        }
         Ok(state)
     }
 
@@ -323,7 +349,10 @@ where
     /// The checkpoint a segment starts from, relative to the run directory.
     fn start_checkpoint(&self, segment: usize) -> PathBuf {
         let name = if segment <= 1 {
-            "00-init".to_string()
+            match self.segments().first().map_or(1, |s| s.level) {
+                1 => return PathBuf::from(INIT),
+                level => format!("00-init-L{level}"),
+            }
         } else {
             let level = self
                 .segments()
@@ -449,51 +478,26 @@ where
             let (operator, next, to, valid_loss_after, next_rel) = if last {
                 hf::save_hf(&trained, &final_dir)?;
                 boundary_seconds += boundary_started.elapsed().as_secs_f64();
-                ("end".to_string(), None, None, None, None)
+                (Operator::End, None, None, None, None)
             } else {
                 let next_rel = self.start_checkpoint(segment.index + 1);
                 let next_dir = self.run_dir.join(&next_rel);
-                let operator = match segment.phase {
-                    Phase::Down => {
-                        let below = self.level(segment.level + 1);
-                        let options = self.options(segment.level + 1, below.heads, below.layers);
-                        let job = Job::coalesce(&trained_dir, &options)?;
-                        self.warn(job.warnings());
-                        job.write(&next_dir, false)?;
-                        self.warn(&job.write_warnings());
-                        if let Some(trained) = &trained_moments {
-                            let job = moments::coalesce_job(trained, &options);
-                            let next = self.moments_dir(&next_rel);
-                            moments::map(trained, &next, job, |w| self.warn(w))?;
-                        }
-                        "coalesce".to_string()
-                    }
-                    Phase::Bottom | Phase::Up => {
-                        let above = segment.level - 1;
-                        let large_dir = self.run_dir.join(self.trained_checkpoint(above));
-                        let (_, large) = vcycle_transform::open_model(&large_dir, &self.arch)?;
-                        let options = self.options(
-                            segment.level,
-                            Some(large.dims.heads),
-                            Some(large.dims.layers),
-                        );
-                        let job = Job::grow(&trained_dir, &large_dir, self.config.alpha, &options)?;
-                        self.warn(job.warnings());
-                        job.write(&next_dir, false)?;
-                        self.warn(&job.write_warnings());
-                        if let Some(trained) = &trained_moments {
-                            let large = self.moments_dir(&self.trained_checkpoint(above));
-                            let job =
-                                moments::grow_job(trained, &large, self.config.alpha, &options);
-                            let next = self.moments_dir(&next_rel);
-                            moments::map(trained, &next, job, |w| self.warn(w))?;
-                        }
-                        format!("grow (alpha = {})", self.config.alpha)
-                    }
+                let next_level = segments[segment.index].level;
+                let operator = if next_level > segment.level {
+                    self.coalesce(
+                        &trained_dir,
+                        trained_moments.as_deref(),
+                        next_level,
+                        &next_dir,
+                    )?
+                } else {
+                    self.grow(
+                        segment.index,
+                        &trained_dir,
+                        trained_moments.as_deref(),
+                        &next_dir,
+                    )?
                 };
-                let next_level = segments
-                    .get(segment.index)
-                    .map_or(segment.level, |s| s.level);
                 let next_model = M::load_hf(&next_dir, &self.device)?;
                 boundary_seconds += boundary_started.elapsed().as_secs_f64();
                 let to = self.size(&next_dir, next_level, next_model.num_params())?;
@@ -517,13 +521,27 @@ where
                 train_flops: state.train_flops,
                 valid_loss_before,
                 valid_loss_after,
-                trained_checkpoint: trained_rel,
+                trained_checkpoint: trained_rel.clone(),
                 next_checkpoint: next_rel,
                 segment_seconds: seconds,
                 boundary_seconds,
             };
             if !self.quiet {
                 println!("{record}");
+            }
+            let final_rel = PathBuf::from("final");
+            let written = [
+                Some(&trained_rel),
+                record.next_checkpoint.as_ref(),
+                last.then_some(&final_rel),
+            ];
+            for rel in written.into_iter().flatten() {
+                state.files.extend(checksums(&self.run_dir, rel)?);
+                let moments = self.moments_dir(rel);
+                if moments.is_dir() {
+                    let rel = moments.strip_prefix(&self.run_dir).unwrap_or(&moments);
+                    state.files.extend(checksums(&self.run_dir, rel)?);
+                }
             }
             state.boundaries.push(record);
             state.completed_segments = segment.index;

@@ -11,6 +11,7 @@ mod dryrun;
 mod dtypes;
 mod errors;
 mod interpolate;
+mod leftovers;
 mod malformed;
 mod minilm;
 mod outputs;

@@ -145,6 +145,10 @@ pub enum Error {
     #[error("output {output} {reason}")]
     Output { output: PathBuf, reason: String },
 
+    /// An output path that exists, where replacing was not allowed.
+    #[error("output {output} already exists")]
+    OutputExists { output: PathBuf },
+
     /// A LAPACK failure while measuring a matrix's rank (`inspect --symmetry`, `linalg`).
     #[cfg(feature = "linalg")]
     #[error("tensor `{tensor}` (shape {shape:?}): singular values: {reason}")]

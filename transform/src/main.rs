@@ -249,13 +249,39 @@ fn parse_size(s: &str) -> std::result::Result<u64, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match run(cli) {
+    match clean_up_on_signals().and_then(|()| run(cli)) {
         Ok(code) => code,
         Err(err) => {
-            say(&format!("error: {err:#}"));
+            say(&format!("error: {err:#}{}", hint(&err)));
             ExitCode::from(2)
         }
     }
+}
+
+/// What the user can do about an error, in the CLI's terms (the library's messages name no
+/// flag).
+fn hint(err: &anyhow::Error) -> &'static str {
+    match err.downcast_ref::<vcycle_transform::Error>() {
+        Some(vcycle_transform::Error::OutputExists { .. }) => " (pass --force to replace it)",
+        _ => "",
+    }
+}
+
+/// On SIGINT, SIGTERM or SIGHUP (Ctrl-C, `timeout`, `docker stop`, a closed terminal), removes
+/// the run's work directories, then dies of the signal as it would have without a handler.
+/// SIGKILL cannot be caught: its leftovers are the next run's sweep.
+fn clean_up_on_signals() -> Result<()> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])
+        .context("installing the signal handlers")?;
+    std::thread::spawn(move || {
+        if let Some(signal) = signals.forever().next() {
+            vcycle_transform::write::remove_work_dirs();
+            let _ = signal_hook::low_level::emulate_default_handler(signal);
+            std::process::exit(128 + signal);
+        }
+    });
+    Ok(())
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {

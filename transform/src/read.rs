@@ -22,7 +22,7 @@ mod json;
 mod mapped_file;
 mod prefetch;
 
-pub use directory::read_regular;
+pub use directory::{MAX_SMALL_FILE, read_regular};
 use directory::{collect_extra_files, read_index, require_regular};
 pub use header::{HEADER_LEN_BYTES, Header, HeaderTensor, MAX_HEADER_LEN, parse_header};
 use mapped_file::MappedFile;
@@ -136,8 +136,14 @@ impl Checkpoint {
         };
 
         let mut extra_files = Vec::new();
-        let mut visited = vec![dir.canonicalize().map_err(Error::io(&dir))?];
-        collect_extra_files(&dir, Path::new(""), &shards, &mut visited, &mut extra_files)?;
+        let mut ancestors = vec![dir.canonicalize().map_err(Error::io(&dir))?];
+        collect_extra_files(
+            &dir,
+            Path::new(""),
+            &shards,
+            &mut ancestors,
+            &mut extra_files,
+        )?;
         extra_files.sort();
 
         let mut checkpoint = Checkpoint {

@@ -279,9 +279,14 @@ impl Rules {
                 tied_to: t.tied_to,
             });
         }
+        // The first rule of each name, as a linear scan would find it.
+        let mut by_name = std::collections::HashMap::with_capacity(tensors.len());
+        for t in &tensors {
+            by_name.entry(t.template.as_str()).or_insert(t);
+        }
         for t in &tensors {
             if let Some(target) = &t.tied_to {
-                let Some(other) = tensors.iter().find(|o| &o.template == target) else {
+                let Some(other) = by_name.get(target.as_str()) else {
                     return Err(err(format!(
                         "tensor `{}`: tied_to `{target}` is not a tensor of this file",
                         t.template

@@ -22,11 +22,13 @@ use crate::read::{CONFIG_FILE, INDEX_FILE, SINGLE_FILE};
 mod output_policy;
 mod replace;
 mod safetensors_file;
+mod work_dir;
 
 pub use output_policy::OutputPolicy;
 use output_policy::{Staged, commit, sync_dir};
 pub use replace::{replace_atomically, sweep_leftovers};
 use safetensors_file::{file_order, write_safetensors};
+pub use work_dir::remove_work_dirs;
 
 /// The form of the output.
 #[derive(Debug, Clone)]

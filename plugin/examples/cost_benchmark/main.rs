@@ -21,6 +21,7 @@ mod plan;
 mod plot;
 mod report;
 mod run;
+mod study;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
@@ -64,6 +65,14 @@ struct Args {
     /// The tuned comparison (cosine decay, learning rates swept) instead of the headline.
     #[arg(long)]
     tuned: bool,
+    /// The recipe study: cosine and warmup-stable-decay baselines against the V-cycle and late
+    /// growth (results under study-Nx/).
+    #[arg(long, conflicts_with = "tuned")]
+    study: bool,
+    /// Multiples of the default learning rates that --study tries for its recipes, on seed 0
+    /// (the baselines try --lr-factors).
+    #[arg(long, value_delimiter = ',', default_values_t = [1.0, 2.0, 0.5])]
+    recipe_lr_factors: Vec<f64>,
     /// The V-cycles --tuned compares with the baseline, by their number of levels.
     #[arg(long, value_delimiter = ',', default_values_t = [2, 3])]
     levels: Vec<usize>,
@@ -142,7 +151,11 @@ fn main() -> Result<()> {
     }
 
     if args.child.is_none() {
-        let protocol = if args.tuned { "tuned" } else { "constant" };
+        let protocol = match () {
+            _ if args.study => "study",
+            _ if args.tuned => "tuned",
+            _ => "constant",
+        };
         let sub = match args.task {
             Task::Gpt => format!("{protocol}-{}x", args.budget),
             Task::Bert => format!("bert-{protocol}-{}x", args.budget),
@@ -156,6 +169,9 @@ fn main() -> Result<()> {
     }
     if args.tuned {
         return tuned(&args, &scale);
+    }
+    if args.study {
+        return study::study(&args, &scale);
     }
     let headline = plan::headline();
     let sweep = if args.sweep {
@@ -302,7 +318,8 @@ fn tuned(args: &Args, scale: &Scale) -> Result<()> {
     all.extend(first.iter().filter(|r| !runs.contains(r)).cloned());
     // The plots show the compared variants; the sweep's are in the table.
     let plotted = &variants[..best.len() + fixed.len()];
-    write_outputs(args, scale, plotted, &summaries, &all, &tuning)?;
+    let extra = format!("Learning-rate sweep (seed 0):\n\n{tuning}");
+    write_outputs(args, scale, plotted, &summaries, &all, &extra)?;
     report::write_trend(args.out.parent().unwrap_or(&args.out))
 }
 
@@ -446,7 +463,7 @@ fn write_outputs(
     headline: &[Variant],
     summaries: &[Summary],
     runs: &[RunResult],
-    tuning: &str,
+    extra: &str,
 ) -> Result<()> {
     let table = report::table(summaries);
     println!("\n{table}");
@@ -462,10 +479,10 @@ fn write_outputs(
     std::fs::write(&json, serde_json::to_string_pretty(&report)? + "\n")
         .with_context(|| format!("writing {}", json.display()))?;
     let md = args.out.join("table.md");
-    let mut text = if tuning.is_empty() {
+    let mut text = if extra.is_empty() {
         table
     } else {
-        format!("{table}\nLearning-rate sweep (seed 0):\n\n{tuning}")
+        format!("{table}\n{extra}")
     };
     if args.report_only {
         text = format!(

@@ -148,6 +148,23 @@ impl Scale {
         )
     }
 
+    /// Training tokens of the baseline per parameter of the full model.
+    pub fn tokens_per_parameter(&self) -> Result<f64> {
+        use burn::module::Module;
+        let device = Device::flex();
+        let params = match self.task {
+            Task::Gpt => self
+                .model(self.heads, self.layers)
+                .init(&device)?
+                .num_params(),
+            Task::Bert => self
+                .bert_model(self.heads, self.layers)
+                .init(&device)?
+                .num_params(),
+        };
+        Ok((self.baseline_steps * self.batch * self.seq) as f64 / params as f64)
+    }
+
     /// Training FLOPs of one step of the task's model (the plugin's analytic count).
     pub fn step_flops(&self, heads: usize, layers: usize) -> Result<f64> {
         let device = Device::flex();
@@ -164,7 +181,19 @@ impl Scale {
     }
 }
 
-/// One way of training: the baseline (1 level) or a V-cycle.
+/// The path of model sizes a multi-level variant trains along.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "kind")]
+pub enum Shape {
+    /// The V-cycle: down, bottom, up.
+    #[default]
+    VCycle,
+    /// Start at level 2 (the fresh model coalesced), grow once to level 1 after `grow_after`
+    /// of the steps.
+    LateGrowth { grow_after: f64 },
+}
+
+/// One way of training: the baseline (1 level), a V-cycle, or late growth.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Variant {
     /// Shown in tables and plots.
@@ -190,9 +219,23 @@ pub struct Variant {
     /// Zero the output projections of the layers growing adds (function-preserving growth).
     pub zero_depth_init: bool,
     /// The learning rate after the warm-up: the baseline's whole run, the V-cycle's last
-    /// segment (the others stay at their peak), decaying to 10% of the peak at the end.
+    /// segment (the others stay at their peak), decaying to 10% of the peak at the end; with
+    /// `wsd`, the shape of the run's final decay.
     pub decay: Decay,
+    /// The path of sizes (multi-level variants).
+    #[serde(default)]
+    pub shape: Shape,
+    /// Heads and layers of level 2, where they are not half the full model's.
+    #[serde(default)]
+    pub small: Option<(usize, usize)>,
+    /// Warmup-stable-decay over the whole run (the decay `decay` over its last
+    /// [`WSD_DECAY_FRACTION`]) instead of cosine to the end.
+    #[serde(default)]
+    pub wsd: bool,
 }
+
+/// The share of the steps a warmup-stable-decay schedule decays over.
+pub const WSD_DECAY_FRACTION: f64 = 0.2;
 
 impl Variant {
     pub fn baseline() -> Self {
@@ -210,6 +253,30 @@ impl Variant {
             carry_moments: false,
             zero_depth_init: false,
             decay: Decay::Constant,
+            shape: Shape::VCycle,
+            small: None,
+            wsd: false,
+        }
+    }
+
+    /// Late growth: level 2 of `small` (heads, layers) from the start, grown once after
+    /// `grow_after` of the steps, under warmup-stable-decay.
+    pub fn late_growth(name: &str, small: (usize, usize), grow_after: f64) -> Self {
+        Variant {
+            name: name.into(),
+            levels: 2,
+            shape: Shape::LateGrowth { grow_after },
+            small: Some(small),
+            ..Self::baseline().with_wsd()
+        }
+    }
+
+    /// This variant under warmup-stable-decay with a 1 − √t cooldown.
+    pub fn with_wsd(self) -> Self {
+        Variant {
+            wsd: true,
+            decay: Decay::Sqrt,
+            ..self
         }
     }
 
@@ -273,6 +340,10 @@ impl Variant {
     /// Heads and layers of each level, the full model first.
     pub fn sizes(&self, scale: &Scale) -> Result<Vec<(usize, usize)>> {
         let mut sizes = vec![(scale.heads, scale.layers)];
+        if let (Some(small), 2) = (self.small, self.levels) {
+            sizes.push(small);
+            return Ok(sizes);
+        }
         for level in 2..=self.levels {
             let (h, l) = sizes[level - 2];
             if h < 2 || l < 2 || h % 2 != 0 || l % 2 != 0 {
@@ -302,6 +373,19 @@ impl Variant {
                 bottom: scale.baseline_steps,
                 up: 0,
                 flops: total,
+            });
+        }
+        if let Shape::LateGrowth { grow_after } = self.shape {
+            // Steps s in all, g·s of them small, with the baseline's FLOPs.
+            let (small, full) = (flops[1], flops[0]);
+            let all = total / (grow_after * small + (1.0 - grow_after) * full);
+            let bottom = (grow_after * all).round() as usize;
+            let up = ((1.0 - grow_after) * all).round() as usize;
+            return Ok(Budget {
+                down: 0,
+                bottom,
+                up,
+                flops: bottom as f64 * small + up as f64 * full,
             });
         }
         let above: f64 = flops[..flops.len() - 1].iter().sum();
@@ -360,6 +444,41 @@ pub fn tuned(levels: &[usize]) -> (Vec<Variant>, Vec<Variant>) {
             .collect(),
         vec![constant(Variant::baseline()), constant(Variant::vcycle(2))],
     )
+}
+
+/// Issue 29's study: the baselines (cosine and warmup-stable-decay) and the recipes, each at
+/// its default rates (the learning-rate factors multiply them).
+pub fn study(scale: &Scale) -> (Vec<Variant>, Vec<Variant>) {
+    let cosine = |mut v: Variant| {
+        v.name = format!("{}, cosine", v.name);
+        v.decay = Decay::Cosine;
+        v
+    };
+    let wsd = |mut v: Variant| {
+        v.name = format!("{}, wsd", v.name);
+        v.with_wsd()
+    };
+    let vcycle = || Variant {
+        alpha: 0.25,
+        ..Variant::vcycle(2)
+    };
+    let (heads, layers) = (scale.heads, scale.layers);
+    let baselines = vec![cosine(Variant::baseline()), wsd(Variant::baseline())];
+    let mut recipes = vec![cosine(vcycle()), wsd(vcycle())];
+    for share in [0.5, 0.7, 0.8] {
+        let name = format!("1 layer, grow at {:.0}%", share * 100.0);
+        recipes.push(Variant::late_growth(&name, (heads, 1), share));
+    }
+    recipes.push(Variant::late_growth(
+        "half size, grow at 70%",
+        (heads / 2, layers / 2),
+        0.7,
+    ));
+    recipes.push(Variant {
+        zero_depth_init: true,
+        ..Variant::late_growth("1 layer zero-init, grow at 70%", (heads, 1), 0.7)
+    });
+    (baselines, recipes)
 }
 
 /// The knobs that matter and the options beyond the paper, each changed alone from the
@@ -467,6 +586,26 @@ mod tests {
         );
         let error = only_knobs(sweep_from(&base), &named(&["alpha 0.3"])).unwrap_err();
         assert!(error.to_string().contains("alpha 0.25"), "{error}");
+    }
+
+    /// Every variant of the study gets the baseline's FLOPs, at 4× and 16×, and late growth
+    /// spends its share of the steps small.
+    #[test]
+    fn the_study_plans_every_recipe_with_the_baseline_flops() {
+        for times in [4, 16] {
+            let scale = Scale::full().times(times);
+            let target = scale.baseline_steps as f64 * scale.step_flops(4, 4).unwrap();
+            let (baselines, recipes) = study(&scale);
+            for v in baselines.iter().chain(&recipes) {
+                let b = v.budget(&scale).unwrap();
+                assert!((b.flops / target - 1.0).abs() < 0.01, "{}: {b:?}", v.name);
+                if let Shape::LateGrowth { grow_after } = v.shape {
+                    let share = b.bottom as f64 / (b.bottom + b.up) as f64;
+                    assert!((share - grow_after).abs() < 0.001, "{}: {b:?}", v.name);
+                    assert!(b.bottom + b.up > scale.baseline_steps, "{}", v.name);
+                }
+            }
+        }
     }
 
     /// The sweep changes one knob each; the compared variants change none.

@@ -13,11 +13,11 @@ use serde::{Deserialize, Serialize};
 use vcycle_plugin::epoch_steps;
 use vcycle_plugin::text::{BYTE_VOCAB, ByteWindows, LmBatcher, MlmBatcher, split_train_valid};
 use vcycle_plugin::{
-    DepthInitChoice, ExactBatches, LevelConfig, OptimizerStatePolicy, ProgressLine, Schedule,
-    Segment, VCycle, VCycleConfig, VCycleModel, ValidHistory, default_optimizer,
+    DepthInitChoice, ExactBatches, LevelConfig, OptimizerStatePolicy, PathSegment, ProgressLine,
+    Schedule, Segment, VCycle, VCycleConfig, VCycleModel, ValidHistory, Wsd, default_optimizer,
 };
 
-use crate::plan::{Scale, Task, Variant};
+use crate::plan::{Scale, Shape, Task, Variant, WSD_DECAY_FRACTION};
 
 /// One validation pass of a run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -42,6 +42,11 @@ pub struct RunResult {
     pub flops: f64,
     pub seconds: f64,
     pub final_loss: f64,
+    /// How many times the run read the training split: bytes trained on (sequences × their
+    /// length) over the split's bytes. The windows overlap by half, so one pass over them
+    /// reads every byte twice.
+    #[serde(default)]
+    pub passes: f64,
 }
 
 /// Trains `variant` from seed `seed`, with run files under `work`.
@@ -57,6 +62,7 @@ pub fn run(
         .with_context(|| format!("reading the corpus {}", corpus.display()))?;
     let (train, mut valid) = split_train_valid(&text, 20, 2048);
     valid.truncate(scale.valid_bytes);
+    let train_bytes = train.len();
     let train = ByteWindows::new(train, scale.seq, scale.seq / 2);
     let valid = ByteWindows::new(valid, scale.seq, scale.seq);
 
@@ -116,6 +122,7 @@ pub fn run(
         flops: last.flops,
         seconds: history.seconds(),
         final_loss: last.loss,
+        passes: (last.steps * scale.batch * scale.seq) as f64 / train_bytes as f64,
         points,
     })
 }
@@ -191,6 +198,12 @@ impl Run<'_> {
             steps: scale.baseline_steps,
             decay: variant.decay,
             floor: DECAY_FLOOR,
+            // Warmup-stable-decay: the peak until the last share of the steps.
+            decay_span: variant.wsd.then(|| {
+                let steps = scale.baseline_steps as i64;
+                let decay = (steps as f64 * WSD_DECAY_FRACTION).round() as i64;
+                (steps - decay, steps)
+            }),
         }
         .scheduler()?;
         let learner = Learner::new(model, default_optimizer(), scheduler);
@@ -266,7 +279,22 @@ impl Run<'_> {
         } else {
             OptimizerStatePolicy::Reset
         };
-        let config = VCycleConfig::new(levels, budget.down, budget.bottom, budget.up)
+        let config = match variant.shape {
+            Shape::VCycle => VCycleConfig::new(levels, budget.down, budget.bottom, budget.up),
+            Shape::LateGrowth { .. } => VCycleConfig::new(levels, 0, 0, 0).with_path(Some(vec![
+                PathSegment::new(2, budget.bottom),
+                PathSegment::new(1, budget.up),
+            ])),
+        };
+        let wsd = variant.wsd.then(|| {
+            Wsd::new()
+                .with_warmup_steps(scale.warmup)
+                .with_decay_fraction(WSD_DECAY_FRACTION)
+                .with_decay(variant.decay)
+                .with_rewarm_steps(scale.warmup)
+        });
+        let config = config
+            .with_wsd(wsd)
             .with_alpha(variant.alpha)
             .with_decay(variant.decay)
             .with_decay_floor(DECAY_FLOOR)

@@ -1,11 +1,12 @@
 //! What the driver records: model sizes, the boundary log, the run's state and outcome.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use super::Phase;
+use super::{Operator, Phase, Segment};
 
 /// A model's size as the boundary log reports it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -43,8 +44,8 @@ pub struct BoundaryRecord {
     pub segment: String,
     /// Its phase.
     pub phase: Phase,
-    /// `coalesce`, `grow` or `end` (after the last segment).
-    pub operator: String,
+    /// What the boundary did: coalesce, grow or end (after the last segment).
+    pub operator: Operator,
     /// The trained model.
     pub from: ModelSize,
     /// The model the transform produced (None after the last segment).
@@ -102,10 +103,68 @@ pub(super) struct RunState {
     pub(super) format: u32,
     pub(super) arch: String,
     pub(super) config: serde_json::Value,
+    /// The caller's options (`VCycle::with_run_options`).
+    pub(super) run_options: serde_json::Value,
     pub(super) completed_segments: usize,
     pub(super) steps: usize,
     pub(super) train_flops: f64,
     pub(super) boundaries: Vec<BoundaryRecord>,
+    /// The SHA-256 of every checkpoint file a resume may read, by path in the run directory.
+    pub(super) files: BTreeMap<String, String>,
+}
+
+impl RunState {
+    /// Why this state cannot be the record of a run of `segments` (whose checkpoints are
+    /// `trained(s)` and `start(s)` for segment s), if it cannot.
+    pub(super) fn inconsistency(
+        &self,
+        segments: &[Segment],
+        trained: impl Fn(usize) -> PathBuf,
+        start: impl Fn(usize) -> PathBuf,
+    ) -> Option<String> {
+        let done = self.completed_segments;
+        if done > segments.len() {
+            return Some(format!(
+                "{done} segments completed, of {} in the cycle",
+                segments.len()
+            ));
+        }
+        if self.boundaries.len() != done {
+            return Some(format!(
+                "{} boundary records for {done} completed segments",
+                self.boundaries.len()
+            ));
+        }
+        let steps: usize = segments[..done].iter().map(|s| s.steps).sum();
+        if self.steps != steps {
+            return Some(format!(
+                "{} steps, where the completed segments have {steps}",
+                self.steps
+            ));
+        }
+        let flops = self.boundaries.last().map_or(0.0, |b| b.train_flops);
+        if !(self.train_flops.is_finite() && self.train_flops >= 0.0) || self.train_flops != flops {
+            return Some(format!(
+                "{} training FLOPs, where the last boundary recorded {flops}",
+                self.train_flops
+            ));
+        }
+        for (i, (b, s)) in self.boundaries.iter().zip(segments).enumerate() {
+            let next = (i + 1 < segments.len()).then(|| start(i + 2));
+            if b.boundary != i + 1
+                || b.segment != s.name()
+                || b.trained_checkpoint != trained(i + 1)
+                || b.next_checkpoint != next
+            {
+                return Some(format!(
+                    "boundary record {} is not that of segment {}",
+                    i + 1,
+                    s.name()
+                ));
+            }
+        }
+        None
+    }
 }
 
 /// What a finished cycle gives back.

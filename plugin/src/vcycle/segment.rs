@@ -6,9 +6,12 @@ use std::path::PathBuf;
 use burn::train::{LearnerModel, SupervisedTraining, TrainLoader, ValidLoader};
 use serde::{Deserialize, Serialize};
 
+use crate::config::{DecaySegments, VCycleConfig};
 use crate::schedule::{Decay, Schedule};
 
-/// Where a segment lies in the cycle.
+/// Where a segment lies in the run: followed by a coalesce, down; preceded by a growth (and
+/// not followed by a coalesce), up; otherwise (a run's smallest model, or one it starts at),
+/// bottom.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Phase {
@@ -57,6 +60,10 @@ pub struct Segment {
     pub decay: Decay,
     /// The decay's last rate as a fraction of `learning_rate`.
     pub decay_floor: f64,
+    /// Where the decay runs, in the segment's 1-based steps, when it spans the run
+    /// ([`crate::Wsd`]): see [`Schedule::decay_span`]. None: over the segment, after its
+    /// warm-up.
+    pub decay_span: Option<(i64, i64)>,
     /// The artifact directory for this segment's `SupervisedTraining` (metrics, logs, Burn
     /// checkpoints).
     pub dir: PathBuf,
@@ -76,8 +83,78 @@ impl Segment {
             steps: self.steps,
             decay: self.decay,
             floor: self.decay_floor,
+            decay_span: self.decay_span,
         }
     }
+}
+
+/// The segments of `config`'s run, their artifacts under `run_dir`.
+pub(super) fn plan(config: &VCycleConfig, run_dir: &std::path::Path) -> Vec<Segment> {
+    let path = config.path_segments();
+    let count = path.len();
+    let total: usize = path.iter().map(|p| p.steps).sum();
+    let mut offset = 0;
+    let mut segments = Vec::with_capacity(count);
+    for (i, p) in path.iter().enumerate() {
+        let index = i + 1;
+        let before = i.checked_sub(1).map(|j| path[j].level);
+        let after = path.get(i + 1).map(|q| q.level);
+        let grown = before.is_some_and(|b| b > p.level);
+        let phase = match after {
+            Some(a) if a > p.level => Phase::Down,
+            _ if grown => Phase::Up,
+            _ => Phase::Bottom,
+        };
+        let lc = &config.levels[p.level - 1];
+        let (warmup_steps, decay, decay_span) = match &config.wsd {
+            Some(wsd) => {
+                let decay_steps = (total as f64 * wsd.decay_fraction).round() as i64;
+                // The peak is at global step total − decay_steps, the floor at the last.
+                let start = total as i64 - decay_steps - offset as i64;
+                let warmup = match () {
+                    _ if index == 1 => wsd.warmup_steps,
+                    _ if grown => wsd.rewarm_steps,
+                    _ => 0,
+                };
+                (
+                    warmup,
+                    wsd.decay,
+                    Some((start, total as i64 - offset as i64)),
+                )
+            }
+            None => {
+                let decays = match config.decay_segments {
+                    DecaySegments::Every => true,
+                    DecaySegments::Last => index == count,
+                };
+                let decay = if decays {
+                    config.decay
+                } else {
+                    Decay::Constant
+                };
+                (lc.warmup_steps, decay, None)
+            }
+        };
+        let mut segment = Segment {
+            index,
+            count,
+            phase,
+            level: p.level,
+            steps: p.steps,
+            batches: p.steps * config.batches_per_step,
+            epoch_steps: crate::budget::epoch_steps(p.steps, config.eval_every),
+            learning_rate: p.learning_rate.unwrap_or(lc.learning_rate),
+            warmup_steps,
+            decay,
+            decay_floor: config.decay_floor,
+            decay_span,
+            dir: PathBuf::new(),
+        };
+        segment.dir = run_dir.join("segments").join(segment.name());
+        offset += p.steps;
+        segments.push(segment);
+    }
+    segments
 }
 
 /// Builds the user's `SupervisedTraining` for a segment: metrics, renderer, training strategy

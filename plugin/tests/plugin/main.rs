@@ -8,6 +8,7 @@ mod gpt2_hf;
 mod killed_write;
 mod layout;
 mod llama_hf;
+mod paths;
 mod resume;
 mod support;
 mod vcycle_run;

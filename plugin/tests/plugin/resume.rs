@@ -12,7 +12,7 @@ use burn::data::dataloader::DataLoaderBuilder;
 use burn::data::dataloader::batcher::Batcher;
 use burn::tensor::Device;
 use vcycle_plugin::text::{ByteWindows, LmBatch, LmBatcher, split_train_valid};
-use vcycle_plugin::{Gpt2, VCycle, VCycleConfig};
+use vcycle_plugin::{Error, Gpt2, VCycle, VCycleConfig};
 
 use crate::support::*;
 
@@ -60,6 +60,15 @@ fn child_run() {
         .quiet(true)
         .run(model, train, valid, quiet_training)
         .expect("V-cycle");
+}
+
+/// Requires a resume refused for a reason containing `words`.
+fn assert_resume_refused<T>(result: vcycle_plugin::Result<T>, words: &str) {
+    match result {
+        Err(Error::Resume { message, .. }) => assert!(message.contains(words), "{message}"),
+        Err(other) => panic!("refused for another reason: {other}"),
+        Ok(_) => panic!("not refused: {words}"),
+    }
 }
 
 fn completed(run: &Path) -> usize {
@@ -115,6 +124,20 @@ fn killed_run_resumes_from_last_boundary() {
         );
         sleep(Duration::from_millis(10));
     }
+    // While the child trains, the directory is its own: a resume from this process is refused,
+    // naming the child.
+    let (train, valid) = loaders(24_000, 16, 4);
+    let busy = VCycle::<Gpt2>::new(config(), &run, Device::flex().autodiff())
+        .expect("driver")
+        .quiet(true)
+        .resume(train, valid, quiet_training);
+    let Err(Error::RunDirectory { message, .. }) = busy else {
+        panic!("a second training in a run directory in use was not refused");
+    };
+    assert!(
+        message.contains(&format!("process {}", child.id())),
+        "{message}"
+    );
     child.kill().expect("kill child");
     child.wait().expect("reap child");
     let at_kill = completed(&run);
@@ -141,7 +164,64 @@ fn killed_run_resumes_from_last_boundary() {
         .expect("driver")
         .quiet(true)
         .resume(train.clone(), valid.clone(), quiet_training);
-    assert!(refused.is_err());
+    assert_resume_refused(refused, "configuration differs");
+    // So are other options of the caller's than the run started with.
+    let refused = VCycle::<Gpt2>::new(config(), &run, Device::flex().autodiff())
+        .expect("driver")
+        .quiet(true)
+        .with_run_options(serde_json::json!({"seq": 32}))
+        .resume(train.clone(), valid.clone(), quiet_training);
+    assert_resume_refused(refused, "options");
+
+    // A state or a checkpoint changed since the run stopped is refused before anything is
+    // allocated or removed.
+    let tampered: [(&str, &dyn Fn(&Path), &str); 3] = [
+        (
+            "huge-count",
+            &|run| {
+                let path = run.join("state.json");
+                let mut state: serde_json::Value =
+                    serde_json::from_str(&std::fs::read_to_string(&path).expect("state"))
+                        .expect("state JSON");
+                state["completed_segments"] = 1_000_000_000_000u64.into();
+                std::fs::write(&path, state.to_string()).expect("write state");
+            },
+            "1000000000000 segments completed",
+        ),
+        (
+            "changed-checkpoint",
+            &|run| {
+                let path = run.join("checkpoints/01-to-L2/model.safetensors");
+                let mut bytes = std::fs::read(&path).expect("checkpoint");
+                let last = bytes.len() - 1;
+                bytes[last] ^= 1;
+                std::fs::write(&path, bytes).expect("write checkpoint");
+            },
+            "checksum differs",
+        ),
+        (
+            "missing-checkpoint",
+            &|run| {
+                std::fs::remove_file(run.join("checkpoints/01-down-L1/config.json"))
+                    .expect("remove");
+            },
+            "is missing",
+        ),
+    ];
+    for (name, tamper, words) in tampered {
+        let copy = dir.path().join(name);
+        for (rel, bytes) in snapshot(&run) {
+            let path = copy.join(rel);
+            std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+            std::fs::write(path, bytes).expect("copy");
+        }
+        tamper(&copy);
+        let refused = VCycle::<Gpt2>::new(config(), &copy, Device::flex().autodiff())
+            .expect("driver")
+            .quiet(true)
+            .resume(train.clone(), valid.clone(), quiet_training);
+        assert_resume_refused(refused, words);
+    }
 
     let outcome = VCycle::<Gpt2>::new(config(), &run, Device::flex().autodiff())
         .expect("driver")

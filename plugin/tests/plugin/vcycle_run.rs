@@ -35,12 +35,12 @@ fn tiny_two_level_cycle_end_to_end() {
     assert_eq!(b.len(), 3);
     assert_eq!(
         b.iter()
-            .map(|r| (r.phase, r.operator.as_str()))
+            .map(|r| (r.phase, r.operator.to_string()))
             .collect::<Vec<_>>(),
         vec![
-            (Phase::Down, "coalesce"),
-            (Phase::Bottom, "grow (alpha = 0.5)"),
-            (Phase::Up, "end")
+            (Phase::Down, "coalesce".to_string()),
+            (Phase::Bottom, "grow (alpha = 0.5)".to_string()),
+            (Phase::Up, "end".to_string())
         ]
     );
     assert_eq!(b.iter().map(|r| r.steps).collect::<Vec<_>>(), vec![3, 6, 9]);

@@ -247,3 +247,93 @@ fn error_causes_are_said_once() {
         assert_eq!(repeated_cause(&run), None, "the cause is repeated:\n{run}");
     }
 }
+
+/// A file vcycle reads whole (config, index, rules) beyond its bound is refused before it is
+/// read: a 3 GB sparse one costs neither the memory nor the time.
+#[test]
+fn a_small_file_beyond_its_bound_is_refused_unread() {
+    let huge = |path: &std::path::Path| {
+        std::fs::File::create(path)
+            .unwrap()
+            .set_len(3 << 30)
+            .unwrap();
+    };
+    let cases: [(&str, &[&str]); 3] = [
+        (
+            "in/config.json",
+            &["coalesce", "in", "--heads", "2", "-o", "out"],
+        ),
+        (
+            "in/model.safetensors.index.json",
+            &["coalesce", "in", "--heads", "2", "-o", "out"],
+        ),
+        (
+            "rules.toml",
+            &[
+                "coalesce",
+                "in",
+                "--rules",
+                "rules.toml",
+                "--heads",
+                "2",
+                "-o",
+                "out",
+            ],
+        ),
+    ];
+    for (file, args) in cases {
+        let sb = Sandbox::new();
+        sb.copy_fixture("gpt2-tiny", "in");
+        huge(&sb.path(file));
+        let started = std::time::Instant::now();
+        let run = sb.run(args);
+        assert_eq!(run.code, 2, "{run}");
+        assert_mentions(&run, &[file.rsplit('/').next().unwrap(), "larger than"]);
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "{file}"
+        );
+        assert!(!sb.path("out").exists());
+    }
+}
+
+/// Checking a rule file is linear in its rules: 100,000 `tied_to` rules (quadratic checking
+/// took 12.5 s in a release build) are read in seconds.
+#[test]
+fn many_tied_rules_are_checked_in_linear_time() {
+    let sb = Sandbox::new();
+    let mut rules =
+        std::fs::read_to_string(crate::util::fixtures_dir().join("../transform/rules/gpt2.toml"))
+            .unwrap();
+    for i in 0..100_000 {
+        rules.push_str(&format!(
+            "\n[[tensors]]\nname = \"tied{i}.weight\"\naxes = [\"vocab\", \"hidden:out\"]\n\
+             optional = true\ntied_to = \"wte.weight\"\n"
+        ));
+    }
+    std::fs::write(sb.path("rules.toml"), rules).unwrap();
+    let started = std::time::Instant::now();
+    sb.ok(["inspect", &fixture("gpt2-tiny"), "--rules", "rules.toml"]);
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(30),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+/// Two links to one directory are no loop: both are walked and copied.
+#[test]
+fn two_links_to_one_directory_are_read_through_both() {
+    let sb = Sandbox::new();
+    sb.copy_fixture("gpt2-tiny", "in");
+    std::fs::create_dir(sb.path("shared")).unwrap();
+    std::fs::write(sb.path("shared/vocab.txt"), "tokens").unwrap();
+    for link in ["a", "b"] {
+        std::os::unix::fs::symlink("../shared", sb.path("in").join(link)).unwrap();
+    }
+    sb.ok(["coalesce", "in", "--heads", "2", "-o", "out"]);
+    for link in ["a", "b"] {
+        let copied = sb.path("out").join(link).join("vocab.txt");
+        assert_eq!(std::fs::read_to_string(copied).unwrap(), "tokens");
+    }
+}

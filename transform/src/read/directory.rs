@@ -10,11 +10,34 @@ use super::json::Json;
 use super::{CONFIG_FILE, INDEX_FILE};
 use crate::error::{Error, Result};
 
-/// Reads a text file that must be a regular file (or a link to one): a FIFO or a device would
-/// block or never end.
+/// The largest small file read whole (`config.json`, `model.safetensors.index.json`, a rule
+/// file): real ones are at most a few megabytes (the index of a model with 100,000 tensors is
+/// about 7 MB).
+pub const MAX_SMALL_FILE: u64 = 64 << 20;
+
+/// Reads a text file that must be a regular file (or a link to one; a FIFO or a device would
+/// block or never end) of at most [`MAX_SMALL_FILE`] bytes.
 pub fn read_regular(path: &Path) -> Result<String> {
-    require_regular(path, &std::fs::metadata(path).map_err(Error::io(path))?)?;
-    std::fs::read_to_string(path).map_err(Error::io(path))
+    use std::io::Read;
+    let meta = std::fs::metadata(path).map_err(Error::io(path))?;
+    require_regular(path, &meta)?;
+    let too_large = || Error::InvalidCheckpoint {
+        path: path.to_path_buf(),
+        reason: format!("larger than {MAX_SMALL_FILE} bytes, the most vcycle reads of such a file"),
+    };
+    if meta.len() > MAX_SMALL_FILE {
+        return Err(too_large());
+    }
+    let file = std::fs::File::open(path).map_err(Error::io(path))?;
+    let mut text = String::new();
+    // Bounded again while reading: the file may grow after its size was read.
+    file.take(MAX_SMALL_FILE + 1)
+        .read_to_string(&mut text)
+        .map_err(Error::io(path))?;
+    if text.len() as u64 > MAX_SMALL_FILE {
+        return Err(too_large());
+    }
+    Ok(text)
 }
 
 pub(super) fn require_regular(path: &Path, meta: &std::fs::Metadata) -> Result<()> {
@@ -37,13 +60,14 @@ pub(super) fn require_regular(path: &Path, meta: &std::fs::Metadata) -> Result<(
 /// Every file under `dir` that is not part of the model itself (config, index, safetensors
 /// files), as paths relative to the model directory; subdirectories (sentence-transformers'
 /// `1_Pooling/`) are walked. Links are followed (a HuggingFace hub snapshot is links into its
-/// blob store), a directory reached twice (a link loop) is refused, and so is an entry that is
-/// not a regular file or directory (a FIFO would block the copy). Names need not be UTF-8.
+/// blob store), a link to a directory that holds it (a link loop) is refused, and so is an
+/// entry that is not a regular file or directory (a FIFO would block the copy). Names need not
+/// be UTF-8. `ancestors`: the real paths of the directories being walked, `root`'s first.
 pub(super) fn collect_extra_files(
     root: &Path,
     relative: &Path,
     shards: &[String],
-    visited: &mut Vec<PathBuf>,
+    ancestors: &mut Vec<PathBuf>,
     out: &mut Vec<PathBuf>,
 ) -> Result<()> {
     let dir = root.join(relative);
@@ -56,14 +80,17 @@ pub(super) fn collect_extra_files(
         let meta = std::fs::metadata(&full).map_err(Error::io(&full))?;
         if meta.is_dir() {
             let real = full.canonicalize().map_err(Error::io(&full))?;
-            if visited.iter().any(|v| v.starts_with(&real)) {
+            // Two links to one directory are no loop; a link to a directory that holds it is.
+            if ancestors.iter().any(|v| v.starts_with(&real)) {
                 return Err(Error::InvalidCheckpoint {
                     path: full,
                     reason: format!("links to {}, which holds it (a link loop)", real.display()),
                 });
             }
-            visited.push(real);
-            collect_extra_files(root, &path, shards, visited, out)?;
+            ancestors.push(real);
+            let walked = collect_extra_files(root, &path, shards, ancestors, out);
+            ancestors.pop();
+            walked?;
             continue;
         }
         let top_level = relative.as_os_str().is_empty();

@@ -3,26 +3,19 @@
 //! path without `force`, written whole into a work directory beside it and renamed into place,
 //! nothing left behind on failure.
 //!
-//! A run stages each output in a work directory `.vcycle-<pid>-<random>.tmp` next to it, which
-//! holds a marker file naming the output, the new content (`new`) and, while an old output is
-//! being replaced, the old one (`old`). Committing takes an exclusive lock on each output's
-//! directory, so concurrent writers to one output replace it one after the other. A process
-//! killed mid-write leaves its work directory; the next run writing into that directory removes
-//! it (putting back an old output it had moved aside), but only a work directory with the marker,
-//! of a process that no longer runs, and holding none of the run's inputs: what a vcycle run
-//! provably made.
+//! Each output is staged in a work directory next to it (see `work_dir.rs`). The output's
+//! directory is resolved to its real path once, before anything is moved, so that a path that
+//! runs through the output itself (`out/../out`, or `../small` from inside `small`) still
+//! names the same place after the old output has been moved aside. Committing takes an
+//! exclusive lock on each output's directory, so concurrent writers to one output replace it
+//! one after the other; outputs committed together are recorded as one group, so that a run
+//! killed half-way through their renames is rolled back whole by the next run's sweep.
 
 use std::fs::File;
 use std::path::{Component, Path, PathBuf};
 
+use super::work_dir::{self, NEW, OLD, WorkDir, output_error};
 use crate::error::{Error, Result};
-
-/// The marker file of a work directory; it holds the output's file name.
-const MARKER: &str = ".vcycle-work";
-/// The new content, inside a work directory.
-const NEW: &str = "new";
-/// An old output moved aside while being replaced, inside a work directory.
-const OLD: &str = "old";
 
 /// Where a run may write: the real paths of everything it reads, and whether it may replace.
 #[derive(Debug, Clone)]
@@ -43,7 +36,9 @@ impl OutputPolicy {
     }
 
     /// Refuses an output that is, is inside or contains an input or another of `outputs`, whose
-    /// directory does not exist, or that exists without `force`.
+    /// directory does not exist, whose path ends in `.`, or that exists without `force`. The
+    /// leftovers of killed runs in each output's directory are swept first, so that an old
+    /// output they put back is seen now rather than after the work.
     pub fn check(&self, outputs: &[&Path]) -> Result<()> {
         let refuse = |output: &Path, reason: String| Error::Output {
             output: output.to_path_buf(),
@@ -53,6 +48,10 @@ impl OutputPolicy {
             .iter()
             .map(|&output| match output.file_name() {
                 None => Err(refuse(output, "has no file name".into())),
+                Some(_) if ends_in_dot(output) => Err(refuse(
+                    output,
+                    "ends in `.`: name the output itself, not a path through it".into(),
+                )),
                 Some(_) => {
                     resolve(output).map_err(|e| refuse(output, format!("cannot be resolved: {e}")))
                 }
@@ -75,9 +74,11 @@ impl OutputPolicy {
                 let reason = format!("its directory {} does not exist", parent.display());
                 return Err(refuse(output, reason));
             }
+            self.sweep_locked(&parent);
             if output.symlink_metadata().is_ok() && !self.force {
-                let reason = "already exists (pass --force to replace it)".to_string();
-                return Err(refuse(output, reason));
+                return Err(Error::OutputExists {
+                    output: output.to_path_buf(),
+                });
             }
         }
         Ok(())
@@ -86,133 +87,86 @@ impl OutputPolicy {
     /// Prepares `output` for writing: sweeps its directory, then creates the work directory
     /// whose [`Staged::path`] the content goes to.
     pub(crate) fn stage(&self, output: &Path) -> Result<Staged> {
-        let out_err = |e: std::io::Error| Error::Output {
-            output: output.to_path_buf(),
-            reason: format!("cannot be written: {e}"),
-        };
+        let out_err = output_error(output);
         let parent = parent_of(output);
         self.sweep_locked(&parent);
-        let work = tempfile::Builder::new()
-            .prefix(&format!(".vcycle-{}-", std::process::id()))
-            .suffix(".tmp")
-            .tempdir_in(&parent)
-            .map_err(out_err)?
-            .keep();
-        let staged = Staged {
+        let (Some(name), Ok(real_parent)) = (output.file_name(), parent.canonicalize()) else {
+            return Err(Error::Output {
+                output: output.to_path_buf(),
+                reason: "cannot be resolved to a file in an existing directory".into(),
+            });
+        };
+        let work = WorkDir::create(&real_parent, name).map_err(out_err)?;
+        Ok(Staged {
             work,
+            target: real_parent.join(name),
             output: output.to_path_buf(),
             force: self.force,
-            committed: false,
-        };
-        let name = output.file_name().unwrap_or_default();
-        std::fs::write(staged.work.join(MARKER), name_bytes(name)).map_err(out_err)?;
-        Ok(staged)
+        })
     }
 
-    /// [`OutputPolicy::sweep`] with `dir` locked, so that no writer commits meanwhile.
+    /// [`work_dir::sweep`] with `dir` locked, so that no writer commits meanwhile.
     pub(crate) fn sweep_locked(&self, dir: &Path) {
         let _lock = DirLock::take(dir);
-        self.sweep(dir);
-    }
-
-    /// Removes the work directories of dead vcycle processes in `dir` (see the module
-    /// documentation). Errors are ignored: this is housekeeping, and a leftover never affects a
-    /// new output.
-    fn sweep(&self, dir: &Path) {
-        if !Path::new("/proc/self").exists() {
-            return;
-        }
-        let Ok(entries) = std::fs::read_dir(dir) else {
-            return;
-        };
-        for entry in entries.flatten() {
-            let path = entry.path();
-            let name = entry.file_name();
-            let Some(pid) = name
-                .to_str()
-                .filter(|n| n.ends_with(".tmp"))
-                .and_then(|n| n.strip_prefix(".vcycle-"))
-                .and_then(|rest| rest.split_once('-'))
-                .and_then(|(pid, _)| pid.parse::<u32>().ok())
-            else {
-                continue;
-            };
-            let dead =
-                pid != std::process::id() && !Path::new("/proc").join(pid.to_string()).exists();
-            let is_work_dir = entry.file_type().is_ok_and(|t| t.is_dir())
-                && path
-                    .join(MARKER)
-                    .symlink_metadata()
-                    .is_ok_and(|m| m.is_file());
-            let real = path.canonicalize().unwrap_or_else(|_| path.clone());
-            let holds_input = self.inputs.iter().any(|i| i.starts_with(&real));
-            if !dead || !is_work_dir || holds_input {
-                continue;
-            }
-            if let Ok(output) = std::fs::read(path.join(MARKER)) {
-                let output = dir.join(name_from_bytes(&output));
-                let old = path.join(OLD);
-                if old.symlink_metadata().is_ok() && output.symlink_metadata().is_err() {
-                    let _ = std::fs::rename(old, output);
-                }
-            }
-            let _ = std::fs::remove_dir_all(&path);
-        }
+        work_dir::sweep(dir, &self.inputs);
     }
 }
 
-/// An output being written: its work directory, removed (with whatever is in it) when dropped
-/// unless committed.
+/// An output being written: its work directory, removed (with whatever is in it) when dropped.
 #[derive(Debug)]
 pub(crate) struct Staged {
-    work: PathBuf,
+    work: WorkDir,
+    /// The output as the user named it, for messages.
     output: PathBuf,
+    /// The output's real directory and file name, where it is renamed to.
+    target: PathBuf,
     force: bool,
-    committed: bool,
 }
 
 impl Staged {
     /// Where the content goes (a file or a directory, not yet created).
     pub(crate) fn path(&self) -> PathBuf {
-        self.work.join(NEW)
+        self.work.path().join(NEW)
     }
 
     /// The work directory (errors on paths inside it are the output's).
     pub(crate) fn work(&self) -> &Path {
-        &self.work
+        self.work.path()
     }
-}
 
-impl Drop for Staged {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.work);
+    fn old(&self) -> PathBuf {
+        self.work.path().join(OLD)
     }
 }
 
 /// Moves every staged output into place, all or none: with each output's directory locked,
 /// an existing output (with `force`) is moved into the work directory and the new one renamed
-/// in; a failure puts back what was already moved. Work directories, old outputs inside them,
-/// go afterwards.
+/// in; a failure puts back what was already moved. Several outputs are first recorded as one
+/// group in each work directory, so that a kill between their renames is undone by the sweep.
+/// Work directories, old outputs inside them, go when the staged outputs are dropped.
 pub(crate) fn commit(staged: &mut [Staged]) -> Result<()> {
-    let mut dirs: Vec<PathBuf> = staged
-        .iter()
-        .map(|s| {
-            let parent = parent_of(&s.output);
-            parent.canonicalize().unwrap_or(parent)
-        })
-        .collect();
+    let mut dirs: Vec<PathBuf> = staged.iter().map(|s| parent_of(&s.target)).collect();
     // One order for every process, so that two runs locking the same directories cannot
     // wait for each other.
     dirs.sort();
     dirs.dedup();
     let locks: Vec<DirLock> = dirs.iter().map(|d| DirLock::take(d)).collect();
+    let _committing = work_dir::committing();
+    // Alone, a file replacing a file is one atomic rename; with others, the old one is moved
+    // aside so that a later failure (or the sweep after a kill) can put it back.
+    let grouped = staged.len() > 1;
+    if grouped {
+        let members: Vec<&Path> = staged.iter().map(Staged::work).collect();
+        for s in staged.iter() {
+            s.work
+                .write_group(&members)
+                .map_err(output_error(&s.output))?;
+        }
+    }
     let mut done = 0;
     let mut result = Ok(());
-    // Alone, a file replacing a file is one atomic rename; with others, the old one is moved
-    // aside so that a later failure can put it back.
-    let keep_old = staged.len() > 1;
     for s in staged.iter() {
-        result = move_into_place(s, keep_old);
+        result = move_into_place(s, grouped);
         if result.is_err() {
             break;
         }
@@ -220,12 +174,8 @@ pub(crate) fn commit(staged: &mut [Staged]) -> Result<()> {
     }
     if result.is_err() {
         for s in staged.iter().take(done).rev() {
-            let _ = std::fs::rename(&s.output, s.path());
-            let _ = std::fs::rename(s.work.join(OLD), &s.output);
-        }
-    } else {
-        for s in staged.iter_mut() {
-            s.committed = true;
+            let _ = std::fs::rename(&s.target, s.path());
+            let _ = std::fs::rename(s.old(), &s.target);
         }
     }
     for dir in &dirs {
@@ -241,20 +191,20 @@ fn move_into_place(s: &Staged, keep_old: bool) -> Result<()> {
         reason,
     };
     let new = s.path();
-    let existing = s.output.symlink_metadata().ok();
+    let existing = s.target.symlink_metadata().ok();
     if existing.is_some() && !s.force {
-        return Err(out_err(
-            "already exists (pass --force to replace it)".into(),
-        ));
+        return Err(Error::OutputExists {
+            output: s.output.clone(),
+        });
     }
     // Rename cannot replace across kinds or onto a directory: then the old output is moved
     // aside first.
     if existing.is_some_and(|m| keep_old || m.is_dir() || new.is_dir()) {
-        std::fs::rename(&s.output, s.work.join(OLD))
+        std::fs::rename(&s.target, s.old())
             .map_err(|e| out_err(format!("cannot move the existing output aside: {e}")))?;
     }
-    if let Err(e) = std::fs::rename(&new, &s.output) {
-        let _ = std::fs::rename(s.work.join(OLD), &s.output);
+    if let Err(e) = std::fs::rename(&new, &s.target) {
+        let _ = std::fs::rename(s.old(), &s.target);
         return Err(out_err(format!(
             "cannot move the finished output into place: {e}"
         )));
@@ -264,12 +214,23 @@ fn move_into_place(s: &Staged, keep_old: bool) -> Result<()> {
 
 /// An exclusive lock on a directory, held until dropped. Best effort: where the filesystem
 /// cannot lock, writers are not serialised (each rename is still atomic).
-struct DirLock(Option<File>);
+pub(super) struct DirLock(Option<File>);
 
 impl DirLock {
     fn take(dir: &Path) -> DirLock {
         let file = File::open(dir).ok().filter(|f| f.lock().is_ok());
         DirLock(file)
+    }
+
+    /// The lock if it is free now (or the filesystem cannot lock); None if another process
+    /// holds it.
+    pub(super) fn try_take(dir: &Path) -> Option<DirLock> {
+        let file = File::open(dir).ok()?;
+        match file.try_lock() {
+            Ok(()) => Some(DirLock(Some(file))),
+            Err(std::fs::TryLockError::WouldBlock) => None,
+            Err(std::fs::TryLockError::Error(_)) => Some(DirLock(None)),
+        }
     }
 }
 
@@ -313,26 +274,13 @@ fn overlap(real: &Path, other: &Path, what: &str, shown: &Path) -> Option<String
     }
 }
 
-#[cfg(unix)]
-fn name_bytes(name: &std::ffi::OsStr) -> Vec<u8> {
-    use std::os::unix::ffi::OsStrExt;
-    name.as_bytes().to_vec()
-}
-
-#[cfg(not(unix))]
-fn name_bytes(name: &std::ffi::OsStr) -> Vec<u8> {
-    name.to_string_lossy().into_owned().into_bytes()
-}
-
-#[cfg(unix)]
-fn name_from_bytes(bytes: &[u8]) -> PathBuf {
-    use std::os::unix::ffi::OsStrExt;
-    PathBuf::from(std::ffi::OsStr::from_bytes(bytes))
-}
-
-#[cfg(not(unix))]
-fn name_from_bytes(bytes: &[u8]) -> PathBuf {
-    PathBuf::from(String::from_utf8_lossy(bytes).into_owned())
+/// Whether `path` ends in a `.` component (`out/.`), which [`Path::file_name`] hides.
+fn ends_in_dot(path: &Path) -> bool {
+    let mut bytes = path.as_os_str().as_encoded_bytes();
+    while let Some(trimmed) = bytes.strip_suffix(b"/") {
+        bytes = trimmed;
+    }
+    bytes == b"." || bytes.ends_with(b"/.")
 }
 
 /// The absolute path with every symlink resolved, including a dangling one at the end (a
@@ -379,7 +327,7 @@ mod tests {
     fn work_dir(dir: &Path, pid: u32, tag: &str, output: &str) -> PathBuf {
         let work = dir.join(format!(".vcycle-{pid}-{tag}.tmp"));
         std::fs::create_dir(&work).unwrap();
-        std::fs::write(work.join(MARKER), output).unwrap();
+        std::fs::write(work.join(".vcycle-work"), output).unwrap();
         work
     }
 
@@ -389,15 +337,21 @@ mod tests {
         let d = dir.path();
         // A pid that is not running: the largest possible, far above pid_max.
         let dead = u32::MAX;
-        let live = std::process::id();
         std::fs::write(work_dir(d, dead, "a", "x").join(NEW), "partial").unwrap();
         // Old output moved aside, new one not yet in place: put back.
         std::fs::create_dir(work_dir(d, dead, "b", "model").join(OLD)).unwrap();
         // Old output moved aside, new one in place: the old one goes.
         std::fs::write(d.join("file.safetensors"), "new").unwrap();
         std::fs::write(work_dir(d, dead, "c", "file.safetensors").join(OLD), "old").unwrap();
-        // Work in progress (another thread of this process), kept.
-        work_dir(d, live, "e", "y");
+        // Work in progress (another thread of this process), its marker locked: kept.
+        let live = WorkDir::create(&d.canonicalize().unwrap(), "y".as_ref()).unwrap();
+        let live_name = live
+            .path()
+            .file_name()
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .to_string();
         // Not made by vcycle: a file, and a directory without the marker.
         std::fs::write(d.join(format!(".vcycle-{dead}-f.tmp")), "user file").unwrap();
         std::fs::create_dir(d.join(format!(".vcycle-{dead}-g.tmp"))).unwrap();
@@ -406,12 +360,12 @@ mod tests {
         std::fs::write(input.join(NEW), "an input").unwrap();
 
         let policy = OutputPolicy::new(&[&input.join(NEW)], false).unwrap();
-        policy.sweep(d);
+        policy.sweep_locked(d);
         let mut expected = vec![
             format!(".vcycle-{dead}-f.tmp"),
             format!(".vcycle-{dead}-g.tmp"),
             format!(".vcycle-{dead}-h.tmp"),
-            format!(".vcycle-{live}-e.tmp"),
+            live_name,
             "file.safetensors".to_string(),
             "model".to_string(),
         ];
@@ -421,6 +375,7 @@ mod tests {
             std::fs::read_to_string(d.join("file.safetensors")).unwrap(),
             "new"
         );
+        drop(live);
     }
 
     #[cfg(unix)]
