@@ -113,8 +113,10 @@ fn another_users_work_directory_is_never_acted_on() {
 
 /// A process that holds the lock on a work directory's marker until killed, as a vcycle run in
 /// another PID namespace does (its pid, seen from here, names no process).
+// The caller kills the child and waits for it.
+#[allow(clippy::zombie_processes)]
 fn hold_lock(marker: &Path) -> Child {
-    let child = Command::new("flock")
+    let mut child = Command::new("flock")
         .arg(marker)
         .args(["sleep", "60"])
         .stdin(Stdio::null())
@@ -127,7 +129,11 @@ fn hold_lock(marker: &Path) -> Child {
         if matches!(file.try_lock(), Err(std::fs::TryLockError::WouldBlock)) {
             return child;
         }
-        assert!(Instant::now() < deadline, "flock never took the lock");
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("flock never took the lock");
+        }
         std::thread::sleep(Duration::from_millis(20));
     }
 }

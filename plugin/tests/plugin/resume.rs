@@ -62,6 +62,9 @@ fn child_run() {
         .expect("V-cycle");
 }
 
+/// A copy of the run changed by a function, and the words of its refusal.
+type Tampering<'a> = (&'a str, &'a dyn Fn(&Path), &'a str);
+
 /// Requires a resume refused for a reason containing `words`.
 fn assert_resume_refused<T>(result: vcycle_plugin::Result<T>, words: &str) {
     match result {
@@ -175,7 +178,7 @@ fn killed_run_resumes_from_last_boundary() {
 
     // A state or a checkpoint changed since the run stopped is refused before anything is
     // allocated or removed.
-    let tampered: [(&str, &dyn Fn(&Path), &str); 3] = [
+    let tampered: [Tampering; 3] = [
         (
             "huge-count",
             &|run| {
