@@ -261,8 +261,8 @@ fn the_sweep_runs_before_the_existence_check() {
     assert_eq!(sb.entries(), ["out"]);
 }
 
-/// Starts a conversion writing a model of about 200 MB into `out`.
-fn start_large_conversion(sb: &Sandbox) -> Child {
+/// Starts a conversion writing a model of about 200 MB into `out`, with `extra` arguments.
+fn start_large_conversion(sb: &Sandbox, extra: &[&str]) -> Child {
     Command::new(VCYCLE)
         .args([
             "decoalesce",
@@ -273,9 +273,9 @@ fn start_large_conversion(sb: &Sandbox) -> Child {
             "16",
         ])
         .args(["-o", "out", "--quiet"])
+        .args(extra)
         .current_dir(sb.root())
         .stdin(Stdio::null())
-        .stderr(Stdio::piped())
         .spawn()
         .unwrap()
 }
@@ -298,20 +298,7 @@ fn a_signal_leaves_nothing_behind_and_kills_the_run_with_it() {
     for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
         let sb = Sandbox::new();
         std::fs::write(sb.path("out"), "old output").unwrap();
-        let mut child = Command::new(VCYCLE)
-            .args([
-                "decoalesce",
-                &fixture("gpt2-tiny"),
-                "--heads",
-                "32",
-                "--layers",
-                "16",
-            ])
-            .args(["-o", "out", "--quiet", "--force"])
-            .current_dir(sb.root())
-            .stdin(Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut child = start_large_conversion(&sb, &["--force"]);
         wait_for_work_dir(sb.root());
         // SAFETY: kill has no memory effects; the pid is our child's, not yet waited for.
         assert_eq!(unsafe { libc::kill(child.id() as i32, signal) }, 0);
@@ -325,7 +312,7 @@ fn a_signal_leaves_nothing_behind_and_kills_the_run_with_it() {
     }
     // Without --force, into an empty directory.
     let sb = Sandbox::new();
-    let mut child = start_large_conversion(&sb);
+    let mut child = start_large_conversion(&sb, &[]);
     wait_for_work_dir(sb.root());
     // SAFETY: as above.
     assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
