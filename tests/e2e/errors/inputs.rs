@@ -326,10 +326,10 @@ fn many_tied_rules_are_checked_in_linear_time() {
 fn two_links_to_one_directory_are_read_through_both() {
     let sb = Sandbox::new();
     sb.copy_fixture("gpt2-tiny", "in");
-    std::fs::create_dir(sb.path("shared")).unwrap();
-    std::fs::write(sb.path("shared/vocab.txt"), "tokens").unwrap();
+    std::fs::create_dir(sb.path("common")).unwrap();
+    std::fs::write(sb.path("common/vocab.txt"), "tokens").unwrap();
     for link in ["a", "b"] {
-        std::os::unix::fs::symlink("../shared", sb.path("in").join(link)).unwrap();
+        std::os::unix::fs::symlink("../common", sb.path("in").join(link)).unwrap();
     }
     sb.ok(["coalesce", "in", "--heads", "2", "-o", "out"]);
     for link in ["a", "b"] {
