@@ -19,10 +19,10 @@ use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Device, Int, Tensor, activation};
 use burn::train::metric::LossMetric;
 use burn::train::{SequenceOutput, SupervisedTraining};
-use vcycle_plugin::text::{ByteWindows, LmBatch, LmBatcher, split_train_valid};
+use vcycle_plugin::data::{ByteWindows, LmBatch, LmBatcher, split_train_valid};
 use vcycle_plugin::{
-    ArchChoice, HfModel, LevelConfig, ProgressLine, Rules, Segment, Sizes, VCycle, VCycleConfig,
-    VCycleModel, VCycleOutcome,
+    ArchChoice, FlopCounter, HfModel, LevelConfig, ProgressLine, Rules, Segment, Sizes, VCycle,
+    VCycleConfig, VCycleModel, VCycleOutcome, sequence_flop_counter,
 };
 
 /// A pre-LN decoder with learned positions and an output head tied to the token embedding.
@@ -96,7 +96,7 @@ impl TinyLm {
 
     /// Logits and the mean next-token cross-entropy of a batch.
     pub fn forward_lm(&self, batch: LmBatch) -> SequenceOutput {
-        vcycle_plugin::text::next_token_output(self.forward(batch.inputs), batch.targets)
+        vcycle_plugin::data::next_token_output(self.forward(batch.inputs), batch.targets)
     }
 }
 
@@ -143,7 +143,11 @@ impl HfModel for TinyLm {
     }
 }
 
-impl VCycleModel for TinyLm {}
+impl VCycleModel for TinyLm {
+    fn flop_counter(&self) -> vcycle_plugin::Result<FlopCounter<LmBatch>> {
+        sequence_flop_counter(self)
+    }
+}
 // End of the glue.
 
 /// Trains a fresh model through the V-cycle in `run_dir`, `steps` optimizer steps per segment.

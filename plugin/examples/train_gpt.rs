@@ -17,7 +17,7 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 use burn::train::SupervisedTraining;
 use burn::train::metric::LossMetric;
 use clap::Parser;
-use vcycle_plugin::text::{ByteWindows, LmBatcher, split_train_valid};
+use vcycle_plugin::data::{ByteWindows, LmBatcher, split_train_valid};
 use vcycle_plugin::{
     Gpt2, Gpt2Config, LevelConfig, ProgressLine, Segment, VCycle, VCycleConfig, device,
 };

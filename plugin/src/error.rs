@@ -53,6 +53,28 @@ pub enum Error {
         /// What does not fit.
         message: String,
     },
+    /// Growing a width-coalesced fresh model back with α = 1 changed what it computes, which
+    /// exact width growth never does: an axis of the rules has the wrong direction (`in` for
+    /// `out` or back), or the model is not invariant to duplicated units.
+    #[error(
+        "architecture `{arch}`: the rules do not preserve the model's function: the fresh model \
+         coalesced in width to level {level} has a validation loss of {small:.6}, grown back to \
+         level {to} with alpha = 1 {grown:.6}; check each axis's `in`/`out` direction (a \
+         projection's input is `in`, its output `out`), or set `prove_rules` to false for a \
+         model whose function duplicated units change"
+    )]
+    RulesProof {
+        /// The rules' architecture name.
+        arch: String,
+        /// The coalesced level.
+        level: usize,
+        /// The level it was grown back to.
+        to: usize,
+        /// Validation loss of the coalesced model.
+        small: f64,
+        /// Validation loss of the model grown back.
+        grown: f64,
+    },
     /// A rule file cannot drive a model's checkpoints.
     #[error("architecture `{arch}`: {message}")]
     Rules {

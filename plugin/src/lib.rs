@@ -42,47 +42,35 @@
 
 #![warn(missing_docs)]
 
-mod bert;
-mod budget;
-mod config;
+mod checkpoint;
+mod cycle;
+pub mod data;
 pub mod device;
 mod error;
-mod flops;
-mod gpt2;
-mod hf;
-mod images;
-mod init;
-mod layout;
-mod llama;
-pub mod moments;
-mod progress;
-mod schedule;
-mod sizes;
-pub mod text;
-mod vcycle;
-mod vit;
+mod models;
 
-pub use bert::{Bert, BertConfig};
-pub use budget::{ExactBatches, epoch_steps};
-pub use config::{
+pub use checkpoint::layout::HfLayout;
+pub use checkpoint::model::{HfModel, save_hf};
+/// Adam's moments across a boundary, as the driver saves them (for tests that inspect them).
+#[doc(hidden)]
+pub use checkpoint::moments;
+pub use checkpoint::sizes::Sizes;
+pub use cycle::budget::{ExactBatches, epoch_steps};
+pub use cycle::config::{
     DecaySegments, DepthInitChoice, EmbeddingRuleChoice, LevelConfig, OptimizerStatePolicy,
     PathSegment, VCycleConfig, Wsd,
 };
-pub use error::{Error, Result};
-pub use flops::{SequenceBatch, default_flop_counter, train_flops};
-pub use gpt2::{Gpt2, Gpt2Config};
-pub use hf::{HfModel, save_hf};
-pub use images::{Digits, ImageBatch, ImageBatcher, LabelledImage};
-pub use layout::HfLayout;
-pub use llama::{Llama, LlamaConfig};
-pub use progress::{ProgressLine, ValidHistory, ValidPoint};
-pub use schedule::{Decay, Schedule};
-pub use sizes::Sizes;
-pub use text::{ByteWindows, LmBatch, LmBatcher, MlmBatch, MlmBatcher};
-pub use vcycle::{
+pub use cycle::flops::{SequenceBatch, sequence_flop_counter, train_flops};
+pub use cycle::progress::{ProgressLine, ValidHistory, ValidPoint};
+pub use cycle::schedule::{Decay, Schedule};
+pub use cycle::{
     BoundaryRecord, FlopCounter, ModelSize, Operator, Phase, Segment, SegmentTraining, VCycle,
     VCycleModel, VCycleOutcome, default_optimizer,
 };
+pub use error::{Error, Result};
+pub use models::bert::{Bert, BertConfig};
+pub use models::gpt2::{Gpt2, Gpt2Config};
+pub use models::llama::{Llama, LlamaConfig};
+pub use models::vit::{Vit, VitConfig};
 /// The transform library's architecture choice and rule files, for [`HfModel::arch`].
 pub use vcycle_transform::{ArchChoice, Rules};
-pub use vit::{Vit, VitConfig};

@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Mutex, PoisonError};
 
 use crate::anatomy::{
     Anatomy, ArchChoice, META_ARCH, META_HEAD_DIM, META_HEADS, META_KV_HEADS, META_TIED,
@@ -224,8 +224,8 @@ impl Job {
         let mut warnings = self
             .write_warnings
             .lock()
-            .map(|w| w.clone())
-            .unwrap_or_default();
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
         warnings.sort();
         warnings
     }
@@ -327,10 +327,9 @@ impl Job {
             &|t, sink| {
                 prefetch.reached(&t.name);
                 let from_inputs = || {
-                    scanned.lock().is_ok_and(|scanned| {
-                        input_keys(t).any(|(in_large, name)| {
-                            scanned.non_finite.contains(&(in_large, name.to_string()))
-                        })
+                    let scanned = scanned.lock().unwrap_or_else(PoisonError::into_inner);
+                    input_keys(t).any(|(in_large, name)| {
+                        scanned.non_finite.contains(&(in_large, name.to_string()))
                     })
                 };
                 let output_first = self.non_finite_inputs_reach_output(t);
@@ -384,12 +383,13 @@ impl Job {
                         first: found.first,
                     });
                 }
-                if let Ok(mut warnings) = self.write_warnings.lock() {
-                    warnings.push(format!(
+                self.write_warnings
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .push(format!(
                         "output tensor `{}` holds {count} NaN or infinite values its finite inputs overflowed to ({:?}, first at element {})",
                         t.name, t.dtype, found.first
                     ));
-                }
                 Ok(())
             },
         )
@@ -438,9 +438,9 @@ impl Job {
         let Some(checkpoint) = self.input(in_large) else {
             return Ok(());
         };
-        let Ok(mut scanned) = scanned.lock() else {
-            return Ok(());
-        };
+        // A poisoned lock means another thread panicked, which fails the conversion anyway;
+        // the set itself is still whole, so the scan goes on rather than being skipped.
+        let mut scanned = scanned.lock().unwrap_or_else(PoisonError::into_inner);
         if !scanned.done.insert((in_large, name.to_string())) {
             return Ok(());
         }
@@ -466,9 +466,13 @@ impl Job {
                 first: found.first,
             });
         }
-        if let Ok(mut warnings) = self.write_warnings.lock() {
+        {
+            let mut warnings = self
+                .write_warnings
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
             warnings.push(format!(
-                "{}: tensor `{name}` holds {} NaN and {} infinite values (first at element {}); they pass into the output (--strict refuses them)",
+                "{}: tensor `{name}` holds {} NaN and {} infinite values (first at element {}); they pass into the output (strict mode refuses them)",
                 path.display(),
                 found.nan,
                 found.inf,
@@ -498,7 +502,7 @@ fn output_form(
         Layout::File if shard_size.is_some() => {
             return Err(Error::InvalidCheckpoint {
                 path: checkpoint.path().to_path_buf(),
-                reason: "--shard-size needs a model directory: this input is a single .safetensors file, and so would be the output".into(),
+                reason: "sharding needs a model directory: this input is a single .safetensors file, and so would be the output".into(),
             });
         }
         Layout::File => OutputForm::File,

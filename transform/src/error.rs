@@ -92,7 +92,9 @@ pub enum Error {
     #[error("no built-in architecture `{name}` (built-in: {known})")]
     UnknownPreset { name: String, known: String },
 
-    #[error("cannot detect the architecture of {path}: {reason}; pass --arch")]
+    #[error(
+        "cannot detect the architecture of {path}: {reason}; name it (a preset or a rule file)"
+    )]
     UnknownArchitecture { path: PathBuf, reason: String },
 
     #[error("{path}: {reason}")]
@@ -104,7 +106,7 @@ pub enum Error {
     )]
     Scheme { what: &'static str, reason: String },
 
-    #[error("--depth-init zero cannot grow architecture `{arch}` exactly: {reason}")]
+    #[error("zero-initialised depth growth cannot grow architecture `{arch}` exactly: {reason}")]
     DepthInit { arch: String, reason: String },
 
     #[error(
@@ -117,7 +119,7 @@ pub enum Error {
 
     /// A float input tensor holding NaN or infinite values, refused in strict mode.
     #[error(
-        "{path}: tensor `{tensor}` holds {nan} NaN and {inf} infinite values (first at element {first}); refused by --strict"
+        "{path}: tensor `{tensor}` holds {nan} NaN and {inf} infinite values (first at element {first}); refused in strict mode"
     )]
     NonFiniteInput {
         path: PathBuf,
@@ -130,7 +132,7 @@ pub enum Error {
     /// An output tensor whose finite inputs produced NaN or infinite values (a sum beyond the
     /// range of its dtype), refused in strict mode.
     #[error(
-        "output tensor `{tensor}` would hold {count} NaN or infinite values ({dtype:?} overflow, first at element {first}); refused by --strict"
+        "output tensor `{tensor}` would hold {count} NaN or infinite values ({dtype:?} overflow, first at element {first}); refused in strict mode"
     )]
     NonFiniteOutput {
         tensor: String,

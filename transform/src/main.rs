@@ -263,6 +263,14 @@ fn main() -> ExitCode {
 fn hint(err: &anyhow::Error) -> &'static str {
     match err.downcast_ref::<vcycle_transform::Error>() {
         Some(vcycle_transform::Error::OutputExists { .. }) => " (pass --force to replace it)",
+        Some(vcycle_transform::Error::UnknownArchitecture { .. }) => " (pass --arch)",
+        Some(vcycle_transform::Error::Alpha { alpha, .. }) if alpha.is_finite() => {
+            " (pass --allow-extrapolation to go beyond the checkpoints)"
+        }
+        Some(
+            vcycle_transform::Error::NonFiniteInput { .. }
+            | vcycle_transform::Error::NonFiniteOutput { .. },
+        ) => " (--strict)",
         _ => "",
     }
 }

@@ -178,7 +178,7 @@ fn check_input_size(
     match values {
         Some(v) if v <= MAX_ACTIVATION_VALUES => Ok(()),
         _ => Err(loader.unrunnable(format!(
-            "a batch of {batch} x {tokens} tokens would need activations of more than {MAX_ACTIVATION_VALUES} values (a width of {width}); lower --batch or --seq"
+            "a batch of {batch} x {tokens} tokens would need activations of more than {MAX_ACTIVATION_VALUES} values (a width of {width}); use a smaller batch or fewer tokens"
         ))),
     }
 }

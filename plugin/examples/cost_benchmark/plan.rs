@@ -4,7 +4,7 @@
 use anyhow::{Result, bail};
 use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
-use vcycle_plugin::text::BYTE_VOCAB;
+use vcycle_plugin::data::BYTE_VOCAB;
 use vcycle_plugin::{BertConfig, Decay, Gpt2Config};
 
 /// What the model learns from the corpus.

@@ -10,8 +10,8 @@ use burn::tensor::Device;
 use burn::train::metric::{Adaptor, LossInput, LossMetric};
 use burn::train::{InferenceStep, Learner, SupervisedTraining, TrainLoader, ValidLoader};
 use serde::{Deserialize, Serialize};
+use vcycle_plugin::data::{BYTE_VOCAB, ByteWindows, LmBatcher, MlmBatcher, split_train_valid};
 use vcycle_plugin::epoch_steps;
-use vcycle_plugin::text::{BYTE_VOCAB, ByteWindows, LmBatcher, MlmBatcher, split_train_valid};
 use vcycle_plugin::{
     DepthInitChoice, ExactBatches, LevelConfig, OptimizerStatePolicy, PathSegment, ProgressLine,
     Schedule, Segment, VCycle, VCycleConfig, VCycleModel, ValidHistory, Wsd, default_optimizer,

@@ -7,8 +7,8 @@ use std::path::Path;
 use burn::module::{Module, ModuleVisitor, Param, ParamId};
 use burn::optim::{AdamWConfig, GradientsParams};
 use burn::tensor::{Device, Tensor, TensorData};
+use vcycle_plugin::data::BYTE_VOCAB;
 use vcycle_plugin::moments::{FIRST_MOMENT, Moments, SQRT_SECOND_MOMENT, STEP_FILE};
-use vcycle_plugin::text::BYTE_VOCAB;
 use vcycle_plugin::{Bert, BertConfig, Gpt2, HfModel, OptimizerStatePolicy, VCycle};
 use vcycle_transform::{ArchChoice, Job, Options, Target};
 

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use burn::module::Module;
 use burn::tensor::Device;
 use burn::train::{InferenceStep, SequenceOutput, TrainOutput, TrainStep};
-use vcycle_plugin::text::LmBatch;
+use vcycle_plugin::data::LmBatch;
 use vcycle_plugin::{
     ArchChoice, BoundaryRecord, FlopCounter, Gpt2, HfModel, Sizes, VCycle, VCycleModel,
 };

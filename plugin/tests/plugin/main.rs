@@ -10,6 +10,7 @@ mod layout;
 mod llama_hf;
 mod paths;
 mod resume;
+mod rules_proof;
 mod support;
 mod vcycle_run;
 mod vit_hf;

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use burn::data::dataloader::DataLoaderBuilder;
 use burn::data::dataloader::batcher::Batcher;
 use burn::tensor::Device;
-use vcycle_plugin::text::{ByteWindows, LmBatch, LmBatcher, split_train_valid};
+use vcycle_plugin::data::{ByteWindows, LmBatch, LmBatcher, split_train_valid};
 use vcycle_plugin::{Error, Gpt2, VCycle, VCycleConfig};
 
 use crate::support::*;

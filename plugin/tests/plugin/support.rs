@@ -8,7 +8,7 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 use burn::train::SupervisedTraining;
 use burn::train::metric::LossMetric;
 use ndarray::{Array2, ArrayD, IxDyn};
-use vcycle_plugin::text::{
+use vcycle_plugin::data::{
     BYTE_VOCAB, ByteWindows, LmBatch, LmBatcher, MlmBatch, MlmBatcher, split_train_valid,
 };
 use vcycle_plugin::{Gpt2, Gpt2Config, LevelConfig, ProgressLine, Segment, VCycleConfig};

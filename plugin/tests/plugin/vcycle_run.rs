@@ -197,7 +197,7 @@ fn refuses_bad_configurations() {
 /// keeps the small model's function.
 #[test]
 fn tiny_bert_cycle_preserves_function_at_alpha_one() {
-    use vcycle_plugin::text::BYTE_VOCAB;
+    use vcycle_plugin::data::BYTE_VOCAB;
     use vcycle_plugin::{Bert, BertConfig};
 
     let dir = tempdir();

@@ -6,7 +6,8 @@ use std::path::PathBuf;
 use burn::data::dataloader::DataLoaderBuilder;
 use burn::tensor::{Device, Tensor, TensorData};
 use ndarray::{ArrayD, IxDyn};
-use vcycle_plugin::{Digits, HfModel, ImageBatcher, Segment, VCycle, Vit, VitConfig, save_hf};
+use vcycle_plugin::data::{Digits, ImageBatcher};
+use vcycle_plugin::{HfModel, Segment, VCycle, Vit, VitConfig, save_hf};
 use vcycle_transform::verify::compare;
 
 use crate::support::*;
@@ -115,7 +116,7 @@ fn digits_path() -> PathBuf {
 #[test]
 fn vit_cycle_on_digits_learns_and_alpha_zero_restores() {
     let (train, valid) = Digits::split(Digits::load(&digits_path()).expect("digits"), 5);
-    let batcher = ImageBatcher::new(Digits::SIDE, 2).expect("batcher");
+    let batcher = ImageBatcher::new(Digits::SIDE);
     let train = DataLoaderBuilder::new(batcher.clone())
         .batch_size(32)
         .shuffle(3)

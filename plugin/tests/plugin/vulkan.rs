@@ -15,7 +15,7 @@ use burn::module::Module;
 use burn::optim::AdamWConfig;
 use burn::tensor::Device;
 use burn::train::{ExecutionStrategy, MultiDeviceOptim, SupervisedTraining};
-use vcycle_plugin::text::{BYTE_VOCAB, ByteWindows, LmBatch, LmBatcher, split_train_valid};
+use vcycle_plugin::data::{BYTE_VOCAB, ByteWindows, LmBatch, LmBatcher, split_train_valid};
 use vcycle_plugin::{
     Bert, BertConfig, BoundaryRecord, Gpt2, HfModel, Segment, VCycle, VCycleConfig,
 };

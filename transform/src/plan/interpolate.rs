@@ -30,7 +30,7 @@ pub fn check_alpha_in(alpha: f64, range: AlphaRange) -> Result<()> {
     if range == AlphaRange::Interpolate && !(0.0..=1.0).contains(&alpha) {
         return Err(Error::Alpha {
             alpha,
-            reason: "it must lie in [0, 1] (pass --allow-extrapolation to extrapolate beyond the checkpoints)",
+            reason: "it must lie in [0, 1] unless extrapolation beyond the checkpoints is allowed",
         });
     }
     Ok(())

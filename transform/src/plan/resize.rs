@@ -61,7 +61,7 @@ pub fn plan_resize(
             return Err(Error::Scheme {
                 what: "width",
                 reason: format!(
-                    "{heads_other} heads cannot keep {ratio} query heads per key/value head; give --kv-heads"
+                    "{heads_other} heads cannot keep {ratio} query heads per key/value head; give the key/value heads"
                 ),
             });
         }
@@ -91,7 +91,7 @@ pub fn plan_resize(
     let similar_refused = |what: &'static str, line: &str| Error::Scheme {
         what,
         reason: format!(
-            "`similar` chooses groups from the large model's weights, and de-coalescing reads only the small model: use `vcycle grow SMALL --large SAVED_LARGE` (it recomputes them from the saved large model), or pass the groups coalescing chose (the `{line}:` line of its plan, --dry-run) as JSON"
+            "`similar` chooses groups from the large model's weights, and de-coalescing reads only the small model: grow with the saved large model (the groups are recomputed from it), or give the groups coalescing chose (the `{line}:` line of its plan) as JSON"
         ),
     };
     let mut similar_heads = None;
