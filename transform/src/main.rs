@@ -261,10 +261,21 @@ fn main() -> ExitCode {
 /// What the user can do about an error, in the CLI's terms (the library's messages name no
 /// flag).
 fn hint(err: &anyhow::Error) -> &'static str {
-    match err.downcast_ref::<vcycle_transform::Error>() {
-        Some(vcycle_transform::Error::OutputExists { .. }) => " (pass --force to replace it)",
-        Some(vcycle_transform::Error::UnknownArchitecture { .. }) => " (pass --arch)",
-        Some(vcycle_transform::Error::Alpha { alpha, .. }) if alpha.is_finite() => {
+    use vcycle_transform::Error;
+    match err.downcast_ref::<Error>() {
+        Some(Error::Scheme { reason, .. }) if reason.contains("key/value heads") => {
+            " (pass --kv-heads)"
+        }
+        Some(Error::Scheme { reason, .. }) if reason.contains("saved large model") => {
+            " (`vcycle grow SMALL --large SAVED_LARGE`; --dry-run prints the plan)"
+        }
+        Some(Error::Unrunnable { reason, .. }) if reason.contains("smaller batch") => {
+            " (lower --batch or --seq)"
+        }
+        Some(Error::DepthInit { .. }) => " (--depth-init zero)",
+        Some(Error::OutputExists { .. }) => " (pass --force to replace it)",
+        Some(Error::UnknownArchitecture { .. }) => " (pass --arch)",
+        Some(Error::Alpha { alpha, .. }) if alpha.is_finite() => {
             " (pass --allow-extrapolation to go beyond the checkpoints)"
         }
         Some(

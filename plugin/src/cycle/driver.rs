@@ -31,8 +31,9 @@ use crate::error::{Error, Result, io, json};
 pub type FlopCounter<I> = Arc<dyn Fn(&I) -> f64 + Send + Sync>;
 
 /// A model the driver can train: a Burn learner model whose checkpoints its rules describe
-/// ([`HfModel`]) and that counts its training FLOPs.
-pub trait VCycleModel: LearnerModel + HfModel + TrainStep {
+/// ([`HfModel`]) and that counts its training FLOPs. Its validation batches are `Clone`: the
+/// rules proof evaluates two models on one batch.
+pub trait VCycleModel: LearnerModel + HfModel + TrainStep + InferenceStep<Input: Clone> {
     /// Counts the training FLOPs of a batch at this model's size, for the boundary log and the
     /// run's totals. A model trained on token sequences returns
     /// [`sequence_flop_counter(self)`](crate::sequence_flop_counter).
@@ -40,13 +41,15 @@ pub trait VCycleModel: LearnerModel + HfModel + TrainStep {
 }
 
 use super::record::RunState;
+use super::record::{BoundaryRecord, ModelSize, VCycleOutcome};
 use super::run_dir::{
     CHECKPOINTS_DIR, CONFIG_FILE, FINAL_DIR, LOG_FILE, MOMENTS_DIR, RunLock, STATE_FILE, checksums,
     clear_leftovers, pretty, remove_path, verify_checksums,
 };
-use super::segment::{Segment, SegmentTraining};
+use super::segment::{self, Segment, SegmentTraining};
 use super::train::default_optimizer;
 use super::transition::INIT;
+use super::transition::Operator;
 
 type OptimizerFactory = Box<dyn FnMut(&Segment) -> ModuleOptimizer>;
 type SchedulerFactory = Box<dyn FnMut(&Segment) -> Result<ModuleLrScheduler>>;
@@ -363,7 +366,7 @@ where
     }
 
     /// The checkpoint of the model a segment trained, relative to the run directory.
-    fn trained_checkpoint(&self, segment: usize) -> PathBuf {
+    pub(super) fn trained_checkpoint(&self, segment: usize) -> PathBuf {
         let name = self
             .segments()
             .get(segment.saturating_sub(1))
@@ -581,7 +584,7 @@ where
         })
     }
 
-    fn warn(&self, warnings: &[String]) {
+    pub(super) fn warn(&self, warnings: &[String]) {
         if !self.quiet {
             for w in warnings {
                 eprintln!("warning: {w}");
@@ -590,7 +593,7 @@ where
     }
 
     /// The moments directory of a checkpoint (relative to the run directory).
-    fn moments_dir(&self, checkpoint: &Path) -> PathBuf {
+    pub(super) fn moments_dir(&self, checkpoint: &Path) -> PathBuf {
         let name = checkpoint.file_name().unwrap_or_default();
         self.run_dir.join(MOMENTS_DIR).join(name)
     }

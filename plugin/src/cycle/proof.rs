@@ -13,7 +13,7 @@
 
 use std::path::{Path, PathBuf};
 
-use burn::module::{Module, ModuleMapper, Param};
+use burn::module::{ModuleMapper, Param};
 use burn::tensor::Tensor;
 use burn::train::{InferenceStep, ValidLoader, metric::Adaptor, metric::LossInput};
 use vcycle_transform::{EmbeddingRule, Job};
@@ -29,7 +29,7 @@ use crate::error::{Error, Result};
 const PROOF_DIR: &str = "checkpoints/00-proof";
 
 /// How much the fresh weights are scaled for the proof.
-const WEIGHT_SCALE: f32 = 3.0;
+const WEIGHT_SCALE: f32 = 8.0;
 
 /// The largest relative difference of the two losses that passes: width growth is exact up to
 /// rounding (relative error ≤ 1e-5 in f32 on the outputs).
@@ -81,7 +81,9 @@ where
             from = to;
         }
 
-        // 2. The directions, in width only (depth growth by copying stacks layers).
+        // 2. The directions, in width only (depth growth by copying stacks layers), on one
+        // batch (a loader may draw new masks or crops at every pass).
+        let batch = self.first_valid_batch(valid)?;
         let init = M::load_hf(&self.run_dir.join(INIT), &self.device)?;
         let full = init.sizes();
         let mut large = at("width", 1);
@@ -100,8 +102,8 @@ where
             let grown = at("grown", level);
             Job::grow(&small, &large, 1.0, &options)?.write(&grown, false)?;
 
-            let small_loss = self.proof_loss(&small, valid)?;
-            let grown_loss = self.proof_loss(&grown, valid)?;
+            let small_loss = self.proof_loss(&small, &batch)?;
+            let grown_loss = self.proof_loss(&grown, &batch)?;
             let difference = (grown_loss - small_loss).abs() / small_loss.abs().max(1.0);
             log::debug!(
                 "rules proof: level {level} loss {small_loss}, grown to level {large_level}: {grown_loss}"
@@ -121,9 +123,9 @@ where
         Ok(())
     }
 
-    /// The validation loss of the model in `dir` on the first validation batch.
-    fn proof_loss(&self, dir: &Path, valid: &ValidLoader<M>) -> Result<f64> {
+    /// The loss of the model in `dir` on `batch`.
+    fn proof_loss(&self, dir: &Path, batch: &<M as InferenceStep>::Input) -> Result<f64> {
         let model = M::load_hf(dir, &self.device)?;
-        self.loss_on(&model, valid, 1)
+        self.mean_loss(&model, std::iter::once(Ok(batch.clone())), 1)
     }
 }

@@ -29,23 +29,44 @@ where
     }
 
     /// Mean loss over the first `limit` validation batches.
-    pub(super) fn loss_on(&self, model: &M, valid: &ValidLoader<M>, limit: usize) -> Result<f64> {
-        let model = model.valid();
-        let mut metric = LossMetric::new();
+    fn loss_on(&self, model: &M, valid: &ValidLoader<M>, limit: usize) -> Result<f64> {
         // The batches go where the model is, as Burn's strategies move them: a loader built
         // without `set_device` makes them on the default device.
         let valid = valid.to_device(&self.device.clone().inner());
         let total = valid.num_items();
-        let mut iter = valid.iter();
+        let batches = valid
+            .iter()
+            .take(limit)
+            .map(|item| item.map_err(validation_error));
+        self.mean_loss(model, batches, total)
+    }
+
+    /// The first validation batch, on the model's device.
+    pub(super) fn first_valid_batch(
+        &self,
+        valid: &ValidLoader<M>,
+    ) -> Result<<M as InferenceStep>::Input> {
+        let valid = valid.to_device(&self.device.clone().inner());
+        match valid.iter().next() {
+            Some(item) => item.map_err(validation_error),
+            None => Err(Error::VCycleConfig(
+                "the validation loader yields no batch".into(),
+            )),
+        }
+    }
+
+    /// Mean loss (Burn's `LossMetric`) of `model` over `batches`, of `total` items in all.
+    pub(super) fn mean_loss(
+        &self,
+        model: &M,
+        items: impl Iterator<Item = Result<<M as InferenceStep>::Input>>,
+        total: usize,
+    ) -> Result<f64> {
+        let model = model.valid();
+        let mut metric = LossMetric::new();
         let mut batches = 0;
-        while batches < limit {
-            let Some(item) = iter.next() else { break };
-            let item = item.map_err(|e| Error::Training {
-                segment: 0,
-                name: "validation".into(),
-                message: e.to_string(),
-            })?;
-            let output = InferenceStep::step(&model, item);
+        for item in items {
+            let output = InferenceStep::step(&model, item?);
             let input: LossInput = output.adapt();
             batches += 1;
             let metadata = MetricMetadata {
@@ -53,13 +74,7 @@ where
                 iteration: Some(batches),
                 lr: None,
             };
-            metric
-                .update(&input, &metadata)
-                .map_err(|e| Error::Training {
-                    segment: 0,
-                    name: "validation".into(),
-                    message: e.to_string(),
-                })?;
+            metric.update(&input, &metadata).map_err(validation_error)?;
         }
         Ok(metric
             .running_value()
@@ -141,6 +156,14 @@ where
             return Err(fail("Burn checkpointed no optimizer state to carry".into()));
         }
         Ok((result.model, flops, optimizer))
+    }
+}
+
+fn validation_error(error: impl std::fmt::Display) -> Error {
+    Error::Training {
+        segment: 0,
+        name: "validation".into(),
+        message: error.to_string(),
     }
 }
 

@@ -157,7 +157,12 @@ mod tests {
         let batch = ImageBatcher::new(8).batch(vec![image(3), image(7)], &Device::flex());
         assert_eq!(batch.images.dims(), [2, 1, 8, 8]);
         assert_eq!(
-            batch.targets.into_data().to_vec::<i64>().expect("labels"),
+            batch
+                .targets
+                .into_data()
+                .convert::<i64>()
+                .try_to_vec::<i64>()
+                .expect("labels"),
             [3, 7]
         );
     }

@@ -9,7 +9,7 @@
 /// use burn::nn::loss::CrossEntropyLossConfig;
 /// use burn::nn::{Embedding, Linear};
 /// use burn::train::SequenceOutput;
-/// use vcycle_plugin::LmBatch;
+/// use vcycle_plugin::data::LmBatch;
 ///
 /// /// A bigram model: each byte's embedding predicts the next byte.
 /// #[derive(Module, Debug)]

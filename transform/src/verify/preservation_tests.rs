@@ -288,7 +288,7 @@ fn gqa_head_counts_that_break_the_query_per_kv_ratio_are_refused() {
     );
     assert!(
         err.contains("3 heads cannot keep 2 query heads per key/value head")
-            && err.contains("--kv-heads"),
+            && err.contains("give the key/value heads"),
         "{err}"
     );
     // 2 query heads over 2 kv heads would be 1 per kv head.

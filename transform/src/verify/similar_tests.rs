@@ -170,7 +170,7 @@ fn coalesce_and_grow_choose_the_same_similar_groups() {
 fn similar_de_coalescing_without_the_large_model_is_refused() {
     let job = Job::decoalesce(&fixture_dir("gpt2-tiny"), &options(similar(Some(8), None)));
     assert!(
-        matches!(&job, Err(Error::Scheme { reason, .. }) if reason.contains("vcycle grow")),
+        matches!(&job, Err(Error::Scheme { reason, .. }) if reason.contains("grow with the saved large model")),
         "{:?}",
         job.as_ref().err()
     );

@@ -84,6 +84,14 @@ fn zero_depth_init_refuses_post_ln_bert() {
         "deep",
     ]);
     assert_eq!(run.code, 2, "{run}");
-    assert_mentions(&run, &["--depth-init zero", "`bert`", "post-LN"]);
+    assert_mentions(
+        &run,
+        &[
+            "zero-initialised depth growth",
+            "--depth-init zero",
+            "`bert`",
+            "post-LN",
+        ],
+    );
     assert_nothing_written(&sb.path("deep"));
 }
