@@ -32,8 +32,9 @@ const PROOF_DIR: &str = "checkpoints/00-proof";
 const WEIGHT_SCALE: f32 = 8.0;
 
 /// The largest relative difference of the two losses that passes: width growth is exact up to
-/// rounding (relative error ≤ 1e-5 in f32 on the outputs).
-const TOLERANCE: f64 = 1e-3;
+/// rounding (below 1e-6 relative on the bundled models; a wrong direction moved GPT-2's loss
+/// by 3e-3 to 6e-2 relative, depending on the initialisation).
+const TOLERANCE: f64 = 1e-4;
 
 /// Multiplies every float parameter by a constant.
 struct Scale(f32);
