@@ -57,8 +57,7 @@ pub use checkpoint::moments;
 pub use checkpoint::sizes::Sizes;
 pub use cycle::budget::{ExactBatches, epoch_steps};
 pub use cycle::config::{
-    DecaySegments, DepthInitChoice, EmbeddingRuleChoice, LevelConfig, OptimizerStatePolicy,
-    PathSegment, VCycleConfig, Wsd,
+    DecaySegments, LevelConfig, OptimizerStatePolicy, PathSegment, VCycleConfig, Wsd,
 };
 pub use cycle::flops::{SequenceBatch, sequence_flop_counter, train_flops};
 pub use cycle::progress::{ProgressLine, ValidHistory, ValidPoint};
@@ -74,3 +73,5 @@ pub use models::llama::{Llama, LlamaConfig};
 pub use models::vit::{Vit, VitConfig};
 /// The transform library's architecture choice and rule files, for [`HfModel::arch`].
 pub use vcycle_transform::{ArchChoice, Rules};
+/// The transform library's options, as a [`VCycleConfig`] and a [`LevelConfig`] take them.
+pub use vcycle_transform::{DepthInit, EmbeddingRule, SchemeSpec};

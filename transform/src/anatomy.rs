@@ -33,7 +33,17 @@ pub enum ArchChoice {
 }
 
 /// The embedding rule (docs/operator-contract.md §3, "Embeddings, tied heads and exactness").
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    serde::Serialize,
+    serde::Deserialize,
+    clap::ValueEnum,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum EmbeddingRule {
     /// Embeddings averaged/duplicated; the norm before a tied head scaled by the group size.

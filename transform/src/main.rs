@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use vcycle_transform::anatomy::Anatomy;
 use vcycle_transform::write::SideFile;
@@ -129,12 +129,12 @@ struct SchemeArgs {
     #[arg(long, default_value = "strided", value_parser = parse_scheme)]
     depth_scheme: SchemeSpec,
     /// exact (function preserving; default) or reference (the reference implementation's rule).
-    #[arg(long, value_enum, default_value_t = EmbeddingRuleArg::Exact)]
-    embedding_rule: EmbeddingRuleArg,
+    #[arg(long, value_enum, default_value_t = EmbeddingRule::Exact)]
+    embedding_rule: EmbeddingRule,
     /// Layers added by de-coalescing: copy (the paper's) or zero (zero attention-output and
     /// FFN-down projections in all but one layer per group: function preserving, pre-LN only).
-    #[arg(long, value_enum, default_value_t = DepthInitArg::Copy)]
-    depth_init: DepthInitArg,
+    #[arg(long, value_enum, default_value_t = DepthInit::Copy)]
+    depth_init: DepthInit,
 }
 
 #[derive(Args, Clone)]
@@ -178,18 +178,6 @@ struct ResizeArgs {
     arch: ArchArgs,
     #[command(flatten)]
     output: OutputArgs,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum EmbeddingRuleArg {
-    Exact,
-    Reference,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum DepthInitArg {
-    Copy,
-    Zero,
 }
 
 /// A count that must be at least 1 (heads, layers, batch, tokens).
@@ -428,14 +416,8 @@ fn options(
             layers,
             width_scheme: scheme.width_scheme.clone(),
             depth_scheme: scheme.depth_scheme.clone(),
-            embedding_rule: match scheme.embedding_rule {
-                EmbeddingRuleArg::Exact => EmbeddingRule::Exact,
-                EmbeddingRuleArg::Reference => EmbeddingRule::Reference,
-            },
-            depth_init: match scheme.depth_init {
-                DepthInitArg::Copy => DepthInit::Copy,
-                DepthInitArg::Zero => DepthInit::Zero,
-            },
+            embedding_rule: scheme.embedding_rule,
+            depth_init: scheme.depth_init,
         },
         shard_size,
     })

@@ -70,7 +70,9 @@ pub struct Target {
 
 /// How de-coalescing initialises the large layers of a depth group (docs/operator-contract.md §3, "Optional:
 /// function-preserving depth growth").
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, serde::Deserialize, clap::ValueEnum,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum DepthInit {
     /// Every layer of a group is a copy of its small layer (the paper's; stacks the layers).

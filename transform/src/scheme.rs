@@ -24,6 +24,23 @@ pub enum SchemeSpec {
     Similar,
 }
 
+/// A scheme reads back from what it serialises to (`"strided"`, `{"explicit": [[0, 2], [1, 3]]}`)
+/// and from the text form the command line takes (`"[[0,2],[1,3]]"`).
+impl<'de> serde::Deserialize<'de> for SchemeSpec {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(serde::Deserialize)]
+        #[serde(untagged)]
+        enum Form {
+            Text(String),
+            Explicit { explicit: Vec<Vec<usize>> },
+        }
+        match Form::deserialize(deserializer)? {
+            Form::Text(text) => text.parse().map_err(serde::de::Error::custom),
+            Form::Explicit { explicit } => Ok(SchemeSpec::Explicit(explicit)),
+        }
+    }
+}
+
 impl FromStr for SchemeSpec {
     type Err = String;
 

@@ -13,8 +13,9 @@ use serde::{Deserialize, Serialize};
 use vcycle_plugin::data::{BYTE_VOCAB, ByteWindows, LmBatcher, MlmBatcher, split_train_valid};
 use vcycle_plugin::epoch_steps;
 use vcycle_plugin::{
-    DepthInitChoice, ExactBatches, LevelConfig, OptimizerStatePolicy, PathSegment, ProgressLine,
-    Schedule, Segment, VCycle, VCycleConfig, VCycleModel, ValidHistory, Wsd, default_optimizer,
+    DepthInit, ExactBatches, LevelConfig, OptimizerStatePolicy, PathSegment, ProgressLine,
+    Schedule, SchemeSpec, Segment, VCycle, VCycleConfig, VCycleModel, ValidHistory, Wsd,
+    default_optimizer,
 };
 
 use crate::plan::{Scale, Shape, Task, Variant, WSD_DECAY_FRACTION};
@@ -256,6 +257,8 @@ impl Run<'_> {
         let (variant, scale) = (self.variant, self.scale);
         let budget = variant.budget(scale)?;
         let sizes = variant.sizes(scale)?;
+        let width_scheme: SchemeSpec = variant.width_scheme.parse().map_err(anyhow::Error::msg)?;
+        let depth_scheme: SchemeSpec = variant.depth_scheme.parse().map_err(anyhow::Error::msg)?;
         let levels = sizes
             .iter()
             .enumerate()
@@ -269,8 +272,8 @@ impl Run<'_> {
                         .with_warmup_steps(scale.warmup)
                         .with_heads(Some(heads))
                         .with_layers(Some(layers))
-                        .with_width_scheme(variant.width_scheme.clone())
-                        .with_depth_scheme(variant.depth_scheme.clone())
+                        .with_width_scheme(width_scheme.clone())
+                        .with_depth_scheme(depth_scheme.clone())
                 }
             })
             .collect();
@@ -300,9 +303,9 @@ impl Run<'_> {
             .with_decay_floor(DECAY_FLOOR)
             .with_optimizer_state(optimizer_state)
             .with_depth_init(if variant.zero_depth_init {
-                DepthInitChoice::Zero
+                DepthInit::Zero
             } else {
-                DepthInitChoice::Copy
+                DepthInit::Copy
             })
             .with_eval_every(Some(scale.eval_every))
             .with_boundary_valid_batches(Some(4));

@@ -17,44 +17,6 @@ pub enum OptimizerStatePolicy {
     Carry,
 }
 
-/// How the transform treats embeddings and the norm before a tied output head
-/// (docs/operator-contract.md §3, "Embeddings, tied heads and exactness").
-#[derive(Config, Debug, Copy, PartialEq, Eq)]
-pub enum EmbeddingRuleChoice {
-    /// Function preserving for pre- and post-LN models (the default).
-    Exact,
-    /// The reference implementation's summed/halved embeddings.
-    Reference,
-}
-
-impl From<EmbeddingRuleChoice> for EmbeddingRule {
-    fn from(choice: EmbeddingRuleChoice) -> Self {
-        match choice {
-            EmbeddingRuleChoice::Exact => EmbeddingRule::Exact,
-            EmbeddingRuleChoice::Reference => EmbeddingRule::Reference,
-        }
-    }
-}
-
-/// How growing initialises the layers a depth group adds (docs/operator-contract.md §3).
-#[derive(Config, Debug, Copy, PartialEq, Eq)]
-pub enum DepthInitChoice {
-    /// Every layer of a group copies its small layer (the paper's).
-    Copy,
-    /// The added layers' attention-output and FFN-down projections start at zero, so the
-    /// de-coalesced pre-LN model computes the small model's function (refused for post-LN).
-    Zero,
-}
-
-impl From<DepthInitChoice> for DepthInit {
-    fn from(choice: DepthInitChoice) -> Self {
-        match choice {
-            DepthInitChoice::Copy => DepthInit::Copy,
-            DepthInitChoice::Zero => DepthInit::Zero,
-        }
-    }
-}
-
 /// Which segments of a cycle decay their learning rate after the warm-up.
 #[derive(Config, Debug, Copy, PartialEq, Eq)]
 pub enum DecaySegments {
@@ -95,11 +57,11 @@ pub struct LevelConfig {
     /// back), or explicit JSON groups such as `[[0,2],[1,3]]`. Strided stays the default:
     /// `similar` (both schemes) did not win beyond the spread in the cost benchmark
     /// (0.584 ± 0.038 vs 0.601 ± 0.044; docs/cost-benchmark).
-    #[config(default = "String::from(\"strided\")")]
-    pub width_scheme: String,
+    #[config(default = "SchemeSpec::Strided")]
+    pub width_scheme: SchemeSpec,
     /// How the level above's layers group into this level's (same forms as `width_scheme`).
-    #[config(default = "String::from(\"strided\")")]
-    pub depth_scheme: String,
+    #[config(default = "SchemeSpec::Strided")]
+    pub depth_scheme: SchemeSpec,
 }
 
 /// One segment of an explicit path of model sizes ([`VCycleConfig::path`]).
@@ -179,11 +141,11 @@ pub struct VCycleConfig {
     pub optimizer_state: OptimizerStatePolicy,
     /// Initialisation of the layers growing adds. Copy (the paper's): zero did not win in the
     /// cost benchmark (0.592 ± 0.032 vs 0.601 ± 0.044, within the spread; docs/cost-benchmark).
-    #[config(default = "DepthInitChoice::Copy")]
-    pub depth_init: DepthInitChoice,
+    #[config(default = "DepthInit::Copy")]
+    pub depth_init: DepthInit,
     /// Embedding rule of the transform.
-    #[config(default = "EmbeddingRuleChoice::Exact")]
-    pub embedding_rule: EmbeddingRuleChoice,
+    #[config(default = "EmbeddingRule::Exact")]
+    pub embedding_rule: EmbeddingRule,
     /// Data-loader batches one optimizer step consumes: the gradient-accumulation factor times
     /// the number of devices of a multi-device strategy (1 for plain single-device training).
     #[config(default = 1)]
@@ -315,14 +277,6 @@ impl VCycleConfig {
             if level.heads == Some(0) || level.layers == Some(0) {
                 return bad(format!("level {n}: heads and layers must be positive"));
             }
-            for (what, text) in [
-                ("width_scheme", &level.width_scheme),
-                ("depth_scheme", &level.depth_scheme),
-            ] {
-                if let Err(e) = text.parse::<SchemeSpec>() {
-                    return bad(format!("level {n}: {what}: {e}"));
-                }
-            }
             if n > 1 && level.heads.is_none() && level.layers.is_none() {
                 return bad(format!(
                     "level {n} sets neither heads nor layers, so it is the same size as level {}",
@@ -347,7 +301,7 @@ impl VCycleConfig {
     /// model) for `grow_after` of `total_steps`, grow it once to level 1 (α = 1: nothing was
     /// trained at the full size to interpolate with) and train the rest, under a
     /// warmup-stable-decay schedule ([`Wsd`]'s defaults) over the whole run. Exact growth in
-    /// depth is `with_depth_init(DepthInitChoice::Zero)`.
+    /// depth is `with_depth_init(DepthInit::Zero)`.
     pub fn late_growth(levels: Vec<LevelConfig>, total_steps: usize, grow_after: f64) -> Self {
         let small = (total_steps as f64 * grow_after).round() as usize;
         VCycleConfig::new(levels, 0, 0, 0)

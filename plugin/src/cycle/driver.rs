@@ -19,7 +19,7 @@ use burn::tensor::Device;
 use burn::train::metric::{Adaptor, LossInput};
 use burn::train::{InferenceStep, LearnerModel, TrainLoader, TrainStep, ValidLoader};
 use sha2::{Digest, Sha256};
-use vcycle_transform::{ArchChoice, Options, SchemeSpec, Target};
+use vcycle_transform::{ArchChoice, Options, Target};
 
 use crate::checkpoint::files::write_file_atomically;
 use crate::checkpoint::model::{HfModel, save_hf};
@@ -411,20 +411,16 @@ where
         layers: Option<usize>,
     ) -> Result<Options> {
         let lc = self.level(level);
-        let scheme = |name: &str, text: &str| {
-            text.parse::<SchemeSpec>()
-                .map_err(|message| Error::VCycleConfig(format!("level {level}: {name}: {message}")))
-        };
         Ok(Options {
             arch: self.arch.clone(),
             target: Target {
                 heads,
                 kv_heads: None,
                 layers,
-                width_scheme: scheme("width_scheme", &lc.width_scheme)?,
-                depth_scheme: scheme("depth_scheme", &lc.depth_scheme)?,
-                embedding_rule: self.config.embedding_rule.into(),
-                depth_init: self.config.depth_init.into(),
+                width_scheme: lc.width_scheme.clone(),
+                depth_scheme: lc.depth_scheme.clone(),
+                embedding_rule: self.config.embedding_rule,
+                depth_init: self.config.depth_init,
             },
             shard_size: None,
         })

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use burn::tensor::Device;
 use vcycle_plugin::{
-    Decay, DepthInitChoice, Gpt2, Operator, PathSegment, Phase, Segment, VCycle, VCycleConfig,
+    Decay, DepthInit, Gpt2, Operator, PathSegment, Phase, Segment, VCycle, VCycleConfig,
     VCycleOutcome, Wsd,
 };
 
@@ -46,7 +46,7 @@ fn late_growth_starts_small_and_grows_once_exactly() {
     let dir = tempdir();
     let run = dir.path().join("run");
     let config = VCycleConfig::late_growth(two_levels(Some(2), Some(1), 0).levels, 10, 0.6)
-        .with_depth_init(DepthInitChoice::Zero);
+        .with_depth_init(DepthInit::Zero);
     let outcome = run_path(config, &run);
     assert_eq!(
         summary(&outcome),

@@ -9,7 +9,7 @@ use std::sync::LazyLock;
 
 use burn::module::{Module, ModuleMapper, Param};
 use burn::tensor::{Device, Tensor, TensorData};
-use burn::train::{InferenceStep, SequenceOutput, TrainOutput, TrainStep};
+use burn::train::{InferenceStep, SequenceOutput, TrainStep};
 use vcycle_plugin::data::LmBatch;
 use vcycle_plugin::{
     ArchChoice, Error, FlopCounter, Gpt2, HfModel, Rules, Sizes, VCycle, VCycleConfig, VCycleModel,
@@ -25,24 +25,13 @@ struct Mistaken {
     inner: Gpt2,
 }
 
-impl TrainStep for Mistaken {
-    type Input = LmBatch;
-    type Output = SequenceOutput;
-
-    fn step(&self, batch: LmBatch) -> TrainOutput<SequenceOutput> {
-        let out = self.inner.forward_lm(batch);
-        TrainOutput::new(self, out.loss.backward(), out)
-    }
-}
-
-impl InferenceStep for Mistaken {
-    type Input = LmBatch;
-    type Output = SequenceOutput;
-
-    fn step(&self, batch: LmBatch) -> SequenceOutput {
+impl Mistaken {
+    fn forward_lm(&self, batch: LmBatch) -> SequenceOutput {
         self.inner.forward_lm(batch)
     }
 }
+
+vcycle_plugin::sequence_steps!(Mistaken, LmBatch, forward_lm);
 
 impl HfModel for Mistaken {
     fn arch() -> vcycle_plugin::Result<ArchChoice> {

@@ -188,9 +188,27 @@ fn refuses_bad_configurations() {
     assert!(VCycle::<Gpt2>::new(one_level, "unused", device.clone()).is_err());
     let alpha = two_levels(Some(2), None, 1).with_alpha(1.5);
     assert!(VCycle::<Gpt2>::new(alpha, "unused", device.clone()).is_err());
-    let mut scheme = two_levels(Some(2), None, 1);
-    scheme.levels[1].width_scheme = "zigzag".into();
-    assert!(VCycle::<Gpt2>::new(scheme, "unused", device).is_err());
+    // A scheme is typed: a configuration file naming an unknown one does not load.
+    let level = serde_json::json!({
+        "learning_rate": 1e-3, "up_learning_rate": null, "warmup_steps": 0, "heads": 2,
+        "layers": null, "width_scheme": "zigzag", "depth_scheme": "strided"
+    });
+    let error = serde_json::from_value::<vcycle_plugin::LevelConfig>(level).expect_err("zigzag");
+    assert!(error.to_string().contains("zigzag"), "{error}");
+    let explicit = serde_json::json!({
+        "learning_rate": 1e-3, "up_learning_rate": null, "warmup_steps": 0, "heads": 2,
+        "layers": null, "width_scheme": "[[0,2],[1,3]]", "depth_scheme": {"explicit": [[0, 1]]}
+    });
+    let level: vcycle_plugin::LevelConfig = serde_json::from_value(explicit).expect("explicit");
+    assert_eq!(
+        level.width_scheme,
+        vcycle_plugin::SchemeSpec::Explicit(vec![vec![0, 2], vec![1, 3]])
+    );
+    assert_eq!(
+        level.depth_scheme,
+        vcycle_plugin::SchemeSpec::Explicit(vec![vec![0, 1]])
+    );
+    let _ = device;
 }
 
 /// The driver is not GPT-specific: a tiny BERT MLM cycle, growing with α = 1 (width only)
