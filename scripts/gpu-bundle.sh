@@ -2,7 +2,7 @@
 # Builds what scripts/gpu-check.sh and scripts/gpu-cost-benchmark.sh need on a machine with a
 # GPU but no Rust and no internet: the train_gpt example built twice for Vulkan (WGSL shaders:
 # --features wgpu; SPIR-V shaders: --features vulkan) and once for the CPU (flex), the
-# cost_benchmark example for Vulkan (WGSL), all stripped and compressed with xz, the Vulkan
+# cost_benchmark binary (bench/) for Vulkan (WGSL), all stripped and compressed with xz, the Vulkan
 # loader libvulkan.so.1 from Debian's libvulkan1 package, the corpus and the scripts.
 #
 #   scripts/gpu-bundle.sh [OUT_DIR]     (default target/gpu-check; then copy OUT_DIR.tar over)
@@ -14,17 +14,17 @@ out="${1:-target/gpu-check}"
 rm -rf "$out"
 mkdir -p "$out/bin" "$out/lib"
 
-build() { # EXAMPLE NAME FEATURES...
-  local example=$1 name=$2
+build() { # BUILT NAME CARGO-ARGS...: target/release/BUILT → bin/NAME
+  local built=$1 name=$2
   shift 2
-  cargo build --release --locked -p vcycle-plugin --example "$example" "$@"
-  cp "target/release/examples/$example" "$out/bin/$name"
+  cargo build --release --locked "$@"
+  cp "target/release/$built" "$out/bin/$name"
   strip "$out/bin/$name"
 }
-build train_gpt train_gpt-cpu
-build train_gpt train_gpt-wgsl --features wgpu
-build train_gpt train_gpt-spirv --features vulkan
-build cost_benchmark cost_benchmark-wgsl --features wgpu
+build examples/train_gpt train_gpt-cpu -p vcycle-plugin --example train_gpt
+build examples/train_gpt train_gpt-wgsl -p vcycle-plugin --example train_gpt --features wgpu
+build examples/train_gpt train_gpt-spirv -p vcycle-plugin --example train_gpt --features vulkan
+build cost_benchmark cost_benchmark-wgsl -p vcycle-bench --features wgpu
 xz -T0 -9 "$out"/bin/*
 
 if command -v apt-get >/dev/null 2>&1 && (cd "$out/lib" && apt-get download libvulkan1 >/dev/null 2>&1); then

@@ -14,8 +14,6 @@ use burn::nn::{
     Dropout, DropoutConfig, Embedding, EmbeddingConfig, Initializer, LayerNorm, LayerNormConfig,
     Linear,
 };
-use burn::tensor::module::attention;
-use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Device, Int, Tensor, activation};
 use burn::train::SequenceOutput;
 use serde_json::json;
@@ -27,6 +25,7 @@ use crate::cycle::flops::sequence_flop_counter;
 use crate::cycle::{FlopCounter, VCycleModel};
 use crate::data::text::MlmBatch;
 use crate::error::{Error, Result};
+use crate::models::attention::{attend, split_heads};
 use crate::models::init::normal_linear;
 
 /// The size of a [`Bert`] model.
@@ -272,28 +271,13 @@ pub struct BertTransform {
 
 impl BertSelfAttention {
     fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let [batch, seq, hidden] = x.dims();
-        let head_dim = hidden / self.heads;
-        let split = |l: &Linear| {
-            l.forward(x.clone())
-                .reshape([batch, seq, self.heads, head_dim])
-                .swap_dims(1, 2)
-        };
-        let options = AttentionModuleOptions {
-            scale: None,
-            softcap: None,
-            is_causal: false,
-        };
-        attention(
+        let split = |l: &Linear| split_heads(l.forward(x.clone()), self.heads);
+        attend(
             split(&self.query),
             split(&self.key),
             split(&self.value),
-            None,
-            None,
-            options,
+            false,
         )
-        .swap_dims(1, 2)
-        .reshape([batch, seq, hidden])
     }
 }
 

@@ -12,8 +12,6 @@ use burn::nn::{
     Dropout, DropoutConfig, Embedding, EmbeddingConfig, Initializer, LayerNorm, LayerNormConfig,
     Linear,
 };
-use burn::tensor::module::attention;
-use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Device, Int, Tensor, activation};
 use burn::train::SequenceOutput;
 use serde_json::json;
@@ -25,6 +23,7 @@ use crate::cycle::flops::sequence_flop_counter;
 use crate::cycle::{FlopCounter, VCycleModel};
 use crate::data::text::LmBatch;
 use crate::error::{Error, Result};
+use crate::models::attention::{attend, split_heads};
 use crate::models::init::normal_linear;
 
 /// The size of a [`Gpt2`] model.
@@ -199,25 +198,11 @@ pub struct Gpt2Mlp {
 
 impl Gpt2Attention {
     fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let [batch, seq, hidden] = x.dims();
-        let head_dim = hidden / self.heads;
+        let hidden = x.dims()[2];
         let qkv = self.c_attn.forward(x);
-        let split = |start: usize| {
-            qkv.clone()
-                .narrow(2, start, hidden)
-                .reshape([batch, seq, self.heads, head_dim])
-                .swap_dims(1, 2)
-        };
+        let split = |start: usize| split_heads(qkv.clone().narrow(2, start, hidden), self.heads);
         let (q, k, v) = (split(0), split(hidden), split(2 * hidden));
-        let options = AttentionModuleOptions {
-            scale: None,
-            softcap: None,
-            is_causal: true,
-        };
-        let out = attention(q, k, v, None, None, options)
-            .swap_dims(1, 2)
-            .reshape([batch, seq, hidden]);
-        self.c_proj.forward(out)
+        self.c_proj.forward(attend(q, k, v, true))
     }
 }
 

@@ -13,8 +13,6 @@ use burn::module::Module;
 use burn::nn::{
     Embedding, EmbeddingConfig, Initializer, Linear, LinearConfig, RmsNorm, RmsNormConfig,
 };
-use burn::tensor::module::attention;
-use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Device, Int, Tensor, TensorData, activation};
 use burn::train::SequenceOutput;
 use serde_json::{Value, json};
@@ -26,6 +24,7 @@ use crate::cycle::flops::sequence_flop_counter;
 use crate::cycle::{FlopCounter, VCycleModel};
 use crate::data::text::LmBatch;
 use crate::error::{Error, Result};
+use crate::models::attention::{attend, split_heads};
 
 /// The size of a [`Llama`] model.
 #[derive(Config, Debug, PartialEq)]
@@ -312,24 +311,11 @@ impl Rotary {
 
 impl LlamaAttention {
     fn forward(&self, x: Tensor<3>, rotary: &Rotary) -> Tensor<3> {
-        let [batch, seq, _] = x.dims();
-        let split = |t: Tensor<3>, heads: usize| {
-            t.reshape([batch, seq, heads, self.head_dim])
-                .swap_dims(1, 2)
-        };
-        let q = rotary.apply(split(self.q_proj.forward(x.clone()), self.heads));
-        let k = rotary.apply(split(self.k_proj.forward(x.clone()), self.kv_heads));
-        let v = split(self.v_proj.forward(x), self.kv_heads);
+        let q = rotary.apply(split_heads(self.q_proj.forward(x.clone()), self.heads));
+        let k = rotary.apply(split_heads(self.k_proj.forward(x.clone()), self.kv_heads));
+        let v = split_heads(self.v_proj.forward(x), self.kv_heads);
         let (k, v) = (self.repeat_kv(k), self.repeat_kv(v));
-        let options = AttentionModuleOptions {
-            scale: None,
-            softcap: None,
-            is_causal: true,
-        };
-        let out = attention(q, k, v, None, None, options)
-            .swap_dims(1, 2)
-            .reshape([batch, seq, self.heads * self.head_dim]);
-        self.o_proj.forward(out)
+        self.o_proj.forward(attend(q, k, v, true))
     }
 
     /// `[batch, kv_heads, seq, d]` → `[batch, heads, seq, d]`, key/value head j serving query

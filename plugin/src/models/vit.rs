@@ -16,8 +16,6 @@ use burn::module::{Module, Param};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::nn::{Initializer, LayerNorm, LayerNormConfig, Linear};
-use burn::tensor::module::attention;
-use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Device, Distribution, Tensor, activation};
 use burn::train::{ClassificationOutput, InferenceStep, TrainOutput, TrainStep};
 use serde_json::{Map, Value, json};
@@ -29,6 +27,7 @@ use crate::cycle::flops::train_flops;
 use crate::cycle::{FlopCounter, VCycleModel};
 use crate::data::images::ImageBatch;
 use crate::error::{Error, Result};
+use crate::models::attention::{attend, split_heads};
 use crate::models::init::normal_linear;
 
 /// The size of a [`Vit`] model.
@@ -254,25 +253,11 @@ pub struct VitLayer {
 
 impl VitLayer {
     fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let [batch, tokens, hidden] = x.dims();
-        let head_dim = hidden / self.heads;
         let h = self.layernorm_before.forward(x.clone());
-        let split = |t: Tensor<3>| {
-            t.reshape([batch, tokens, self.heads, head_dim])
-                .swap_dims(1, 2)
-        };
-        let q = split(self.query.forward(h.clone()));
-        let k = split(self.key.forward(h.clone()));
-        let v = split(self.value.forward(h));
-        let options = AttentionModuleOptions {
-            scale: None,
-            softcap: None,
-            is_causal: false,
-        };
-        let a = attention(q, k, v, None, None, options)
-            .swap_dims(1, 2)
-            .reshape([batch, tokens, hidden]);
-        let x = x + self.attn_out.forward(a);
+        let q = split_heads(self.query.forward(h.clone()), self.heads);
+        let k = split_heads(self.key.forward(h.clone()), self.heads);
+        let v = split_heads(self.value.forward(h), self.heads);
+        let x = x + self.attn_out.forward(attend(q, k, v, false));
         let m = self
             .intermediate
             .forward(self.layernorm_after.forward(x.clone()));

@@ -4,10 +4,10 @@
 //! validation loss, the sweep of the knobs that matter, plots and raw numbers.
 //!
 //! ```sh
-//! cargo run --release -p vcycle-plugin --example cost_benchmark -- --quick
-//! cargo run --release -p vcycle-plugin --example cost_benchmark -- --sweep --out docs/cost-benchmark
-//! cargo run --release -p vcycle-plugin --example cost_benchmark -- --tuned --budget 4 --out docs/cost-benchmark
-//! cargo run --release -p vcycle-plugin --example cost_benchmark -- --tuned --task bert --out docs/cost-benchmark
+//! cargo run --release -p vcycle-bench -- --quick
+//! cargo run --release -p vcycle-bench -- --sweep --out docs/cost-benchmark
+//! cargo run --release -p vcycle-bench -- --tuned --budget 4 --out docs/cost-benchmark
+//! cargo run --release -p vcycle-bench -- --tuned --task bert --out docs/cost-benchmark
 //! ```
 //!
 //! `--tuned` is the comparison against the baseline a practitioner would run: warm-up and
