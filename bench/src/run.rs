@@ -309,8 +309,7 @@ impl Run<'_> {
             })
             .with_eval_every(Some(scale.eval_every))
             .with_boundary_valid_batches(Some(4));
-        let mut driver =
-            VCycle::new(config, PathBuf::from(self.dir), self.device.clone())?.quiet(true);
+        let mut driver = VCycle::new(config, PathBuf::from(self.dir), self.device.clone())?;
         let segments = driver.segments();
         let outcome = driver.run(model, train, valid, |segment: &Segment, train, valid| {
             self.training(&segment.dir, train, valid)

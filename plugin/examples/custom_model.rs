@@ -183,7 +183,11 @@ fn train(run_dir: &Path, steps: usize, quiet: bool) -> anyhow::Result<VCycleOutc
     )
     .with_boundary_valid_batches(Some(8));
     let outcome = VCycle::new(config, run_dir, device.clone())?
-        .quiet(quiet)
+        .on_boundary(move |record| {
+            if !quiet {
+                println!("{record}");
+            }
+        })
         .run(
             TinyLm::new(&sizes, &device)?,
             train,

@@ -136,8 +136,9 @@ fn main() -> Result<()> {
         "heads": args.heads,
         "hidden": args.hidden,
     });
-    let mut vcycle =
-        VCycle::new(config, &args.run_dir, train_device.clone())?.with_run_options(run_options);
+    let mut vcycle = VCycle::new(config, &args.run_dir, train_device.clone())?
+        .with_run_options(run_options)
+        .on_boundary(|record| println!("{record}"));
     if vcycle.has_run() && !args.resume {
         bail!(
             "{} already holds a run: pass --resume to continue it or --fresh to start over",

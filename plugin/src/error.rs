@@ -105,6 +105,20 @@ pub enum Error {
     /// The V-cycle configuration is not usable.
     #[error("V-cycle configuration: {0}")]
     VCycleConfig(String),
+    /// A bundled model's configuration is not usable (heads that do not divide the width, …).
+    #[error("{model} configuration: {message}")]
+    Model {
+        /// The model (`GPT-2`, `BERT`, `Llama`, `ViT`).
+        model: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+    /// A learning-rate schedule is not usable.
+    #[error("learning-rate schedule: {0}")]
+    Schedule(String),
+    /// The data given to the driver cannot be used.
+    #[error("data: {0}")]
+    Data(String),
     /// The run directory holds a run that cannot be resumed with this configuration.
     #[error("{path}: cannot resume: {message}")]
     Resume {

@@ -25,17 +25,14 @@
 //!     600, // steps at the bottom
 //!     400, // steps after growing back
 //! );
-//! let outcome = VCycle::new(config, "runs/gpt", device)?.run(
-//!     model,
-//!     train,
-//!     valid,
-//!     |segment: &Segment, train, valid| {
+//! let outcome = VCycle::new(config, "runs/gpt", device)?
+//!     .on_boundary(|record| println!("{record}")) // each boundary as it completes
+//!     .run(model, train, valid, |segment: &Segment, train, valid| {
 //!         SupervisedTraining::new(&segment.dir, train, valid)
 //!             .metric_train_numeric(LossMetric::new())
 //!             .metric_valid_numeric(LossMetric::new())
 //!             .renderer(Box::new(ProgressLine::new())) // one line per 2 s, fit for logs
-//!     },
-//! )?;
+//!     })?;
 //! println!("final model: {}", outcome.final_dir.display());
 //! # Ok(()) }
 //! ```

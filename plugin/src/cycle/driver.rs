@@ -61,7 +61,7 @@ pub struct VCycle<M> {
     pub(super) device: Device,
     pub(super) optimizer: OptimizerFactory,
     pub(super) scheduler: SchedulerFactory,
-    pub(super) quiet: bool,
+    pub(super) on_boundary: Box<dyn FnMut(&BoundaryRecord)>,
     /// The caller's options the run depends on, recorded and compared on resume.
     pub(super) run_options: serde_json::Value,
     /// The model's architecture, as the transform library is given it.
@@ -92,7 +92,7 @@ where
             device,
             optimizer: Box::new(|_| default_optimizer()),
             scheduler: Box::new(|s| s.schedule().scheduler()),
-            quiet: false,
+            on_boundary: Box::new(|_| {}),
             run_options: serde_json::Value::Null,
             arch: ArchChoice::Rules(Box::new(M::layout()?.rules().clone())),
             _model: PhantomData,
@@ -123,9 +123,10 @@ where
         self
     }
 
-    /// Whether to print the boundary log lines (default: yes).
-    pub fn quiet(mut self, quiet: bool) -> Self {
-        self.quiet = quiet;
+    /// Calls `report` with each boundary's record once it is saved (the record is also logged
+    /// at `info` level through the `log` crate, and kept in `boundaries.json`).
+    pub fn on_boundary(mut self, report: impl FnMut(&BoundaryRecord) + 'static) -> Self {
+        self.on_boundary = Box::new(report);
         self
     }
 
@@ -542,9 +543,7 @@ where
                 segment_seconds: seconds,
                 boundary_seconds,
             };
-            if !self.quiet {
-                println!("{record}");
-            }
+            log::info!("{record}");
             let final_rel = PathBuf::from(FINAL_DIR);
             let written = [
                 Some(&trained_rel),
@@ -562,6 +561,9 @@ where
             state.boundaries.push(record);
             state.completed_segments = segment.index;
             state = self.write_state(&state)?;
+            if let Some(record) = state.boundaries.last() {
+                (self.on_boundary)(record);
+            }
             model = match next {
                 Some(next) => Some(next),
                 None => Some(trained.train()),
@@ -581,10 +583,8 @@ where
     }
 
     pub(super) fn warn(&self, warnings: &[String]) {
-        if !self.quiet {
-            for w in warnings {
-                eprintln!("warning: {w}");
-            }
+        for w in warnings {
+            log::warn!("{w}");
         }
     }
 

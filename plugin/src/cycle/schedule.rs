@@ -91,7 +91,7 @@ impl Schedule {
     /// decay starts, the decay (one Burn scheduler where one follows it exactly: a linear
     /// decay, or a cosine from its start; otherwise one constant a step), then the floor.
     pub fn scheduler(&self) -> Result<ModuleLrScheduler> {
-        let bad = |m: String| Error::VCycleConfig(format!("learning-rate schedule: {m}"));
+        let bad = Error::Schedule;
         if !(self.peak.is_finite() && self.peak > 0.0 && self.peak <= 1.0) {
             return Err(bad(format!(
                 "the peak rate must lie in (0, 1], got {}",

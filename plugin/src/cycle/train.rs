@@ -49,9 +49,7 @@ where
         let valid = valid.to_device(&self.device.clone().inner());
         match valid.iter().next() {
             Some(item) => item.map_err(validation_error),
-            None => Err(Error::VCycleConfig(
-                "the validation loader yields no batch".into(),
-            )),
+            None => Err(Error::Data("the validation loader yields no batch".into())),
         }
     }
 

@@ -63,10 +63,13 @@ impl BertConfig {
     /// A randomly initialised model (BERT's scheme: N(0, σ²) weights, zero biases, unit norms).
     pub fn init(&self, device: &Device) -> Result<Bert> {
         if self.heads == 0 || !self.hidden.is_multiple_of(self.heads) {
-            return Err(Error::VCycleConfig(format!(
-                "BERT: {} heads do not divide the width {}",
-                self.heads, self.hidden
-            )));
+            return Err(Error::Model {
+                model: "BERT",
+                message: format!(
+                    "{} heads do not divide the width {}",
+                    self.heads, self.hidden
+                ),
+            });
         }
         let normal = Initializer::Normal {
             mean: 0.0,

@@ -97,7 +97,12 @@ impl Gpt2Config {
     }
 
     fn check(&self) -> Result<()> {
-        let bad = |message: String| Err(Error::VCycleConfig(format!("GPT-2: {message}")));
+        let bad = |message: String| {
+            Err(Error::Model {
+                model: "GPT-2",
+                message,
+            })
+        };
         if self.heads == 0 || !self.hidden.is_multiple_of(self.heads) {
             return bad(format!(
                 "{} heads do not divide the width {}",

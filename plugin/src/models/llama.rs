@@ -115,7 +115,12 @@ impl LlamaConfig {
     }
 
     fn check(&self) -> Result<()> {
-        let bad = |message: String| Err(Error::VCycleConfig(format!("Llama: {message}")));
+        let bad = |message: String| {
+            Err(Error::Model {
+                model: "Llama",
+                message,
+            })
+        };
         if [
             self.vocab,
             self.hidden,

@@ -115,7 +115,12 @@ impl VitConfig {
     }
 
     fn check(&self) -> Result<()> {
-        let bad = |message: String| Err(Error::VCycleConfig(format!("ViT: {message}")));
+        let bad = |message: String| {
+            Err(Error::Model {
+                model: "ViT",
+                message,
+            })
+        };
         if [
             self.image_size,
             self.patch_size,

@@ -63,7 +63,6 @@ fn carry_maps_adam_moments_across_boundaries_and_resumes() {
     let model = tiny_gpt2().init(&device).expect("model");
     let outcome = VCycle::new(config(), &run, device.clone())
         .expect("driver")
-        .quiet(true)
         .run(model, train, valid, quiet_training)
         .expect("V-cycle with carry");
     assert_eq!(outcome.boundaries.len(), 3);
@@ -221,7 +220,6 @@ fn carry_maps_adam_moments_across_boundaries_and_resumes() {
     let (train, valid) = loaders(24_000, 16, 4);
     let resumed = VCycle::<Gpt2>::new(config(), &run, device)
         .expect("driver")
-        .quiet(true)
         .resume(train, valid, quiet_training)
         .expect("resume with carry");
     assert_eq!(resumed.boundaries.len(), 3);
@@ -256,7 +254,6 @@ fn carry_runs_a_tiny_bert_cycle() {
     let config = two_levels(Some(2), Some(1), 2).with_optimizer_state(OptimizerStatePolicy::Carry);
     let outcome = VCycle::new(config, &run, device.clone())
         .expect("driver")
-        .quiet(true)
         .run(
             model,
             train,

@@ -133,7 +133,6 @@ fn child_run() {
     };
     VCycle::new(two_levels(Some(2), Some(1), 3), PathBuf::from(run), device)
         .expect("driver")
-        .quiet(true)
         .run(
             model,
             train,
@@ -285,7 +284,6 @@ fn kill_mid_checkpoint_write_keeps_earlier_boundaries() {
         Device::flex().autodiff(),
     )
     .expect("driver")
-    .quiet(true)
     .resume(train, valid, quiet_training)
     .expect("resume");
     assert_eq!(outcome.boundaries.len(), 3);

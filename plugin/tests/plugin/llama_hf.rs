@@ -101,7 +101,6 @@ fn llama_cycle(config: VCycleConfig, run: &std::path::Path) -> vcycle_plugin::VC
         .expect("model");
     VCycle::new(config, run, device)
         .expect("driver")
-        .quiet(true)
         .run(model, train, valid, |segment: &Segment, train, valid| {
             burn::train::SupervisedTraining::new(&segment.dir, train, valid)
                 .renderer(Box::new(vcycle_plugin::ProgressLine::quiet()))

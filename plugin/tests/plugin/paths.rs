@@ -13,9 +13,7 @@ use vcycle_plugin::{
 use crate::support::*;
 
 fn driver(config: VCycleConfig, run: &Path) -> VCycle<Gpt2> {
-    VCycle::new(config, run, Device::flex().autodiff())
-        .expect("driver")
-        .quiet(true)
+    VCycle::new(config, run, Device::flex().autodiff()).expect("driver")
 }
 
 fn run_path(config: VCycleConfig, run: &Path) -> VCycleOutcome<Gpt2> {

@@ -57,7 +57,6 @@ fn child_run() {
     let model = tiny_gpt2().init(&device).expect("model");
     VCycle::new(config(), PathBuf::from(run), device)
         .expect("driver")
-        .quiet(true)
         .run(model, train, valid, quiet_training)
         .expect("V-cycle");
 }
@@ -132,7 +131,6 @@ fn killed_run_resumes_from_last_boundary() {
     let (train, valid) = loaders(24_000, 16, 4);
     let busy = VCycle::<Gpt2>::new(config(), &run, Device::flex().autodiff())
         .expect("driver")
-        .quiet(true)
         .resume(train, valid, quiet_training);
     let Err(Error::RunDirectory { message, .. }) = busy else {
         panic!("a second training in a run directory in use was not refused");
@@ -165,13 +163,11 @@ fn killed_run_resumes_from_last_boundary() {
     let changed = config().with_alpha(0.25);
     let refused = VCycle::<Gpt2>::new(changed, &run, Device::flex().autodiff())
         .expect("driver")
-        .quiet(true)
         .resume(train.clone(), valid.clone(), quiet_training);
     assert_resume_refused(refused, "configuration differs");
     // So are other options of the caller's than the run started with.
     let refused = VCycle::<Gpt2>::new(config(), &run, Device::flex().autodiff())
         .expect("driver")
-        .quiet(true)
         .with_run_options(serde_json::json!({"seq": 32}))
         .resume(train.clone(), valid.clone(), quiet_training);
     assert_resume_refused(refused, "options");
@@ -221,14 +217,12 @@ fn killed_run_resumes_from_last_boundary() {
         tamper(&copy);
         let refused = VCycle::<Gpt2>::new(config(), &copy, Device::flex().autodiff())
             .expect("driver")
-            .quiet(true)
             .resume(train.clone(), valid.clone(), quiet_training);
         assert_resume_refused(refused, words);
     }
 
     let outcome = VCycle::<Gpt2>::new(config(), &run, Device::flex().autodiff())
         .expect("driver")
-        .quiet(true)
         .resume(train, valid, quiet_training)
         .expect("resume");
     assert_eq!(outcome.boundaries.len(), 3);
@@ -251,7 +245,6 @@ fn killed_run_resumes_from_last_boundary() {
     let (train, valid) = loaders(24_000, 16, 4);
     let again = VCycle::<Gpt2>::new(config(), &run, Device::flex().autodiff())
         .expect("driver")
-        .quiet(true)
         .resume(train, valid, quiet_training)
         .expect("resume finished run");
     assert_eq!(again.boundaries, outcome.boundaries);

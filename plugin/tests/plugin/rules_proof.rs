@@ -86,7 +86,6 @@ where
 {
     let (train, valid) = loaders(24_000, 16, 4);
     VCycle::<M>::new(config, run, Device::flex().autodiff())?
-        .quiet(true)
         .run(
             model,
             train,
@@ -184,7 +183,6 @@ fn a_resume_with_other_rules_of_the_same_name_is_refused() {
     let (train, valid) = loaders(24_000, 16, 4);
     let error = VCycle::<Mistaken>::new(config, &run_dir, Device::flex().autodiff())
         .expect("driver")
-        .quiet(true)
         .resume(
             train,
             valid,

@@ -20,7 +20,6 @@ fn run_cycle(config: VCycleConfig, run: &std::path::Path) -> vcycle_plugin::VCyc
     let model = tiny_gpt2().init(&device).expect("model");
     VCycle::new(config, run, device)
         .expect("driver")
-        .quiet(true)
         .run(model, train, valid, quiet_training)
         .expect("V-cycle")
 }
@@ -227,7 +226,6 @@ fn tiny_bert_cycle_preserves_function_at_alpha_one() {
         .expect("model");
     let outcome = VCycle::new(two_levels(Some(2), None, 2).with_alpha(1.0), &run, device)
         .expect("driver")
-        .quiet(true)
         .run(
             model,
             train,

@@ -139,7 +139,6 @@ fn vit_cycle_on_digits_learns_and_alpha_zero_restores() {
         device,
     )
     .expect("driver")
-    .quiet(true)
     .run(model, train, valid, |segment: &Segment, train, valid| {
         burn::train::SupervisedTraining::new(&segment.dir, train, valid)
             .renderer(Box::new(vcycle_plugin::ProgressLine::quiet()))

@@ -93,7 +93,6 @@ fn gpt_cycle(model: &Gpt2, device: &Device, run: &Path) -> Vec<BoundaryRecord> {
     let (train, valid) = loaders(24_000, 16, 4);
     VCycle::new(two_levels(Some(2), Some(1), 3), run, device.clone())
         .expect("driver")
-        .quiet(true)
         .run(model.clone().fork(&device), train, valid, quiet_training)
         .expect("V-cycle")
         .boundaries
@@ -143,7 +142,6 @@ fn bert_cycle_on_vulkan_matches_flex() {
         let device = device.clone().autodiff();
         VCycle::new(two_levels(Some(2), Some(1), 3), run, device.clone())
             .expect("driver")
-            .quiet(true)
             .run(
                 start.clone().fork(&device),
                 train,
@@ -221,7 +219,6 @@ fn multi_device_cycle_matches_one_device_with_the_same_global_batch() {
         VCycle::new(config, path, main.clone())
             .expect("driver")
             .with_optimizer(|_| AdamWConfig::new().with_epsilon(1e-12).init())
-            .quiet(true)
             .run(
                 start.clone().fork(&main),
                 train,
