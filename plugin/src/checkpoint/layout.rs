@@ -9,7 +9,7 @@ use burn::store::{
     SafetensorsStore,
 };
 use vcycle_transform::ArchChoice;
-use vcycle_transform::rules::{Axis, Direction, Rules, Space, TensorRule};
+use vcycle_transform::rules::{Axis, Direction, Rules};
 
 use crate::checkpoint::files::{CONFIG_FILE, WEIGHTS_FILE, write_json};
 use crate::checkpoint::sizes::Sizes;
@@ -228,14 +228,10 @@ impl HfLayout {
 
     /// The rule whose template names `name` under `prefix` (a root rule without it).
     fn rule_of(&self, name: &str, prefix: &str) -> Option<usize> {
-        self.rules.tensors.iter().position(|rule| {
-            let name = if rule.root {
-                Some(name)
-            } else {
-                name.strip_prefix(prefix)
-            };
-            name.is_some_and(|n| names(rule, n))
-        })
+        self.rules
+            .tensors
+            .iter()
+            .position(|rule| rule.layer_of(name, prefix).is_some())
     }
 
     /// Whether a checkpoint tensor the model does not hold may be left out: an optional rule
@@ -258,6 +254,7 @@ impl HfLayout {
             .filter(|n| self.rules.tensors.get(n.rule).is_some_and(|r| !r.embedding))
             .map(|n| n.shape.iter().product::<usize>())
             .sum();
+        let dims = sizes.dims();
         let tied_head = self
             .rules
             .tensors
@@ -269,46 +266,11 @@ impl HfLayout {
             .map(|(_, r)| {
                 r.axes
                     .iter()
-                    .map(|axis| axis_size(axis, sizes))
+                    .map(|axis| dims.axis(axis).unwrap_or(0))
                     .product::<usize>()
             })
             .sum::<usize>();
         Ok(held + tied_head)
-    }
-}
-
-/// The size of an axis in a model of `sizes` (a literal or an unknown fixed space: 0).
-fn axis_size(axis: &Axis, sizes: &Sizes) -> usize {
-    match axis {
-        Axis::Fixed(name) => name
-            .parse()
-            .ok()
-            .or_else(|| sizes.fixed.get(name).copied())
-            .unwrap_or(0),
-        Axis::Model { parts, .. } => parts
-            .iter()
-            .map(|p| match p {
-                Space::Hidden => sizes.hidden,
-                Space::Attn => sizes.attn(),
-                Space::Kv => sizes.kv_heads * sizes.head_dim,
-                Space::Ffn => sizes.ffn,
-            })
-            .sum(),
-    }
-}
-
-/// Whether `rule`'s template names `name` (`{layer}`: a canonical decimal index).
-fn names(rule: &TensorRule, name: &str) -> bool {
-    match rule.template.split_once("{layer}") {
-        None => rule.template == name,
-        Some((head, tail)) => name
-            .strip_prefix(head)
-            .and_then(|rest| rest.strip_suffix(tail))
-            .is_some_and(|digits| {
-                !digits.is_empty()
-                    && digits.bytes().all(|b| b.is_ascii_digit())
-                    && (digits == "0" || !digits.starts_with('0'))
-            }),
     }
 }
 

@@ -147,6 +147,20 @@ impl Sizes {
         Ok(Sizes::from_dims(anatomy.dims, norm_eps, settings))
     }
 
+    /// The transform's view of these sizes.
+    pub(crate) fn dims(&self) -> Dims {
+        Dims {
+            layers: self.layers,
+            hidden: self.hidden,
+            heads: self.heads,
+            kv_heads: self.kv_heads,
+            head_dim: self.head_dim,
+            ffn: self.ffn,
+            tied: self.tied,
+            fixed: self.fixed.clone(),
+        }
+    }
+
     fn from_dims(dims: Dims, norm_eps: Option<f64>, settings: Map<String, Value>) -> Sizes {
         Sizes {
             layers: dims.layers,

@@ -36,6 +36,12 @@ impl TensorRule {
         }
     }
 
+    /// Whether `name` is one of this rule's tensors under `prefix` (ignored for a root rule),
+    /// and its layer index if the rule is per layer. A layer index is canonical decimal.
+    pub fn layer_of(&self, name: &str, prefix: &str) -> Option<Option<usize>> {
+        self.pattern(prefix).layer_of(name)
+    }
+
     pub(super) fn pattern(&self, prefix: &str) -> NamePattern {
         let prefix = if self.root { "" } else { prefix };
         let (head, tail) = match self.template.split_once("{layer}") {
