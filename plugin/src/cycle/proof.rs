@@ -89,7 +89,7 @@ where
         let full = init.sizes();
         let mut large = at("width", 1);
         save_hf(&init.map(&mut Scale(WEIGHT_SCALE)), &large)?;
-        let mut large_level = 1;
+        let (mut large_level, mut large_heads) = (1, full.heads);
         for &level in &levels[1..] {
             let (heads, _) = self.level_sizes(level);
             let Some(heads) = heads else { continue };
@@ -98,7 +98,6 @@ where
             let small = at("width", level);
             Job::coalesce(&large, &options)?.write(&small, false)?;
 
-            let large_heads = M::load_hf(&large, &self.device)?.sizes().heads;
             options.target.heads = Some(large_heads);
             let grown = at("grown", level);
             Job::grow(&small, &large, 1.0, &options)?.write(&grown, false)?;
@@ -119,7 +118,7 @@ where
                 });
             }
             large = small;
-            large_level = level;
+            (large_level, large_heads) = (level, heads);
         }
         Ok(())
     }

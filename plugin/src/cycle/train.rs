@@ -25,11 +25,6 @@ where
     /// Mean validation loss (Burn's `LossMetric` over the boundary's validation batches).
     pub(super) fn valid_loss(&self, model: &M, valid: &ValidLoader<M>) -> Result<f64> {
         let limit = self.config.boundary_valid_batches.unwrap_or(usize::MAX);
-        self.loss_on(model, valid, limit)
-    }
-
-    /// Mean loss over the first `limit` validation batches.
-    fn loss_on(&self, model: &M, valid: &ValidLoader<M>, limit: usize) -> Result<f64> {
         // The batches go where the model is, as Burn's strategies move them: a loader built
         // without `set_device` makes them on the default device.
         let valid = valid.to_device(&self.device.clone().inner());
