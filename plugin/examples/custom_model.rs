@@ -21,7 +21,7 @@ use burn::train::metric::LossMetric;
 use burn::train::{SequenceOutput, SupervisedTraining};
 use vcycle_plugin::data::{ByteWindows, LmBatch, LmBatcher, split_train_valid};
 use vcycle_plugin::{
-    ArchChoice, FlopCounter, HfModel, LevelConfig, ProgressLine, Rules, Segment, Sizes, VCycle,
+    ArchChoice, FlopCounter, LevelConfig, ProgressLine, Resizable, Rules, Segment, Sizes, VCycle,
     VCycleConfig, VCycleModel, VCycleOutcome, sequence_flop_counter,
 };
 
@@ -128,8 +128,8 @@ impl Block {
 // V-cycle glue: the steps, the architecture (the rule file), the sizes, a constructor.
 vcycle_plugin::sequence_steps!(TinyLm, LmBatch, forward_lm);
 
-impl HfModel for TinyLm {
-    fn arch() -> vcycle_plugin::Result<ArchChoice> {
+impl Resizable for TinyLm {
+    fn arch(&self) -> vcycle_plugin::Result<ArchChoice> {
         let rules = Rules::parse(include_str!("custom_model.toml"), "custom_model.toml")?;
         Ok(ArchChoice::Rules(Box::new(rules)))
     }
@@ -138,7 +138,7 @@ impl HfModel for TinyLm {
         self.sizes.clone()
     }
 
-    fn from_sizes(sizes: &Sizes, device: &Device) -> vcycle_plugin::Result<Self> {
+    fn resized(&self, sizes: &Sizes, device: &Device) -> vcycle_plugin::Result<Self> {
         TinyLm::new(sizes, device)
     }
 }
@@ -254,7 +254,7 @@ mod tests {
         );
 
         let device = Device::flex();
-        let model = TinyLm::load_hf(&outcome.final_dir, &device).unwrap();
+        let model = outcome.model.load_dir(&outcome.final_dir, &device).unwrap();
         assert_eq!(model.sizes().heads, 4);
         let ids = random_tokens(5, 2, 16, 256).unwrap();
         let input = Tensor::<2, Int>::from_data(
@@ -268,7 +268,7 @@ mod tests {
             logits.into_data().try_to_vec::<f32>().unwrap(),
         )
         .unwrap();
-        let arch = TinyLm::arch().unwrap();
+        let arch = model.arch().unwrap();
         let (checkpoint, anatomy) =
             vcycle_transform::open_model(&outcome.final_dir, &arch).unwrap();
         let reference = vcycle_transform::verify::run_tokens(&checkpoint, &anatomy, &ids).unwrap();

@@ -147,7 +147,7 @@ fn main() -> Result<()> {
     }
     let started = std::time::Instant::now();
     let outcome = vcycle.run_or_resume(
-        || model_config.init(&train_device),
+        model_config.init(&train_device)?,
         train_loader,
         valid_loader,
         training,

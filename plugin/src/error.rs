@@ -144,6 +144,27 @@ pub enum Error {
         /// What went wrong.
         message: String,
     },
+    /// Burn took another number of optimizer steps than the segment's budget: one optimizer
+    /// step takes another number of batches than the configuration's `batches_per_step`.
+    #[error(
+        "segment {segment} ({name}): Burn took {taken} optimizer steps over {batches} batches, \
+         not the {planned} that batches_per_step = {batches_per_step} plans: batches_per_step \
+         must be the batches one optimizer step takes (gradient accumulation × devices)"
+    )]
+    BatchesPerStep {
+        /// The segment's 1-based position in the run.
+        segment: usize,
+        /// The segment's name, e.g. `02-bottom-L2`.
+        name: String,
+        /// The batches the segment trained on.
+        batches: usize,
+        /// The configuration's batches per optimizer step.
+        batches_per_step: usize,
+        /// The optimizer steps the budget gives the segment.
+        planned: usize,
+        /// The optimizer steps Burn took.
+        taken: usize,
+    },
     /// A training segment ended with an error or was interrupted.
     #[error("segment {segment} ({name}): {message}")]
     Training {

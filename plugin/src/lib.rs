@@ -46,11 +46,11 @@ pub mod device;
 mod error;
 mod models;
 
-pub use checkpoint::layout::HfLayout;
-pub use checkpoint::model::{HfModel, save_hf};
+pub use checkpoint::layout::CheckpointLayout;
 /// Adam's moments across a boundary, as the driver saves them (for tests that inspect them).
 #[doc(hidden)]
 pub use checkpoint::moments;
+pub use checkpoint::resizable::Resizable;
 pub use checkpoint::sizes::Sizes;
 pub use cycle::budget::{ExactBatches, epoch_steps};
 pub use cycle::config::{
@@ -68,7 +68,7 @@ pub use models::bert::{Bert, BertConfig};
 pub use models::gpt2::{Gpt2, Gpt2Config};
 pub use models::llama::{Llama, LlamaConfig};
 pub use models::vit::{Vit, VitConfig};
-/// The transform library's architecture choice and rule files, for [`HfModel::arch`].
+/// The transform library's architecture choice and rule files, for [`Resizable::arch`].
 pub use vcycle_transform::{ArchChoice, Rules};
 /// The transform library's options, as a [`VCycleConfig`] and a [`LevelConfig`] take them.
 pub use vcycle_transform::{DepthInit, EmbeddingRule, SchemeSpec};

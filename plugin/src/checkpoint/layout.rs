@@ -29,16 +29,16 @@ use crate::error::{Error, Result};
 ///   rule claims them (a tied head only while the head is tied).
 ///
 /// ```
-/// use vcycle_plugin::HfLayout;
+/// use vcycle_plugin::CheckpointLayout;
 /// use vcycle_transform::ArchChoice;
 ///
-/// let layout = HfLayout::new(&ArchChoice::Preset("bert".into()))?
+/// let layout = CheckpointLayout::new(&ArchChoice::Preset("bert".into()))?
 ///     .with_renames(&[(r"\.layer_norm\.", ".LayerNorm.")]);
 /// assert_eq!(layout.rules().name, "bert");
 /// # Ok::<(), vcycle_plugin::Error>(())
 /// ```
 #[derive(Debug, Clone)]
-pub struct HfLayout {
+pub struct CheckpointLayout {
     rules: Rules,
     /// The checkpoint stores Linear weights `[out, in]`.
     transposed: bool,
@@ -55,7 +55,7 @@ struct Named {
     rule: usize,
 }
 
-impl HfLayout {
+impl CheckpointLayout {
     /// The layout of a preset or a rule file. [`ArchChoice::Detect`] is refused: a model
     /// names its architecture.
     pub fn new(arch: &ArchChoice) -> Result<Self> {
@@ -77,7 +77,7 @@ impl HfLayout {
             });
         }
         let transposed = linear_layout(&rules)?;
-        Ok(HfLayout {
+        Ok(CheckpointLayout {
             rules,
             transposed,
             renames: Vec::new(),
@@ -127,6 +127,18 @@ impl HfLayout {
             store = store.with_to_adapter(BurnToPyTorchAdapter);
         }
         module.save_into(&mut store).map_err(store_error(&path))
+    }
+
+    /// The model `build` makes at the sizes of the checkpoint directory `dir`, with its weights.
+    pub fn load_model<M: Module>(
+        &self,
+        dir: &Path,
+        build: impl FnOnce(&Sizes) -> Result<M>,
+    ) -> Result<M> {
+        let sizes = self.read_sizes(dir)?;
+        let mut model = build(&sizes)?;
+        self.load(&mut model, dir, &sizes)?;
+        Ok(model)
     }
 
     /// Loads `module`'s weights from `dir`'s `model.safetensors`; `sizes` are the checkpoint's.

@@ -4,6 +4,6 @@
 
 pub(crate) mod files;
 pub(crate) mod layout;
-pub(crate) mod model;
 pub mod moments;
+pub(crate) mod resizable;
 pub(crate) mod sizes;

@@ -41,7 +41,7 @@ use serde_json::json;
 use vcycle_transform::{Job, Options};
 
 use crate::checkpoint::files;
-use crate::checkpoint::model::HfModel;
+use crate::checkpoint::resizable::Resizable;
 use crate::error::{Error, Result, io, json};
 
 /// The first moment's directory inside a moments directory.
@@ -128,7 +128,7 @@ impl Moments {
     /// Writes the moments of `model`'s parameters into `dir`, atomically: `m/` and `sqrt_v/`
     /// as HF directories of the model's architecture and size, and the step count. A parameter
     /// without state (it had no gradient) gets zeros.
-    pub fn save<M: HfModel>(&self, model: &M, dir: &Path) -> Result<()> {
+    pub fn save<M: Resizable>(&self, model: &M, dir: &Path) -> Result<()> {
         let mut first = WithValues::new(&self.m, false);
         let m_model = model.clone().map(&mut first);
         let mut second = WithValues::new(&self.v, true);
@@ -150,7 +150,7 @@ impl Moments {
             for (name, model) in [(FIRST_MOMENT, &m_model), (SQRT_SECOND_MOMENT, &v_model)] {
                 let sub = tmp.join(name);
                 std::fs::create_dir(&sub).map_err(io(&sub))?;
-                model.write_hf_files(&sub)?;
+                model.write_files(&sub)?;
             }
             files::write_json(&tmp.join(STEP_FILE), &json!({ "step": step }))
         })
@@ -158,14 +158,18 @@ impl Moments {
 
     /// An optimizer record that starts `model`'s parameters from the moments saved in `dir`
     /// (v = the square of `sqrt_v`), for [`burn::optim::ModuleOptimizer::load_record`].
-    pub fn load_record<M: HfModel>(
+    pub fn load_record<M: Resizable>(
         dir: &Path,
         model: &M,
         device: &Device,
     ) -> Result<OptimizerRecord> {
         let step = read_step(dir)?;
-        let m = values(&M::load_hf(&dir.join(FIRST_MOMENT), device)?);
-        let v = values(&M::load_hf(&dir.join(SQRT_SECOND_MOMENT), device)?.map(&mut Squared));
+        let m = values(&model.load_dir(&dir.join(FIRST_MOMENT), device)?);
+        let v = values(
+            &model
+                .load_dir(&dir.join(SQRT_SECOND_MOMENT), device)?
+                .map(&mut Squared),
+        );
         let mut params = Params::default();
         model.visit(&mut params);
         let mismatch = |message: String| Error::Mismatch {

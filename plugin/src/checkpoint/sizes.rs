@@ -16,8 +16,8 @@ use crate::error::{Error, Result};
 /// `config.json` entries that are not sizes.
 ///
 /// A checkpoint's sizes come from its tensors and `config.json` through its rules; a model is
-/// built from them by [`crate::HfModel::from_sizes`] and reports them with
-/// [`crate::HfModel::sizes`], which is what `config.json` records.
+/// built from them by [`crate::Resizable::resized`] and reports them with
+/// [`crate::Resizable::sizes`], which is what `config.json` records.
 ///
 /// ```
 /// use vcycle_plugin::Sizes;
@@ -176,76 +176,8 @@ impl Sizes {
         }
     }
 
-    /// `config.json` for these sizes: the settings, then every size under the first key the
-    /// rules name for it, and the rules' `model_type`.
+    /// `config.json` for these sizes, as the transform library composes it.
     pub(crate) fn config_json(&self, rules: &Rules) -> Value {
-        let mut config = Value::Object(self.settings.clone());
-        let keys = &rules.config;
-        if let (Some(model_type), Some(map)) = (rules.model_types.first(), config.as_object_mut()) {
-            map.entry("model_type")
-                .or_insert_with(|| Value::from(model_type.as_str()));
-        }
-        let sizes: [(&[String], Value); 6] = [
-            (&keys.hidden, self.hidden.into()),
-            (&keys.layers, self.layers.into()),
-            (&keys.heads, self.heads.into()),
-            (&keys.kv_heads, self.kv_heads.into()),
-            (&keys.head_dim, self.head_dim.into()),
-            (&keys.ffn, self.ffn.into()),
-        ];
-        for (candidates, value) in sizes {
-            if let Some(key) = candidates.first() {
-                set(&mut config, key, value);
-            }
-        }
-        if let (Some(eps), Some(key)) = (self.norm_eps, keys.norm_eps.first()) {
-            set(&mut config, key, eps.into());
-        }
-        if let Some(key) = &keys.tie {
-            set(&mut config, key, self.tied.into());
-        }
-        config
-    }
-}
-
-/// Sets a possibly dotted key (`rope_parameters.rope_theta`), creating the objects on its way.
-fn set(config: &mut Value, key: &str, value: Value) {
-    let mut slot = config;
-    for part in key.split('.') {
-        if !slot.is_object() {
-            *slot = Value::Object(Map::new());
-        }
-        let Value::Object(map) = slot else { return };
-        slot = map.entry(part).or_insert(Value::Null);
-    }
-    *slot = value;
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    #[test]
-    fn config_names_every_size_with_the_rules_keys() {
-        let rules = Rules::preset("gpt2").expect("preset");
-        let sizes = Sizes::new(2, 32, 4, 64)
-            .with_norm_eps(1e-5)
-            .with_setting("n_positions", 16);
-        assert_eq!(
-            sizes.config_json(&rules),
-            json!({
-                "n_positions": 16, "model_type": "gpt2", "n_embd": 32, "n_layer": 2,
-                "n_head": 4, "n_inner": 64, "layer_norm_epsilon": 1e-5,
-                "tie_word_embeddings": true
-            })
-        );
-    }
-
-    #[test]
-    fn dotted_keys_write_nested_objects() {
-        let mut config = json!({"a": 1});
-        set(&mut config, "rope.theta", json!(10.0));
-        assert_eq!(config, json!({"a": 1, "rope": {"theta": 10.0}}));
+        vcycle_transform::config::compose(&self.settings, rules, &self.dims(), self.norm_eps)
     }
 }

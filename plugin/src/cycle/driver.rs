@@ -22,8 +22,8 @@ use sha2::{Digest, Sha256};
 use vcycle_transform::{ArchChoice, Options, Target};
 
 use crate::checkpoint::files::write_file_atomically;
-use crate::checkpoint::model::{HfModel, save_hf};
 use crate::checkpoint::moments::Moments;
+use crate::checkpoint::resizable::Resizable;
 use crate::cycle::config::{LevelConfig, OptimizerStatePolicy, VCycleConfig};
 use crate::error::{Error, Result, io, json};
 
@@ -31,9 +31,9 @@ use crate::error::{Error, Result, io, json};
 pub type FlopCounter<I> = Arc<dyn Fn(&I) -> f64 + Send + Sync>;
 
 /// A model the driver can train: a Burn learner model whose checkpoints its rules describe
-/// ([`HfModel`]) and that counts its training FLOPs. Its validation batches are `Clone`: the
+/// ([`Resizable`]) and that counts its training FLOPs. Its validation batches are `Clone`: the
 /// rules proof evaluates two models on one batch.
-pub trait VCycleModel: LearnerModel + HfModel + TrainStep + InferenceStep<Input: Clone> {
+pub trait VCycleModel: LearnerModel + Resizable + TrainStep + InferenceStep<Input: Clone> {
     /// Counts the training FLOPs of a batch at this model's size, for the boundary log and the
     /// run's totals. A model trained on token sequences returns
     /// [`sequence_flop_counter(self)`](crate::sequence_flop_counter).
@@ -64,7 +64,8 @@ pub struct VCycle<M> {
     pub(super) on_boundary: Box<dyn FnMut(&BoundaryRecord)>,
     /// The caller's options the run depends on, recorded and compared on resume.
     pub(super) run_options: serde_json::Value,
-    /// The model's architecture, as the transform library is given it.
+    /// The model's rules, as the transform library is given them: the model's own, read when
+    /// `run` or `resume` is given the model.
     pub(super) arch: ArchChoice,
     pub(super) _model: PhantomData<fn() -> M>,
 }
@@ -94,7 +95,7 @@ where
             scheduler: Box::new(|s| s.schedule().scheduler()),
             on_boundary: Box::new(|_| {}),
             run_options: serde_json::Value::Null,
-            arch: ArchChoice::Rules(Box::new(M::layout()?.rules().clone())),
+            arch: ArchChoice::Detect,
             _model: PhantomData,
         })
     }
@@ -150,8 +151,9 @@ where
         self.run_dir.join(STATE_FILE).is_file()
     }
 
-    /// Starts a new cycle from `model` (the full-size model, level 1). Refuses a run directory
-    /// that already holds a run (see [`VCycle::resume`]) or that another training is using.
+    /// Starts a new run from `model`, the full-size model (level 1; a path that starts at a
+    /// smaller level coalesces it first). Refuses a run directory that already holds a run
+    /// (see [`VCycle::resume`]) or that another training is using.
     pub fn run(
         &mut self,
         model: M,
@@ -160,6 +162,7 @@ where
         training: impl SegmentTraining<M>,
     ) -> Result<VCycleOutcome<M>> {
         let _lock = RunLock::take(&self.run_dir)?;
+        self.bind(&model)?;
         if self.has_run() {
             return Err(Error::Resume {
                 path: self.run_dir.clone(),
@@ -172,15 +175,15 @@ where
             &self.run_dir.join(CONFIG_FILE),
             pretty(&config, &self.run_dir)?.as_bytes(),
         )?;
-        save_hf(&model, &self.run_dir.join(INIT))?;
+        model.save_dir(&self.run_dir.join(INIT))?;
         if self.config.prove_rules {
-            self.prove_rules(&valid)?;
+            self.prove_rules(&model, &valid)?;
         }
         let mut files = checksums(&self.run_dir, Path::new(INIT))?;
         // A run that starts small coalesces the model it was given first.
         let start = self.start_checkpoint(1);
         let model = if start == Path::new(INIT) {
-            Some(model)
+            Held::Current(model)
         } else {
             let level = self.segments()[0].level;
             self.coalesce(
@@ -190,7 +193,7 @@ where
                 &self.run_dir.join(&start),
             )?;
             files.extend(checksums(&self.run_dir, &start)?);
-            None
+            Held::Like(model)
         };
         let state = RunState {
             format: STATE_FORMAT,
@@ -208,16 +211,19 @@ where
         self.drive(state, model, train, valid, training)
     }
 
-    /// Continues the run in `run_dir` from its last completed boundary. The configuration must
-    /// be the one the run started with, and the checkpoints it relies on the ones it wrote;
-    /// another training using the directory is refused.
+    /// Continues the run in `run_dir` from its last completed boundary. `model` is built as
+    /// for [`VCycle::run`]: its rules and hyperparameters are used, its weights are not. The
+    /// configuration and the rules must be the ones the run started with, and the checkpoints
+    /// it relies on the ones it wrote; another training using the directory is refused.
     pub fn resume(
         &mut self,
+        model: M,
         train: TrainLoader<M>,
         valid: ValidLoader<M>,
         training: impl SegmentTraining<M>,
     ) -> Result<VCycleOutcome<M>> {
         let _lock = RunLock::take(&self.run_dir)?;
+        self.bind(&model)?;
         let mut state = self.read_state()?;
         // Remove what an interrupted segment or boundary left behind: the checkpoints of an
         // unfinished boundary and every temporary. The state names a directory only once it
@@ -260,22 +266,28 @@ where
                 remove_path(&segment.dir)?;
             }
         }
-        self.drive(state, None, train, valid, training)
+        self.drive(state, Held::Like(model), train, valid, training)
     }
 
-    /// Resumes the run in `run_dir` if there is one, else starts one from `model()`.
+    /// Resumes the run in `run_dir` if there is one, else starts one from `model`.
     pub fn run_or_resume(
         &mut self,
-        model: impl FnOnce() -> Result<M>,
+        model: M,
         train: TrainLoader<M>,
         valid: ValidLoader<M>,
         training: impl SegmentTraining<M>,
     ) -> Result<VCycleOutcome<M>> {
         if self.has_run() {
-            self.resume(train, valid, training)
+            self.resume(model, train, valid, training)
         } else {
-            self.run(model()?, train, valid, training)
+            self.run(model, train, valid, training)
         }
+    }
+
+    /// Takes the model's rules, the ones every transform of the run is given.
+    fn bind(&mut self, model: &M) -> Result<()> {
+        self.arch = ArchChoice::Rules(Box::new(model.layout()?.rules().clone()));
+        Ok(())
     }
 
     fn config_json(&self) -> Result<serde_json::Value> {
@@ -442,7 +454,7 @@ where
     fn drive(
         &mut self,
         mut state: RunState,
-        mut model: Option<M>,
+        mut model: Held<M>,
         train: TrainLoader<M>,
         valid: ValidLoader<M>,
         mut training: impl SegmentTraining<M>,
@@ -450,7 +462,7 @@ where
         let segments = self.segments();
         let final_dir = self.run_dir.join(FINAL_DIR);
         if state.completed_segments >= segments.len() {
-            let model = M::load_hf(&final_dir, &self.device)?;
+            let model = model.into_model(&final_dir, &self.device)?;
             return Ok(VCycleOutcome {
                 model,
                 final_dir,
@@ -461,10 +473,7 @@ where
         }
         for segment in segments.iter().skip(state.completed_segments) {
             let start_dir = self.run_dir.join(self.start_checkpoint(segment.index));
-            let current = match model.take() {
-                Some(m) => m,
-                None => M::load_hf(&start_dir, &self.device)?,
-            };
+            let current = model.into_model(&start_dir, &self.device)?;
             let carried = self.carried_moments(segment.index, &current)?;
             let started = Instant::now();
             let (trained, flops, optimizer) =
@@ -476,7 +485,7 @@ where
             let trained_rel = self.trained_checkpoint(segment.index);
             let trained_dir = self.run_dir.join(&trained_rel);
             let boundary_started = Instant::now();
-            save_hf(&trained, &trained_dir)?;
+            trained.save_dir(&trained_dir)?;
             let mut boundary_seconds = boundary_started.elapsed().as_secs_f64();
             let from = self.size(&trained_dir, segment.level, trained.num_params())?;
             let valid_loss_before = self.valid_loss(&trained, &valid)?;
@@ -493,7 +502,7 @@ where
             };
             let boundary_started = Instant::now();
             let (operator, next, to, valid_loss_after, next_rel) = if last {
-                save_hf(&trained, &final_dir)?;
+                trained.save_dir(&final_dir)?;
                 boundary_seconds += boundary_started.elapsed().as_secs_f64();
                 (Operator::End, None, None, None, None)
             } else {
@@ -515,7 +524,7 @@ where
                         &next_dir,
                     )?
                 };
-                let next_model = M::load_hf(&next_dir, &self.device)?;
+                let next_model = trained.load_dir(&next_dir, &self.device)?;
                 boundary_seconds += boundary_started.elapsed().as_secs_f64();
                 let to = self.size(&next_dir, next_level, next_model.num_params())?;
                 let after = self.valid_loss(&next_model, &valid)?;
@@ -564,15 +573,9 @@ where
             if let Some(record) = state.boundaries.last() {
                 (self.on_boundary)(record);
             }
-            model = match next {
-                Some(next) => Some(next),
-                None => Some(trained.train()),
-            };
+            model = Held::Current(next.unwrap_or_else(|| trained.train()));
         }
-        let model = match model {
-            Some(m) => m,
-            None => M::load_hf(&final_dir, &self.device)?,
-        };
+        let model = model.into_model(&final_dir, &self.device)?;
         Ok(VCycleOutcome {
             model,
             final_dir,
@@ -602,5 +605,21 @@ where
         }
         let dir = self.moments_dir(&self.start_checkpoint(index));
         Moments::load_record(&dir, model, &self.device).map(Some)
+    }
+}
+
+/// The model the driver holds between segments: the one the next segment trains, or one whose
+/// rules and hyperparameters load it from its checkpoint (a resume, a path that starts small).
+enum Held<M> {
+    Current(M),
+    Like(M),
+}
+
+impl<M: Resizable> Held<M> {
+    fn into_model(self, dir: &Path, device: &Device) -> Result<M> {
+        match self {
+            Held::Current(model) => Ok(model),
+            Held::Like(like) => like.load_dir(dir, device),
+        }
     }
 }

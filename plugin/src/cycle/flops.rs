@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use burn::train::TrainStep;
 
-use crate::checkpoint::model::HfModel;
+use crate::checkpoint::resizable::Resizable;
 use crate::cycle::FlopCounter;
 use crate::error::Result;
 
@@ -46,7 +46,7 @@ pub trait SequenceBatch {
 /// assert_eq!(train_flops(&model, 4, 16)?, expected);
 /// # Ok::<(), vcycle_plugin::Error>(())
 /// ```
-pub fn train_flops<M: HfModel>(model: &M, batch: usize, seq: usize) -> Result<f64> {
+pub fn train_flops<M: Resizable>(model: &M, batch: usize, seq: usize) -> Result<f64> {
     Ok(PerToken::of(model)?.train_flops(batch, seq))
 }
 
@@ -54,7 +54,7 @@ pub fn train_flops<M: HfModel>(model: &M, batch: usize, seq: usize) -> Result<f6
 /// batches of token sequences: [`train_flops`] at each batch's shape.
 pub fn sequence_flop_counter<M>(model: &M) -> Result<FlopCounter<<M as TrainStep>::Input>>
 where
-    M: HfModel + TrainStep<Input: SequenceBatch>,
+    M: Resizable + TrainStep<Input: SequenceBatch>,
 {
     let per_token = PerToken::of(model)?;
     Ok(Arc::new(move |batch: &<M as TrainStep>::Input| {
@@ -72,9 +72,9 @@ struct PerToken {
 }
 
 impl PerToken {
-    fn of<M: HfModel>(model: &M) -> Result<PerToken> {
+    fn of<M: Resizable>(model: &M) -> Result<PerToken> {
         let sizes = model.sizes();
-        let weights = M::layout()?.matmul_weights(model, &sizes)?;
+        let weights = model.layout()?.matmul_weights(model, &sizes)?;
         Ok(PerToken {
             weights: weights as f64,
             attention: (sizes.layers * sizes.attn()) as f64,

@@ -12,6 +12,7 @@ mod record;
 mod run_dir;
 pub(crate) mod schedule;
 mod segment;
+mod step_counter;
 mod train;
 mod transition;
 

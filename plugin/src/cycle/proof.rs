@@ -21,7 +21,6 @@ use vcycle_transform::{EmbeddingRule, Job};
 use super::run_dir::remove_path;
 use super::transition::INIT;
 use super::{VCycle, VCycleModel};
-use crate::checkpoint::model::save_hf;
 use crate::error::{Error, Result};
 
 /// Where the proof's checkpoints go, relative to the run directory (removed afterwards, and
@@ -51,13 +50,14 @@ where
     M: VCycleModel,
     <M as InferenceStep>::Output: Adaptor<LossInput>,
 {
-    /// Proves the rules on the run's fresh model (`checkpoints/00-init`) before the first step.
-    pub(super) fn prove_rules(&self, valid: &ValidLoader<M>) -> Result<()> {
+    /// Proves the rules on the run's fresh model (saved as `checkpoints/00-init`) before the
+    /// first step.
+    pub(super) fn prove_rules(&self, model: &M, valid: &ValidLoader<M>) -> Result<()> {
         let dir = self.run_dir.join(PROOF_DIR);
         if dir.exists() {
             remove_path(&dir)?;
         }
-        let result = self.prove_in(&dir, valid);
+        let result = self.prove_in(model, &dir, valid);
         let removed = if dir.exists() {
             remove_path(&dir)
         } else {
@@ -66,7 +66,7 @@ where
         result.and(removed)
     }
 
-    fn prove_in(&self, dir: &Path, valid: &ValidLoader<M>) -> Result<()> {
+    fn prove_in(&self, model: &M, dir: &Path, valid: &ValidLoader<M>) -> Result<()> {
         std::fs::create_dir_all(dir).map_err(crate::error::io(dir))?;
         let mut levels: Vec<usize> = self.segments().iter().map(|s| s.level).collect();
         levels.push(1);
@@ -85,10 +85,12 @@ where
         // 2. The directions, in width only (depth growth by copying stacks layers), on one
         // batch (a loader may draw new masks or crops at every pass).
         let batch = self.first_valid_batch(valid)?;
-        let init = M::load_hf(&self.run_dir.join(INIT), &self.device)?;
-        let full = init.sizes();
+        let full = model.sizes();
         let mut large = at("width", 1);
-        save_hf(&init.map(&mut Scale(WEIGHT_SCALE)), &large)?;
+        model
+            .clone()
+            .map(&mut Scale(WEIGHT_SCALE))
+            .save_dir(&large)?;
         let (mut large_level, mut large_heads) = (1, full.heads);
         for &level in &levels[1..] {
             let (heads, _) = self.level_sizes(level);
@@ -102,8 +104,8 @@ where
             let grown = at("grown", level);
             Job::grow(&small, &large, 1.0, &options)?.write(&grown, false)?;
 
-            let small_loss = self.proof_loss(&small, &batch)?;
-            let grown_loss = self.proof_loss(&grown, &batch)?;
+            let small_loss = self.proof_loss(model, &small, &batch)?;
+            let grown_loss = self.proof_loss(model, &grown, &batch)?;
             let difference = (grown_loss - small_loss).abs() / small_loss.abs().max(1.0);
             log::debug!(
                 "rules proof: level {level} loss {small_loss}, grown to level {large_level}: {grown_loss}"
@@ -123,9 +125,9 @@ where
         Ok(())
     }
 
-    /// The loss of the model in `dir` on `batch`.
-    fn proof_loss(&self, dir: &Path, batch: &<M as InferenceStep>::Input) -> Result<f64> {
-        let model = M::load_hf(dir, &self.device)?;
+    /// The loss on `batch` of the model in `dir` (a model like `like`).
+    fn proof_loss(&self, like: &M, dir: &Path, batch: &<M as InferenceStep>::Input) -> Result<f64> {
+        let model = like.load_dir(dir, &self.device)?;
         self.mean_loss(&model, std::iter::once(Ok(batch.clone())), 1)
     }
 }

@@ -171,6 +171,7 @@ impl RunState {
 }
 
 /// What a finished cycle gives back.
+#[derive(Debug)]
 pub struct VCycleOutcome<M> {
     /// The full-size model after the last segment (train mode).
     pub model: M,

@@ -11,6 +11,7 @@ use burn::train::checkpoint::KeepLastNCheckpoints;
 use burn::train::metric::{Adaptor, LossInput, LossMetric, Metric, MetricMetadata, Numeric};
 use burn::train::{InferenceStep, Learner, TrainLoader, TrainStep, ValidLoader};
 
+use super::step_counter::StepCounter;
 use super::{FlopCounter, Segment, SegmentTraining, VCycle, VCycleModel};
 use crate::checkpoint::moments::{Discard, LastRecord};
 use crate::cycle::budget::ExactBatches;
@@ -110,7 +111,8 @@ where
         if let Some(record) = carried {
             optimizer = optimizer.load_record(record);
         }
-        let learner = Learner::new(model, optimizer, (self.scheduler)(segment)?);
+        let (scheduler, optimizer_steps) = StepCounter::attach((self.scheduler)(segment)?);
+        let learner = Learner::new(model, optimizer, scheduler);
         let carry = self.config.optimizer_state == OptimizerStatePolicy::Carry;
         let last_state = LastRecord::default();
         let mut training = training.training(segment, loader, valid.clone());
@@ -140,6 +142,17 @@ where
                 "trained on {seen} batches instead of the budget's {}",
                 segment.batches
             )));
+        }
+        let taken = optimizer_steps.steps();
+        if taken != segment.steps {
+            return Err(Error::BatchesPerStep {
+                segment: segment.index,
+                name: segment.name(),
+                batches: seen,
+                batches_per_step: self.config.batches_per_step,
+                planned: segment.steps,
+                taken,
+            });
         }
         let flops = *flops
             .lock()

@@ -8,6 +8,8 @@
 //! so burn-store's PyTorch adapters transpose them (and rename `gamma`/`beta`); the model only
 //! renames `layer_norm` → `LayerNorm` and `self_attn` → `self`.
 
+use std::path::Path;
+
 use burn::config::Config;
 use burn::module::{Module, Param};
 use burn::nn::{
@@ -19,7 +21,8 @@ use burn::train::SequenceOutput;
 use serde_json::json;
 use vcycle_transform::ArchChoice;
 
-use crate::checkpoint::model::HfModel;
+use crate::checkpoint::layout::CheckpointLayout;
+use crate::checkpoint::resizable::Resizable;
 use crate::checkpoint::sizes::Sizes;
 use crate::cycle::flops::sequence_flop_counter;
 use crate::cycle::{FlopCounter, VCycleModel};
@@ -359,8 +362,8 @@ impl Bert {
 
 crate::sequence_steps!(Bert, MlmBatch, forward_mlm);
 
-impl HfModel for Bert {
-    fn arch() -> Result<ArchChoice> {
+impl Resizable for Bert {
+    fn arch(&self) -> Result<ArchChoice> {
         Ok(ArchChoice::Preset("bert".into()))
     }
 
@@ -377,8 +380,17 @@ impl HfModel for Bert {
         self.config.sizes()
     }
 
-    fn from_sizes(sizes: &Sizes, device: &Device) -> Result<Self> {
+    fn resized(&self, sizes: &Sizes, device: &Device) -> Result<Self> {
         BertConfig::from_sizes(sizes)?.init(device)
+    }
+}
+
+impl Bert {
+    /// The model directory at `dir` (a `transformers` checkpoint, or one this crate wrote).
+    pub fn load(dir: &Path, device: &Device) -> Result<Self> {
+        CheckpointLayout::new(&ArchChoice::Preset("bert".into()))?
+            .with_renames(<Self as Resizable>::renames())
+            .load_model(dir, |sizes| BertConfig::from_sizes(sizes)?.init(device))
     }
 }
 

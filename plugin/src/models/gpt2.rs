@@ -6,6 +6,8 @@
 //! `[in, out]`, as GPT-2's `Conv1D` does, so only norms are renamed (`gamma`/`beta` →
 //! `weight`/`bias`). `c_attn` is one `Linear` hidden → 3·hidden, as in HF.
 
+use std::path::Path;
+
 use burn::config::Config;
 use burn::module::Module;
 use burn::nn::{
@@ -17,7 +19,8 @@ use burn::train::SequenceOutput;
 use serde_json::json;
 use vcycle_transform::ArchChoice;
 
-use crate::checkpoint::model::HfModel;
+use crate::checkpoint::layout::CheckpointLayout;
+use crate::checkpoint::resizable::Resizable;
 use crate::checkpoint::sizes::Sizes;
 use crate::cycle::flops::sequence_flop_counter;
 use crate::cycle::{FlopCounter, VCycleModel};
@@ -252,8 +255,8 @@ impl Gpt2 {
 
 crate::sequence_steps!(Gpt2, LmBatch, forward_lm);
 
-impl HfModel for Gpt2 {
-    fn arch() -> Result<ArchChoice> {
+impl Resizable for Gpt2 {
+    fn arch(&self) -> Result<ArchChoice> {
         Ok(ArchChoice::Preset("gpt2".into()))
     }
 
@@ -266,8 +269,17 @@ impl HfModel for Gpt2 {
         self.config.sizes()
     }
 
-    fn from_sizes(sizes: &Sizes, device: &Device) -> Result<Self> {
+    fn resized(&self, sizes: &Sizes, device: &Device) -> Result<Self> {
         Gpt2Config::from_sizes(sizes)?.init(device)
+    }
+}
+
+impl Gpt2 {
+    /// The model directory at `dir` (a `transformers` checkpoint, or one this crate wrote).
+    pub fn load(dir: &Path, device: &Device) -> Result<Self> {
+        CheckpointLayout::new(&ArchChoice::Preset("gpt2".into()))?
+            .with_renames(<Self as Resizable>::renames())
+            .load_model(dir, |sizes| Gpt2Config::from_sizes(sizes)?.init(device))
     }
 }
 

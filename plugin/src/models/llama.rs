@@ -8,6 +8,8 @@
 //! and layouts come from the `llama` preset's rules; burn-store's PyTorch adapters transpose
 //! the Linear weights and rename the norms' `gamma`, so the field names are HuggingFace's.
 
+use std::path::Path;
+
 use burn::config::Config;
 use burn::module::Module;
 use burn::nn::{
@@ -18,7 +20,8 @@ use burn::train::SequenceOutput;
 use serde_json::{Value, json};
 use vcycle_transform::ArchChoice;
 
-use crate::checkpoint::model::HfModel;
+use crate::checkpoint::layout::CheckpointLayout;
+use crate::checkpoint::resizable::Resizable;
 use crate::checkpoint::sizes::Sizes;
 use crate::cycle::flops::sequence_flop_counter;
 use crate::cycle::{FlopCounter, VCycleModel};
@@ -390,8 +393,8 @@ impl Llama {
 
 crate::sequence_steps!(Llama, LmBatch, forward_lm);
 
-impl HfModel for Llama {
-    fn arch() -> Result<ArchChoice> {
+impl Resizable for Llama {
+    fn arch(&self) -> Result<ArchChoice> {
         Ok(ArchChoice::Preset("llama".into()))
     }
 
@@ -399,8 +402,17 @@ impl HfModel for Llama {
         self.config.sizes()
     }
 
-    fn from_sizes(sizes: &Sizes, device: &Device) -> Result<Self> {
+    fn resized(&self, sizes: &Sizes, device: &Device) -> Result<Self> {
         LlamaConfig::from_sizes(sizes)?.init(device)
+    }
+}
+
+impl Llama {
+    /// The model directory at `dir` (a `transformers` checkpoint, or one this crate wrote).
+    pub fn load(dir: &Path, device: &Device) -> Result<Self> {
+        CheckpointLayout::new(&ArchChoice::Preset("llama".into()))?
+            .with_renames(<Self as Resizable>::renames())
+            .load_model(dir, |sizes| LlamaConfig::from_sizes(sizes)?.init(device))
     }
 }
 

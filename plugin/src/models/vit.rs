@@ -9,6 +9,7 @@
 //! rename the norms' `gamma`/`beta` (a convolution's layout is PyTorch's already), and
 //! [`Vit::renames`] maps the flatter Burn modules to HuggingFace's nesting.
 
+use std::path::Path;
 use std::sync::Arc;
 
 use burn::config::Config;
@@ -21,7 +22,8 @@ use burn::train::{ClassificationOutput, InferenceStep, TrainOutput, TrainStep};
 use serde_json::{Map, Value, json};
 use vcycle_transform::ArchChoice;
 
-use crate::checkpoint::model::HfModel;
+use crate::checkpoint::layout::CheckpointLayout;
+use crate::checkpoint::resizable::Resizable;
 use crate::checkpoint::sizes::Sizes;
 use crate::cycle::flops::train_flops;
 use crate::cycle::{FlopCounter, VCycleModel};
@@ -325,8 +327,8 @@ impl InferenceStep for Vit {
     }
 }
 
-impl HfModel for Vit {
-    fn arch() -> Result<ArchChoice> {
+impl Resizable for Vit {
+    fn arch(&self) -> Result<ArchChoice> {
         Ok(ArchChoice::Preset("vit".into()))
     }
 
@@ -351,8 +353,17 @@ impl HfModel for Vit {
         self.config.sizes()
     }
 
-    fn from_sizes(sizes: &Sizes, device: &Device) -> Result<Self> {
+    fn resized(&self, sizes: &Sizes, device: &Device) -> Result<Self> {
         VitConfig::from_sizes(sizes)?.init(device)
+    }
+}
+
+impl Vit {
+    /// The model directory at `dir` (a `transformers` checkpoint, or one this crate wrote).
+    pub fn load(dir: &Path, device: &Device) -> Result<Self> {
+        CheckpointLayout::new(&ArchChoice::Preset("vit".into()))?
+            .with_renames(<Self as Resizable>::renames())
+            .load_model(dir, |sizes| VitConfig::from_sizes(sizes)?.init(device))
     }
 }
 

@@ -1,6 +1,6 @@
 //! The Burn BERT against the transform library's forward pass and HuggingFace's logits.
 
-use vcycle_plugin::{Bert, BertConfig, HfModel, save_hf};
+use vcycle_plugin::{Bert, BertConfig, Resizable};
 use vcycle_transform::verify::{compare, random_tokens};
 
 use crate::support::*;
@@ -27,7 +27,7 @@ fn bert_export_matches_transform_forward_and_round_trips() {
         .with_init_std(0.2)
         .init(&device)
         .expect("model");
-    save_hf(&model, &a).expect("export");
+    model.save_dir(&a).expect("export");
     let ids = random_tokens(4, 3, 24, 96).expect("tokens");
     let d = compare(&transform_logits(&a, &ids), &bert_logits(&model, &ids)).expect("shape");
     println!("bert export vs transform forward: {d:?}");
@@ -48,8 +48,8 @@ fn bert_export_matches_transform_forward_and_round_trips() {
         Some("pt")
     );
 
-    let back = Bert::load_hf(&a, &device).expect("import");
-    save_hf(&back, &b).expect("export again");
+    let back = Bert::load(&a, &device).expect("import");
+    back.save_dir(&b).expect("export again");
     assert_eq!(
         tensors(&a.join("model.safetensors")),
         tensors(&b.join("model.safetensors"))
@@ -60,7 +60,7 @@ fn bert_export_matches_transform_forward_and_round_trips() {
 fn bert_imports_fixture_and_huggingface_checkpoint() {
     let device = device();
     let fixture = fixture_dir("bert-tiny");
-    let model = Bert::load_hf(&fixture, &device).expect("import fixture");
+    let model = Bert::load(&fixture, &device).expect("import fixture");
     let ids = random_tokens(8, 2, 16, 128).expect("tokens");
     let d = compare(
         &transform_logits(&fixture, &ids),
@@ -71,7 +71,7 @@ fn bert_imports_fixture_and_huggingface_checkpoint() {
     assert!(d.max_abs <= 1e-4, "{d:?}");
 
     let dir = hf_reference_dir("bert");
-    let model = Bert::load_hf(&dir, &device).expect("import HF bert");
+    let model = Bert::load(&dir, &device).expect("import HF bert");
     let (ids, hf) = hf_reference_logits(&dir);
     let d = compare(&hf, &bert_logits(&model, &ids)).expect("shape");
     println!("HF bert reference logits vs burn: {d:?}");

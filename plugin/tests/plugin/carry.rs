@@ -9,7 +9,7 @@ use burn::optim::{AdamWConfig, GradientsParams};
 use burn::tensor::{Device, Tensor, TensorData};
 use vcycle_plugin::data::BYTE_VOCAB;
 use vcycle_plugin::moments::{FIRST_MOMENT, Moments, SQRT_SECOND_MOMENT, STEP_FILE};
-use vcycle_plugin::{Bert, BertConfig, Gpt2, HfModel, OptimizerStatePolicy, VCycle};
+use vcycle_plugin::{Bert, BertConfig, Gpt2, OptimizerStatePolicy, VCycle};
 use vcycle_transform::{ArchChoice, Job, Options, Target};
 
 use crate::support::*;
@@ -125,7 +125,7 @@ fn carry_maps_adam_moments_across_boundaries_and_resumes() {
         );
     }
     for name in ["01-down-L1", "01-to-L2", "02-bottom-L2", "02-to-L1"] {
-        let root = Gpt2::load_hf(
+        let root = Gpt2::load(
             &moments.join(name).join(SQRT_SECOND_MOMENT),
             &Device::flex(),
         )
@@ -137,7 +137,7 @@ fn carry_maps_adam_moments_across_boundaries_and_resumes() {
 
     // The optimizer of the segment after the first boundary holds the mapped moments
     // (v = √v²) and the step count, and its first step is Adam's with them.
-    let next = Gpt2::load_hf(&run.join("checkpoints/01-to-L2"), &device).expect("next model");
+    let next = Gpt2::load(&run.join("checkpoints/01-to-L2"), &device).expect("next model");
     let carried = moments.join("01-to-L2");
     let record = Moments::load_record(&carried, &next, &device).expect("carried record");
     let mut optimizer = AdamWConfig::new()
@@ -146,8 +146,8 @@ fn carry_maps_adam_moments_across_boundaries_and_resumes() {
         .load_record(record);
     let loaded = Moments::from_record(optimizer.to_record(), "loaded").expect("loaded");
     assert_eq!(loaded.step(), 3);
-    let m_model = Gpt2::load_hf(&carried.join(FIRST_MOMENT), &Device::flex()).expect("m");
-    let r_model = Gpt2::load_hf(&carried.join(SQRT_SECOND_MOMENT), &Device::flex()).expect("√v");
+    let m_model = Gpt2::load(&carried.join(FIRST_MOMENT), &Device::flex()).expect("m");
+    let r_model = Gpt2::load(&carried.join(SQRT_SECOND_MOMENT), &Device::flex()).expect("√v");
     let params = values(&next);
     let (m_values, r_values) = (values(&m_model), values(&r_model));
     assert_eq!(params.len(), m_values.len());
@@ -220,7 +220,7 @@ fn carry_maps_adam_moments_across_boundaries_and_resumes() {
     let (train, valid) = loaders(24_000, 16, 4);
     let resumed = VCycle::<Gpt2>::new(config(), &run, device)
         .expect("driver")
-        .resume(train, valid, quiet_training)
+        .resume(fresh_gpt2(), train, valid, quiet_training)
         .expect("resume with carry");
     assert_eq!(resumed.boundaries.len(), 3);
     assert_eq!(step_of(&moments.join("02-bottom-L2")), 6);
@@ -275,7 +275,7 @@ fn carry_runs_a_tiny_bert_cycle() {
     let moments = run.join("moments");
     assert_eq!(step_of(&moments.join("01-to-L2")), 2);
     assert_eq!(step_of(&moments.join("02-bottom-L2")), 4);
-    let grown = Bert::load_hf(&run.join("checkpoints/02-to-L1"), &device).expect("grown");
+    let grown = Bert::load(&run.join("checkpoints/02-to-L1"), &device).expect("grown");
     let record =
         Moments::load_record(&moments.join("02-to-L1"), &grown, &device).expect("grown moments");
     let loaded = Moments::from_record(record, "grown").expect("moments");

@@ -1,7 +1,7 @@
 //! The Burn GPT-2 against the transform library's forward pass and HuggingFace's logits, on
 //! checkpoints written by either side.
 
-use vcycle_plugin::{Gpt2, Gpt2Config, HfModel, save_hf};
+use vcycle_plugin::{Gpt2, Gpt2Config, Resizable};
 use vcycle_transform::verify::{compare, random_tokens};
 
 use crate::support::*;
@@ -15,7 +15,7 @@ fn burn_export_matches_transform_forward() {
     let out = dir.path().join("gpt2");
     let config = Gpt2Config::new(96, 24, 48, 3, 4, 80).with_init_std(0.2);
     let model = config.init(&device).expect("model");
-    save_hf(&model, &out).expect("export");
+    model.save_dir(&out).expect("export");
 
     let ids = random_tokens(11, 3, 24, 96).expect("tokens");
     let burn = burn_logits(&model, &ids, &device);
@@ -60,10 +60,10 @@ fn export_import_round_trip_is_exact() {
     let dir = tempdir();
     let (a, b) = (dir.path().join("a"), dir.path().join("b"));
     let model = tiny_gpt2().init(&device).expect("model");
-    save_hf(&model, &a).expect("export");
-    let back = Gpt2::load_hf(&a, &device).expect("import");
+    model.save_dir(&a).expect("export");
+    let back = Gpt2::load(&a, &device).expect("import");
     assert_eq!(back.config(), model.config());
-    save_hf(&back, &b).expect("export again");
+    back.save_dir(&b).expect("export again");
     assert_eq!(
         tensors(&a.join("model.safetensors")),
         tensors(&b.join("model.safetensors"))
@@ -76,7 +76,7 @@ fn export_import_round_trip_is_exact() {
 fn imports_transform_fixture() {
     let device = device();
     let fixture = fixture_dir("gpt2-tiny");
-    let model = Gpt2::load_hf(&fixture, &device).expect("import fixture");
+    let model = Gpt2::load(&fixture, &device).expect("import fixture");
     let ids = random_tokens(3, 2, 16, 128).expect("tokens");
     let d = compare(
         &transform_logits(&fixture, &ids),
@@ -93,7 +93,7 @@ fn imports_transform_fixture() {
 fn imports_huggingface_checkpoint_and_matches_its_logits() {
     let device = device();
     let dir = hf_reference_dir("gpt2");
-    let model = Gpt2::load_hf(&dir, &device).expect("import HF gpt2");
+    let model = Gpt2::load(&dir, &device).expect("import HF gpt2");
     let (ids, hf) = hf_reference_logits(&dir);
     let d = compare(&hf, &burn_logits(&model, &ids, &device)).expect("same shape");
     println!("HF gpt2 reference logits vs burn: {d:?}");

@@ -19,7 +19,7 @@ use burn::tensor::Device;
 use burn::train::{InferenceStep, SequenceOutput, TrainOutput, TrainStep};
 use vcycle_plugin::data::LmBatch;
 use vcycle_plugin::{
-    ArchChoice, BoundaryRecord, FlopCounter, Gpt2, HfModel, Sizes, VCycle, VCycleModel,
+    ArchChoice, BoundaryRecord, FlopCounter, Gpt2, Resizable, Sizes, VCycle, VCycleModel,
 };
 
 use crate::support::*;
@@ -60,24 +60,24 @@ impl InferenceStep for StoppingGpt2 {
     }
 }
 
-impl HfModel for StoppingGpt2 {
-    fn arch() -> vcycle_plugin::Result<ArchChoice> {
-        Gpt2::arch()
+impl Resizable for StoppingGpt2 {
+    fn arch(&self) -> vcycle_plugin::Result<ArchChoice> {
+        self.inner.arch()
     }
 
     fn sizes(&self) -> Sizes {
         self.inner.sizes()
     }
 
-    fn from_sizes(sizes: &Sizes, device: &Device) -> vcycle_plugin::Result<Self> {
+    fn resized(&self, sizes: &Sizes, device: &Device) -> vcycle_plugin::Result<Self> {
         Ok(StoppingGpt2 {
-            inner: Gpt2::from_sizes(sizes, device)?,
-            marker: marker_path(),
+            inner: self.inner.resized(sizes, device)?,
+            marker: self.marker.clone(),
         })
     }
 
-    fn write_hf_files(&self, dir: &Path) -> vcycle_plugin::Result<()> {
-        self.inner.write_hf_files(dir)?;
+    fn write_files(&self, dir: &Path) -> vcycle_plugin::Result<()> {
+        self.inner.write_files(dir)?;
         // `dir` is `new` in the write's work directory, whose marker names the output.
         let work = dir.parent().unwrap();
         let output = std::fs::read(work.join(WORK_MARKER)).unwrap_or_default();
@@ -98,10 +98,10 @@ impl HfModel for StoppingGpt2 {
         Ok(())
     }
 
-    fn load_hf(dir: &Path, device: &Device) -> vcycle_plugin::Result<Self> {
+    fn load_dir(&self, dir: &Path, device: &Device) -> vcycle_plugin::Result<Self> {
         Ok(StoppingGpt2 {
-            inner: Gpt2::load_hf(dir, device)?,
-            marker: marker_path(),
+            inner: self.inner.load_dir(dir, device)?,
+            marker: self.marker.clone(),
         })
     }
 }
@@ -236,7 +236,7 @@ fn kill_mid_checkpoint_write_keeps_earlier_boundaries() {
     );
     assert_eq!(hidden_entries(&checkpoints), vec![tmp_name.clone()]);
     assert!(!checkpoints.join(STOP_IN).exists());
-    assert!(Gpt2::load_hf(&checkpoints.join(&tmp_name).join("new"), &device()).is_err());
+    assert!(Gpt2::load(&checkpoints.join(&tmp_name).join("new"), &device()).is_err());
     for (d, snap) in earlier.iter().zip(&before) {
         assert_eq!(&snapshot(&run.join(d)), snap, "{d} changed");
     }
@@ -284,7 +284,7 @@ fn kill_mid_checkpoint_write_keeps_earlier_boundaries() {
         Device::flex().autodiff(),
     )
     .expect("driver")
-    .resume(train, valid, quiet_training)
+    .resume(fresh_gpt2(), train, valid, quiet_training)
     .expect("resume");
     assert_eq!(outcome.boundaries.len(), 3);
     assert_eq!(outcome.boundaries[0], log[0]);
@@ -301,5 +301,5 @@ fn kill_mid_checkpoint_write_keeps_earlier_boundaries() {
         "{:?}",
         hidden_entries(&run)
     );
-    Gpt2::load_hf(&checkpoints.join(STOP_IN), &device()).expect("rewritten checkpoint");
+    Gpt2::load(&checkpoints.join(STOP_IN), &device()).expect("rewritten checkpoint");
 }

@@ -1,7 +1,7 @@
 //! What the rules refuse: a module tensor no rule names, and a rule file whose Linear weights
 //! need transposing in part.
 
-use vcycle_plugin::{ArchChoice, Error, HfLayout, HfModel, Rules};
+use vcycle_plugin::{ArchChoice, CheckpointLayout, Error, Resizable, Rules};
 
 use crate::support::*;
 
@@ -10,7 +10,7 @@ use crate::support::*;
 fn a_tensor_no_rule_names_is_an_error_naming_it() {
     let model = tiny_gpt2().init(&device()).expect("model");
     let dir = tempdir();
-    let layout = HfLayout::new(&ArchChoice::Preset("gpt2".into())).expect("layout");
+    let layout = CheckpointLayout::new(&ArchChoice::Preset("gpt2".into())).expect("layout");
     let error = layout
         .write(&model, &model.sizes(), dir.path())
         .expect_err("gamma is not a GPT-2 name");
@@ -38,6 +38,6 @@ axes = ["hidden:out", "ffn:in"]
         "mixed.toml",
     )
     .expect("rules");
-    let error = HfLayout::new(&ArchChoice::Rules(Box::new(rules))).expect_err("mixed");
+    let error = CheckpointLayout::new(&ArchChoice::Rules(Box::new(rules))).expect_err("mixed");
     assert!(error.to_string().contains("b.weight"), "{error}");
 }

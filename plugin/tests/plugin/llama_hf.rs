@@ -4,7 +4,7 @@
 
 use burn::tensor::Device;
 use ndarray::Array2;
-use vcycle_plugin::{HfModel, Llama, LlamaConfig, Segment, VCycle, VCycleConfig, save_hf};
+use vcycle_plugin::{Llama, LlamaConfig, Resizable, Segment, VCycle, VCycleConfig};
 use vcycle_transform::verify::{compare, random_tokens};
 
 use crate::support::*;
@@ -21,7 +21,7 @@ fn imports_huggingface_checkpoints_and_matches_their_logits() {
     let device = device();
     for (name, tied) in [("llama", false), ("llama-tied", true)] {
         let dir = hf_reference_dir(name);
-        let model = Llama::load_hf(&dir, &device).expect("import HF llama");
+        let model = Llama::load(&dir, &device).expect("import HF llama");
         let config = model.config();
         assert_eq!(config.tied, tied, "{name}");
         assert_eq!((config.heads, config.kv_heads, config.head_dim), (4, 2, 16));
@@ -46,7 +46,7 @@ fn export_matches_transform_forward_and_round_trips_exactly() {
             .with_tied(tied)
             .with_init_std(0.2);
         let model = config.init(&device).expect("model");
-        save_hf(&model, &out).expect("export");
+        model.save_dir(&out).expect("export");
 
         let ids = random_tokens(11, 3, 24, 96).expect("tokens");
         let logits = llama_logits(&model, &ids, &device);
@@ -79,10 +79,10 @@ fn export_matches_transform_forward_and_round_trips_exactly() {
             "torch Linear layout [out, in], 2 key/value heads of 12"
         );
 
-        let back = Llama::load_hf(&out, &device).expect("import");
+        let back = Llama::load(&out, &device).expect("import");
         assert_eq!(back.config(), model.config());
         let again = dir.path().join(format!("again-tied-{tied}"));
-        save_hf(&back, &again).expect("export again");
+        back.save_dir(&again).expect("export again");
         assert_eq!(
             tensors(&out.join("model.safetensors")),
             tensors(&again.join("model.safetensors"))
@@ -117,7 +117,7 @@ fn llama_cycle_coalesces_heads_kv_heads_and_layers_and_alpha_zero_restores() {
     let outcome = llama_cycle(two_levels(Some(2), Some(1), 2).with_alpha(0.0), &run);
     assert_eq!(outcome.boundaries.len(), 3);
     let device = device();
-    let bottom = Llama::load_hf(&run.join("checkpoints/02-bottom-L2"), &device).expect("bottom");
+    let bottom = Llama::load(&run.join("checkpoints/02-bottom-L2"), &device).expect("bottom");
     let small = bottom.config();
     assert_eq!(
         (small.heads, small.kv_heads, small.head_dim, small.layers),
@@ -133,16 +133,8 @@ fn llama_cycle_coalesces_heads_kv_heads_and_layers_and_alpha_zero_restores() {
         tensors(&grown.join("model.safetensors"))
     );
     let ids = random_tokens(5, 2, 16, 256).expect("tokens");
-    let a = llama_logits(
-        &Llama::load_hf(&saved, &device).expect("saved"),
-        &ids,
-        &device,
-    );
-    let b = llama_logits(
-        &Llama::load_hf(&grown, &device).expect("grown"),
-        &ids,
-        &device,
-    );
+    let a = llama_logits(&Llama::load(&saved, &device).expect("saved"), &ids, &device);
+    let b = llama_logits(&Llama::load(&grown, &device).expect("grown"), &ids, &device);
     assert_eq!(a, b);
 }
 
@@ -161,7 +153,7 @@ fn llama_cycle_grown_at_alpha_one_keeps_the_small_models_function() {
         "input_ids",
         ids_record(&ids),
         &llama_logits(
-            &Llama::load_hf(&outcome.final_dir, &device).expect("final"),
+            &Llama::load(&outcome.final_dir, &device).expect("final"),
             &ids,
             &device,
         ),
@@ -170,16 +162,8 @@ fn llama_cycle_grown_at_alpha_one_keeps_the_small_models_function() {
     let grown = run.join("checkpoints/02-to-L1");
     let ids = random_tokens(9, 2, 16, 256).expect("tokens");
     let d = compare(
-        &llama_logits(
-            &Llama::load_hf(&small, &device).expect("small"),
-            &ids,
-            &device,
-        ),
-        &llama_logits(
-            &Llama::load_hf(&grown, &device).expect("grown"),
-            &ids,
-            &device,
-        ),
+        &llama_logits(&Llama::load(&small, &device).expect("small"), &ids, &device),
+        &llama_logits(&Llama::load(&grown, &device).expect("grown"), &ids, &device),
     )
     .expect("same shape");
     println!("Llama alpha = 1, burn forward, small vs grown: {d:?}");

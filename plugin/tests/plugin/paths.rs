@@ -122,7 +122,7 @@ fn a_path_resumes_after_a_crash_with_its_budget_exact() {
     assert!(crashed.is_err());
     let (train, valid) = loaders(24_000, 16, 4);
     let outcome = driver(config(), &run)
-        .resume(train, valid, quiet_training)
+        .resume(fresh_gpt2(), train, valid, quiet_training)
         .expect("resume");
     assert_eq!(
         outcome

@@ -131,7 +131,7 @@ fn killed_run_resumes_from_last_boundary() {
     let (train, valid) = loaders(24_000, 16, 4);
     let busy = VCycle::<Gpt2>::new(config(), &run, Device::flex().autodiff())
         .expect("driver")
-        .resume(train, valid, quiet_training);
+        .resume(fresh_gpt2(), train, valid, quiet_training);
     let Err(Error::RunDirectory { message, .. }) = busy else {
         panic!("a second training in a run directory in use was not refused");
     };
@@ -163,13 +163,13 @@ fn killed_run_resumes_from_last_boundary() {
     let changed = config().with_alpha(0.25);
     let refused = VCycle::<Gpt2>::new(changed, &run, Device::flex().autodiff())
         .expect("driver")
-        .resume(train.clone(), valid.clone(), quiet_training);
+        .resume(fresh_gpt2(), train.clone(), valid.clone(), quiet_training);
     assert_resume_refused(refused, "configuration differs");
     // So are other options of the caller's than the run started with.
     let refused = VCycle::<Gpt2>::new(config(), &run, Device::flex().autodiff())
         .expect("driver")
         .with_run_options(serde_json::json!({"seq": 32}))
-        .resume(train.clone(), valid.clone(), quiet_training);
+        .resume(fresh_gpt2(), train.clone(), valid.clone(), quiet_training);
     assert_resume_refused(refused, "options");
 
     // A state or a checkpoint changed since the run stopped is refused before anything is
@@ -217,13 +217,13 @@ fn killed_run_resumes_from_last_boundary() {
         tamper(&copy);
         let refused = VCycle::<Gpt2>::new(config(), &copy, Device::flex().autodiff())
             .expect("driver")
-            .resume(train.clone(), valid.clone(), quiet_training);
+            .resume(fresh_gpt2(), train.clone(), valid.clone(), quiet_training);
         assert_resume_refused(refused, words);
     }
 
     let outcome = VCycle::<Gpt2>::new(config(), &run, Device::flex().autodiff())
         .expect("driver")
-        .resume(train, valid, quiet_training)
+        .resume(fresh_gpt2(), train, valid, quiet_training)
         .expect("resume");
     assert_eq!(outcome.boundaries.len(), 3);
     assert_eq!(outcome.boundaries[0], log_before[0]);
@@ -245,7 +245,7 @@ fn killed_run_resumes_from_last_boundary() {
     let (train, valid) = loaders(24_000, 16, 4);
     let again = VCycle::<Gpt2>::new(config(), &run, Device::flex().autodiff())
         .expect("driver")
-        .resume(train, valid, quiet_training)
+        .resume(fresh_gpt2(), train, valid, quiet_training)
         .expect("resume finished run");
     assert_eq!(again.boundaries, outcome.boundaries);
 }

@@ -1,28 +1,40 @@
-//! A wrong rule file is refused before the first step: a direction mistake (the FFN's down
-//! projection marked `ffn:out` instead of `ffn:in`, which coalesces to half the right values and
-//! would otherwise train to the end) by the function proof; and a resume with other rules of
-//! the same name is refused. (Every other run of the suite passes the proof with its correct
-//! rules: GPT-2, BERT, Llama, ViT and the custom model's rule file.)
+//! A wrong rule file is refused before the first step: shape mistakes (fused QKV described as
+//! one part, a rule for a bias the model lacks, an embedding's axes in the wrong order, a wrong
+//! axis space) when the fresh model is coalesced through the path's levels; a direction mistake
+//! (the FFN's down projection marked `ffn:out` instead of `ffn:in`, which coalesces to half the
+//! right values and would otherwise train to the end) by the function proof; and a resume with
+//! other rules of the same name is refused. (Every other run of the suite passes the proof with
+//! its correct rules: GPT-2, BERT, Llama, ViT and the custom model's rule file.)
 
 use std::path::Path;
-use std::sync::LazyLock;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use burn::module::{Module, ModuleMapper, Param};
 use burn::tensor::{Device, Tensor, TensorData};
 use burn::train::{InferenceStep, SequenceOutput, TrainStep};
 use vcycle_plugin::data::LmBatch;
 use vcycle_plugin::{
-    ArchChoice, Error, FlopCounter, Gpt2, HfModel, Rules, Sizes, VCycle, VCycleConfig, VCycleModel,
-    sequence_flop_counter,
+    ArchChoice, Error, FlopCounter, Gpt2, Resizable, Rules, Sizes, VCycle, VCycleConfig,
+    VCycleModel, sequence_flop_counter,
 };
-use vcycle_transform::rules::{Axis, Direction, Space};
 
 use crate::support::*;
 
-/// GPT-2 under the `gpt2` preset with its FFN down projection's `ffn` axis marked `out`.
+const GPT2_RULES: &str = include_str!("../../../transform/rules/gpt2.toml");
+
+/// The `gpt2` preset's text with `from` replaced by `to` (which must occur in it once).
+fn mistaken_rules(from: &str, to: &str) -> Rules {
+    assert_eq!(GPT2_RULES.matches(from).count(), 1, "{from}");
+    Rules::parse(&GPT2_RULES.replace(from, to), "mistaken.toml").expect("the rules parse")
+}
+
+/// GPT-2 under a rule file of the caller's: the rules are the model's value, chosen at run time.
 #[derive(Module, Debug)]
 struct Mistaken {
     inner: Gpt2,
+    #[module(skip)]
+    rules: Rules,
 }
 
 impl Mistaken {
@@ -33,41 +45,28 @@ impl Mistaken {
 
 vcycle_plugin::sequence_steps!(Mistaken, LmBatch, forward_lm);
 
-impl HfModel for Mistaken {
-    fn arch() -> vcycle_plugin::Result<ArchChoice> {
-        let mut rules = Rules::preset("gpt2")?;
-        let rule = rules
-            .tensors
-            .iter_mut()
-            .find(|r| r.template.ends_with("mlp.c_proj.weight"))
-            .expect("the preset's FFN down projection");
-        for axis in &mut rule.axes {
-            if let Axis::Model { parts, dir } = axis
-                && parts == &[Space::Ffn]
-            {
-                *dir = Direction::Out;
-            }
-        }
-        Ok(ArchChoice::Rules(Box::new(rules)))
+impl Resizable for Mistaken {
+    fn arch(&self) -> vcycle_plugin::Result<ArchChoice> {
+        Ok(ArchChoice::Rules(Box::new(self.rules.clone())))
     }
 
+    /// The wrapped model's paths start with `inner.`.
     fn renames() -> &'static [(&'static str, &'static str)] {
-        // The wrapped model's paths start with `inner.`.
-        static RENAMES: LazyLock<Vec<(&str, &str)>> = LazyLock::new(|| {
-            let mut renames = vec![(r"^inner\.", "")];
-            renames.extend_from_slice(Gpt2::renames());
-            renames
-        });
-        &RENAMES
+        &[
+            (r"^inner\.", ""),
+            (r"\.gamma$", ".weight"),
+            (r"\.beta$", ".bias"),
+        ]
     }
 
     fn sizes(&self) -> Sizes {
         self.inner.sizes()
     }
 
-    fn from_sizes(sizes: &Sizes, device: &Device) -> vcycle_plugin::Result<Self> {
+    fn resized(&self, sizes: &Sizes, device: &Device) -> vcycle_plugin::Result<Self> {
         Ok(Mistaken {
-            inner: Gpt2::from_sizes(sizes, device)?,
+            inner: self.inner.resized(sizes, device)?,
+            rules: self.rules.clone(),
         })
     }
 }
@@ -78,26 +77,33 @@ impl VCycleModel for Mistaken {
     }
 }
 
-fn run<M>(model: M, run: &Path, config: VCycleConfig) -> vcycle_plugin::Result<()>
+/// Runs `model` on `config`, and says whether any segment's training started.
+fn run<M>(model: M, run: &Path, config: VCycleConfig) -> (vcycle_plugin::Result<()>, bool)
 where
     M: VCycleModel
         + TrainStep<Input = LmBatch, Output = SequenceOutput>
         + InferenceStep<Input = LmBatch, Output = SequenceOutput>,
 {
     let (train, valid) = loaders(24_000, 16, 4);
-    VCycle::<M>::new(config, run, Device::flex().autodiff())?
-        .run(
-            model,
-            train,
-            valid,
-            |segment: &vcycle_plugin::Segment, train, valid| {
-                burn::train::SupervisedTraining::new(&segment.dir, train, valid)
-                    .metric_train_numeric(burn::train::metric::LossMetric::new())
-                    .renderer(Box::new(vcycle_plugin::ProgressLine::quiet()))
-                    .with_application_logger(None)
-            },
-        )
-        .map(|_| ())
+    let trained = Arc::new(AtomicBool::new(false));
+    let started = trained.clone();
+    let result = VCycle::<M>::new(config, run, Device::flex().autodiff())
+        .and_then(|mut driver| {
+            driver.run(
+                model,
+                train,
+                valid,
+                move |segment: &vcycle_plugin::Segment, train, valid| {
+                    started.store(true, Ordering::SeqCst);
+                    burn::train::SupervisedTraining::new(&segment.dir, train, valid)
+                        .metric_train_numeric(burn::train::metric::LossMetric::new())
+                        .renderer(Box::new(vcycle_plugin::ProgressLine::quiet()))
+                        .with_application_logger(None)
+                },
+            )
+        })
+        .map(|_| ());
+    (result, trained.load(Ordering::SeqCst))
 }
 
 /// Replaces every weight with a fixed pseudo-random value (1 ± 0.02 for vectors, 0 ± 0.02
@@ -123,9 +129,61 @@ impl ModuleMapper for FixedWeights {
     }
 }
 
-fn mistaken_model() -> Mistaken {
+fn mistaken_model(rules: Rules) -> Mistaken {
     let inner = tiny_gpt2().init(&Device::flex().autodiff()).expect("model");
-    Mistaken { inner }
+    Mistaken { inner, rules }
+}
+
+/// The FFN down projection's `ffn` axis marked `out`.
+fn wrong_direction() -> Rules {
+    mistaken_rules(
+        "axes = [\"ffn:in\", \"hidden:out\"]",
+        "axes = [\"ffn:out\", \"hidden:out\"]",
+    )
+}
+
+#[test]
+fn shape_mistakes_are_refused_before_the_first_step() {
+    let mistakes = [
+        (
+            "fused QKV described as one part",
+            "axes = [\"hidden:in\", \"attn+attn+attn:out\"]",
+            "axes = [\"hidden:in\", \"attn:out\"]",
+            "c_attn.weight",
+        ),
+        (
+            "a rule for a bias the model lacks",
+            "[[tensors]]\nname = \"ln_f.weight\"",
+            "[[tensors]]\nname = \"h.{layer}.mlp.gate.bias\"\naxes = [\"ffn:out\"]\n\n[[tensors]]\nname = \"ln_f.weight\"",
+            "mlp.gate.bias",
+        ),
+        (
+            "the token embedding's axes in the wrong order",
+            "axes = [\"vocab\", \"hidden:out\"]\nrole = \"embed.tokens\"",
+            "axes = [\"hidden:out\", \"vocab\"]\nrole = \"embed.tokens\"",
+            "wte.weight",
+        ),
+        (
+            "the FFN's width in the attention's space",
+            "axes = [\"hidden:in\", \"ffn:out\"]",
+            "axes = [\"hidden:in\", \"attn:out\"]",
+            "c_fc.weight",
+        ),
+    ];
+    for (mistake, from, to, tensor) in mistakes {
+        let dir = tempdir();
+        let run_dir = dir.path().join("run");
+        let model = mistaken_model(mistaken_rules(from, to));
+        let (result, trained) = run(model, &run_dir, two_levels(Some(2), Some(1), 3));
+        let error = result.expect_err(mistake);
+        eprintln!("{mistake}: {error}");
+        assert!(!trained, "{mistake}: refused before any training");
+        assert!(
+            !matches!(error, Error::RulesProof { .. }),
+            "{mistake}: refused by the shapes, not the proof: {error}"
+        );
+        assert!(error.to_string().contains(tensor), "{mistake}: {error}");
+    }
 }
 
 #[test]
@@ -133,11 +191,10 @@ fn a_wrong_direction_is_refused_before_the_first_step() {
     let dir = tempdir();
     let run_dir = dir.path().join("run");
     // Fixed weights (not trainable as they are: the run stops before the first step).
-    let model = Mistaken {
-        inner: mistaken_model().inner.map(&mut FixedWeights(1)),
-    };
-    let error = run(model, &run_dir, two_levels(Some(2), Some(1), 3))
-        .expect_err("a wrong direction is refused");
+    let model = mistaken_model(wrong_direction()).map(&mut FixedWeights(1));
+    let (result, trained) = run(model, &run_dir, two_levels(Some(2), Some(1), 3));
+    let error = result.expect_err("a wrong direction is refused");
+    assert!(!trained, "refused before any training");
     let Error::RulesProof {
         level,
         small,
@@ -157,10 +214,6 @@ fn a_wrong_direction_is_refused_before_the_first_step() {
     let message = error.to_string();
     assert!(message.contains("`in`/`out`"), "{message}");
     assert!(
-        !run_dir.join("checkpoints/01-down-L1").exists() && !run_dir.join("01-down-L1").exists(),
-        "nothing trained"
-    );
-    assert!(
         !run_dir.join("checkpoints/00-proof").exists(),
         "the proof's checkpoints are removed"
     );
@@ -170,7 +223,12 @@ fn a_wrong_direction_is_refused_before_the_first_step() {
 fn the_proof_can_be_turned_off_for_models_it_does_not_fit() {
     let dir = tempdir();
     let config = two_levels(Some(2), Some(1), 1).with_prove_rules(false);
-    run(mistaken_model(), &dir.path().join("run"), config).expect("trains unproved");
+    let (result, _) = run(
+        mistaken_model(wrong_direction()),
+        &dir.path().join("run"),
+        config,
+    );
+    result.expect("trains unproved");
 }
 
 #[test]
@@ -178,12 +236,14 @@ fn a_resume_with_other_rules_of_the_same_name_is_refused() {
     let dir = tempdir();
     let run_dir = dir.path().join("run");
     let config = two_levels(Some(2), Some(1), 1).with_prove_rules(false);
-    let model = tiny_gpt2().init(&Device::flex().autodiff()).expect("model");
-    run(model, &run_dir, config.clone()).expect("the run");
+    run(fresh_gpt2(), &run_dir, config.clone())
+        .0
+        .expect("the run");
     let (train, valid) = loaders(24_000, 16, 4);
     let error = VCycle::<Mistaken>::new(config, &run_dir, Device::flex().autodiff())
         .expect("driver")
         .resume(
+            mistaken_model(wrong_direction()),
             train,
             valid,
             |segment: &vcycle_plugin::Segment, train, valid| {

@@ -56,6 +56,11 @@ pub fn tiny_gpt2() -> Gpt2Config {
     Gpt2Config::new(256, 32, 32, 2, 4, 64)
 }
 
+/// A fresh [`tiny_gpt2`] on the autodiff CPU device.
+pub fn fresh_gpt2() -> Gpt2 {
+    tiny_gpt2().init(&Device::flex().autodiff()).expect("model")
+}
+
 pub type Loaders = (Arc<dyn DataLoader<LmBatch>>, Arc<dyn DataLoader<LmBatch>>);
 
 /// Train and validation loaders over the first `bytes` of the corpus: windows of `seq` tokens,

@@ -7,8 +7,7 @@ use burn::data::dataloader::{DataLoader, DataLoaderBuilder};
 use burn::data::dataset::InMemDataset;
 use burn::tensor::Device;
 use vcycle_plugin::{
-    Decay, DecaySegments, ExactBatches, Gpt2, HfModel, Phase, Schedule, VCycle, VCycleConfig,
-    train_flops,
+    Decay, DecaySegments, ExactBatches, Gpt2, Phase, Schedule, VCycle, VCycleConfig, train_flops,
 };
 use vcycle_transform::verify::{compare, random_tokens};
 
@@ -80,7 +79,7 @@ fn tiny_two_level_cycle_end_to_end() {
     assert_eq!(&log, b);
     assert!(run.join("state.json").is_file());
     assert!(run.join("final/model.safetensors").is_file());
-    let final_model = Gpt2::load_hf(&run.join("final"), &device()).expect("final model");
+    let final_model = Gpt2::load(&run.join("final"), &device()).expect("final model");
     assert_eq!(final_model.config(), outcome.model.config());
     // The user's SupervisedTraining ran in the segment's artifact directory.
     assert!(run.join("segments/02-bottom-L2").is_dir());
@@ -102,16 +101,8 @@ fn grow_with_alpha_zero_restores_the_saved_large_model() {
     );
     let device = device();
     let ids = random_tokens(5, 2, 16, 256).expect("tokens");
-    let a = burn_logits(
-        &Gpt2::load_hf(&saved, &device).expect("saved"),
-        &ids,
-        &device,
-    );
-    let b = burn_logits(
-        &Gpt2::load_hf(&grown, &device).expect("grown"),
-        &ids,
-        &device,
-    );
+    let a = burn_logits(&Gpt2::load(&saved, &device).expect("saved"), &ids, &device);
+    let b = burn_logits(&Gpt2::load(&grown, &device).expect("grown"), &ids, &device);
     assert_eq!(a, b);
 }
 
@@ -133,16 +124,8 @@ fn grow_with_alpha_one_computes_the_small_models_function() {
     assert!(by_transform.relative <= 1e-5, "{by_transform:?}");
     let device = device();
     let by_burn = compare(
-        &burn_logits(
-            &Gpt2::load_hf(&small, &device).expect("small"),
-            &ids,
-            &device,
-        ),
-        &burn_logits(
-            &Gpt2::load_hf(&grown, &device).expect("grown"),
-            &ids,
-            &device,
-        ),
+        &burn_logits(&Gpt2::load(&small, &device).expect("small"), &ids, &device),
+        &burn_logits(&Gpt2::load(&grown, &device).expect("grown"), &ids, &device),
     )
     .expect("same shape");
     println!("alpha = 1, burn forward, small vs grown: {by_burn:?}");
@@ -249,7 +232,7 @@ fn tiny_bert_cycle_preserves_function_at_alpha_one() {
     .expect("same shape");
     println!("BERT alpha = 1, small vs grown: {d:?}");
     assert!(d.relative <= 1e-5, "{d:?}");
-    Bert::load_hf(&grown, &super::support::device()).expect("grown BERT loads");
+    Bert::load(&grown, &super::support::device()).expect("grown BERT loads");
 }
 
 /// The default schedules: a warm-up in every segment, only the last one decays, to 10% of its
@@ -284,4 +267,41 @@ fn only_the_last_segment_decays_by_default_and_ends_at_the_floor() {
         assert_eq!(schedule.decay, Decay::Cosine, "{}", s.name());
         assert!((schedule.rate(20) - 0.1 * schedule.peak).abs() < 1e-15);
     }
+}
+
+/// Gradient accumulation set in the segment closure must be told to the driver: a mismatch is
+/// refused at the first boundary, and the matching `batches_per_step` trains the exact budget.
+#[test]
+fn batches_per_step_must_match_what_burn_runs() {
+    let accumulating = |segment: &vcycle_plugin::Segment, train, valid| {
+        quiet_training(segment, train, valid).grads_accumulation(2)
+    };
+    let run = |batches_per_step: usize, dir: &std::path::Path| {
+        let mut config = two_levels(Some(2), Some(1), 3);
+        config.batches_per_step = batches_per_step;
+        let (train, valid) = loaders(24_000, 16, 4);
+        VCycle::new(config, dir, Device::flex().autodiff())
+            .expect("driver")
+            .run(fresh_gpt2(), train, valid, accumulating)
+    };
+    let dir = tempdir();
+    let error = run(1, &dir.path().join("unsaid")).expect_err("accumulation not told");
+    let vcycle_plugin::Error::BatchesPerStep {
+        segment,
+        planned,
+        taken,
+        ..
+    } = &error
+    else {
+        panic!("not the step count's error: {error}");
+    };
+    // 3 batches, accumulating 2: a step after the second and one at the end of the pass.
+    assert_eq!((*segment, *planned, *taken), (1, 3, 2), "{error}");
+    assert!(
+        error.to_string().contains("gradient accumulation"),
+        "{error}"
+    );
+
+    let outcome = run(2, &dir.path().join("told")).expect("accumulation told");
+    assert_eq!(outcome.steps, 9);
 }

@@ -7,7 +7,7 @@ use burn::data::dataloader::DataLoaderBuilder;
 use burn::tensor::{Device, Tensor, TensorData};
 use ndarray::{ArrayD, IxDyn};
 use vcycle_plugin::data::{Digits, ImageBatcher};
-use vcycle_plugin::{HfModel, Segment, VCycle, Vit, VitConfig, save_hf};
+use vcycle_plugin::{Resizable, Segment, VCycle, Vit, VitConfig};
 use vcycle_transform::verify::compare;
 
 use crate::support::*;
@@ -26,7 +26,7 @@ fn vit_logits(model: &Vit, pixels: &[f32], shape: [usize; 4], device: &Device) -
 fn imports_huggingface_checkpoint_and_matches_its_logits() {
     let device = device();
     let dir = hf_reference_dir("vit");
-    let model = Vit::load_hf(&dir, &device).expect("import HF vit");
+    let model = Vit::load(&dir, &device).expect("import HF vit");
     let config = model.config();
     assert_eq!(
         (
@@ -74,7 +74,7 @@ fn export_is_read_as_vit_and_round_trips_exactly() {
     let model = VitConfig::new(8, 2, 1, 10, 48, 3, 4, 80)
         .init(&device)
         .expect("model");
-    save_hf(&model, &a).expect("export");
+    model.save_dir(&a).expect("export");
     let (checkpoint, anatomy) =
         vcycle_transform::open_model(&a, &Default::default()).expect("open");
     assert_eq!(anatomy.rules.name, "vit");
@@ -97,9 +97,9 @@ fn export_is_read_as_vit_and_round_trips_exactly() {
         Some(vec![10, 48]),
         "torch Linear layout [out, in]"
     );
-    let back = Vit::load_hf(&a, &device).expect("import");
+    let back = Vit::load(&a, &device).expect("import");
     assert_eq!(back.config(), model.config());
-    save_hf(&back, &b).expect("export again");
+    back.save_dir(&b).expect("export again");
     assert_eq!(
         tensors(&a.join("model.safetensors")),
         tensors(&b.join("model.safetensors"))
@@ -170,14 +170,14 @@ fn vit_cycle_on_digits_learns_and_alpha_zero_restores() {
             pixels.iter().map(|&p| f64::from(p)).collect(),
         ),
         &vit_logits(
-            &Vit::load_hf(&outcome.final_dir, &super::support::device()).expect("final"),
+            &Vit::load(&outcome.final_dir, &super::support::device()).expect("final"),
             &pixels,
             shape,
             &super::support::device(),
         ),
     );
 
-    let bottom = Vit::load_hf(
+    let bottom = Vit::load(
         &run.join("checkpoints/02-bottom-L2"),
         &super::support::device(),
     )

@@ -16,9 +16,7 @@ use burn::optim::AdamWConfig;
 use burn::tensor::Device;
 use burn::train::{ExecutionStrategy, MultiDeviceOptim, SupervisedTraining};
 use vcycle_plugin::data::{BYTE_VOCAB, ByteWindows, LmBatch, LmBatcher, split_train_valid};
-use vcycle_plugin::{
-    Bert, BertConfig, BoundaryRecord, Gpt2, HfModel, Segment, VCycle, VCycleConfig,
-};
+use vcycle_plugin::{Bert, BertConfig, BoundaryRecord, Gpt2, Segment, VCycle, VCycleConfig};
 
 use crate::support::*;
 
@@ -160,7 +158,7 @@ fn bert_cycle_on_vulkan_matches_flex() {
     let losses = loss_gap(&on_flex, &on_gpu);
     println!("BERT, Vulkan vs flex: losses {losses:.2e} relative");
     assert!(losses <= 2e-3, "losses differ by {losses:e}");
-    Bert::load_hf(&dir.path().join("gpu/final"), &Device::flex()).expect("final BERT loads");
+    Bert::load(&dir.path().join("gpu/final"), &Device::flex()).expect("final BERT loads");
 }
 
 /// `n` training windows of 17 bytes, in order.
