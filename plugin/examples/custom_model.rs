@@ -52,11 +52,11 @@ pub struct Block {
 impl TinyLm {
     /// A randomly initialised model of these sizes.
     pub fn new(sizes: &Sizes, device: &Device) -> vcycle_plugin::Result<Self> {
-        let (d, a, f) = (sizes.hidden, sizes.attn(), sizes.ffn);
+        let (d, a, f) = (sizes.dims.hidden, sizes.attn(), sizes.dims.ffn);
         let eps = sizes.norm_eps.unwrap_or(1e-5);
         let norm = || LayerNormConfig::new(d).with_epsilon(eps).init(device);
         let linear = |d_in, d_out| LinearConfig::new(d_in, d_out).init(device);
-        let blocks = (0..sizes.layers)
+        let blocks = (0..sizes.dims.layers)
             .map(|_| Block {
                 norm1: norm(),
                 qkv: linear(d, 3 * a),
@@ -64,7 +64,7 @@ impl TinyLm {
                 norm2: norm(),
                 up: linear(d, f),
                 down: linear(f, d),
-                heads: sizes.heads,
+                heads: sizes.dims.heads,
             })
             .collect();
         Ok(TinyLm {
@@ -255,7 +255,7 @@ mod tests {
 
         let device = Device::flex();
         let model = outcome.model.load_dir(&outcome.final_dir, &device).unwrap();
-        assert_eq!(model.sizes().heads, 4);
+        assert_eq!(model.sizes().dims.heads, 4);
         let ids = random_tokens(5, 2, 16, 256).unwrap();
         let input = Tensor::<2, Int>::from_data(
             TensorData::new(ids.iter().copied().collect::<Vec<i64>>(), [2, 16]),

@@ -1,12 +1,16 @@
-//! The plugin's one error type. Every variant names the file, segment or setting it is about.
+//! The plugin's one error type. Every variant names the file, segment or setting it is about,
+//! and keeps the error it wraps as its `source()` (not repeated in its own message, so a chain
+//! printed with `{:#}` says each cause once).
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 /// What can go wrong in the plugin.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// A file-system operation failed.
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io {
         /// The file or directory.
         path: PathBuf,
@@ -15,7 +19,7 @@ pub enum Error {
         source: std::io::Error,
     },
     /// A JSON file could not be read or written.
-    #[error("{path}: {source}")]
+    #[error("{path}: JSON")]
     Json {
         /// The JSON file.
         path: PathBuf,
@@ -24,15 +28,28 @@ pub enum Error {
         source: serde_json::Error,
     },
     /// The transform library refused or failed a conversion.
-    #[error("transform: {0}")]
+    #[error(transparent)]
     Transform(#[from] vcycle_transform::Error),
     /// burn-store could not write or read a safetensors file.
-    #[error("{path}: safetensors: {message}")]
+    #[error("{path}: safetensors")]
     Store {
         /// The safetensors file.
         path: PathBuf,
         /// What burn-store said.
-        message: String,
+        #[source]
+        source: burn::store::SafetensorsStoreError,
+    },
+    /// A name pattern (a model's rename, or the exact name of a tensor) is not a usable regular
+    /// expression.
+    #[error("architecture `{arch}`: name pattern `{pattern}`")]
+    Pattern {
+        /// The rules' architecture name.
+        arch: String,
+        /// The pattern.
+        pattern: String,
+        /// Why the regex crate refused it.
+        #[source]
+        source: regex::Error,
     },
     /// A checkpoint's tensors do not fit the model built from its config.json.
     #[error("{path}: {message}")]
@@ -165,15 +182,34 @@ pub enum Error {
         /// The optimizer steps Burn took.
         taken: usize,
     },
-    /// A training segment ended with an error or was interrupted.
-    #[error("segment {segment} ({name}): {message}")]
+    /// Burn's training of a segment ended with an error.
+    #[error("segment {segment} ({name}): training failed")]
     Training {
-        /// The segment's 1-based position in the cycle.
+        /// The segment's 1-based position in the run.
         segment: usize,
         /// The segment's name, e.g. `02-bottom-L2`.
         name: String,
         /// What Burn reported.
+        #[source]
+        source: Arc<burn::train::TrainingError>,
+    },
+    /// A segment did not train as planned: it was interrupted, saw another number of batches,
+    /// or left no optimizer state to carry.
+    #[error("segment {segment} ({name}): {message}")]
+    Segment {
+        /// The segment's 1-based position in the run.
+        segment: usize,
+        /// The segment's name, e.g. `02-bottom-L2`.
+        name: String,
+        /// What went wrong.
         message: String,
+    },
+    /// A validation batch could not be loaded or measured.
+    #[error("validation")]
+    Validation {
+        /// What Burn reported.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
 }
 

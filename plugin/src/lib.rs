@@ -68,6 +68,8 @@ pub use models::bert::{Bert, BertConfig};
 pub use models::gpt2::{Gpt2, Gpt2Config};
 pub use models::llama::{Llama, LlamaConfig};
 pub use models::vit::{Vit, VitConfig};
+/// The transform library's sizes of a model, which [`Sizes`] holds.
+pub use vcycle_transform::Dims;
 /// The transform library's architecture choice and rule files, for [`Resizable::arch`].
 pub use vcycle_transform::{ArchChoice, Rules};
 /// The transform library's options, as a [`VCycleConfig`] and a [`LevelConfig`] take them.

@@ -109,15 +109,12 @@ impl CheckpointLayout {
         let path = dir.join(WEIGHTS_FILE);
         let table = self.names(module)?;
         let prefix = self.rules.prefixes.first().map_or("", String::as_str);
-        let remapper = remapper(
-            table.iter().map(|n| {
-                (
-                    exact(&n.adapted),
-                    self.stored_name(n, prefix).replace('$', "$$"),
-                )
-            }),
-            &path,
-        )?;
+        let remapper = self.remapper(table.iter().map(|n| {
+            (
+                exact(&n.adapted),
+                self.stored_name(n, prefix).replace('$', "$$"),
+            )
+        }))?;
         let mut store = SafetensorsStore::from_file(&path)
             .clear_metadata()
             .metadata("format", "pt")
@@ -157,7 +154,7 @@ impl CheckpointLayout {
         }
         pairs.sort();
         pairs.dedup();
-        let mut store = SafetensorsStore::from_file(&path).remap(remapper(pairs, &path)?);
+        let mut store = SafetensorsStore::from_file(&path).remap(self.remapper(pairs)?);
         if self.transposed {
             store = store.with_from_adapter(PyTorchToBurnAdapter);
         }
@@ -176,7 +173,7 @@ impl CheckpointLayout {
         let unused: Vec<&str> = result
             .unused
             .iter()
-            .filter(|name| !self.may_be_unused(name, sizes.tied))
+            .filter(|name| !self.may_be_unused(name, sizes.dims.tied))
             .map(String::as_str)
             .collect();
         if !unused.is_empty() {
@@ -186,6 +183,21 @@ impl CheckpointLayout {
             )));
         }
         Ok(())
+    }
+
+    /// A key remapper from `(pattern, replacement)` pairs.
+    fn remapper(&self, pairs: impl IntoIterator<Item = (String, String)>) -> Result<KeyRemapper> {
+        pairs
+            .into_iter()
+            .try_fold(KeyRemapper::new(), |remapper, (from, to)| {
+                remapper
+                    .add_pattern(from.as_str(), to)
+                    .map_err(|source| Error::Pattern {
+                        arch: self.rules.name.clone(),
+                        pattern: from,
+                        source,
+                    })
+            })
     }
 
     /// Every module tensor with its rule and the rule's name for it.
@@ -200,11 +212,7 @@ impl CheckpointLayout {
             .iter()
             .map(|t| (t.name.clone(), t.shape.to_vec()))
             .collect();
-        let renames =
-            KeyRemapper::from_patterns(self.renames.clone()).map_err(|e| Error::Rules {
-                arch: self.rules.name.clone(),
-                message: format!("a rename: {e}"),
-            })?;
+        let renames = self.remapper(self.renames.iter().cloned())?;
         let (renamed, _) = renames.remap(tensors);
         adapted
             .into_iter()
@@ -266,14 +274,14 @@ impl CheckpointLayout {
             .filter(|n| self.rules.tensors.get(n.rule).is_some_and(|r| !r.embedding))
             .map(|n| n.shape.iter().product::<usize>())
             .sum();
-        let dims = sizes.dims();
+        let dims = &sizes.dims;
         let tied_head = self
             .rules
             .tensors
             .iter()
             .enumerate()
             .filter(|(i, r)| {
-                sizes.tied && r.tied_to.is_some() && table.iter().all(|n| n.rule != *i)
+                sizes.dims.tied && r.tied_to.is_some() && table.iter().all(|n| n.rule != *i)
             })
             .map(|(_, r)| {
                 r.axes
@@ -327,22 +335,9 @@ fn exact(name: &str) -> String {
     format!("^{}$", regex::escape(name))
 }
 
-fn remapper(pairs: impl IntoIterator<Item = (String, String)>, path: &Path) -> Result<KeyRemapper> {
-    pairs
-        .into_iter()
-        .try_fold(KeyRemapper::new(), |remapper, (from, to)| {
-            remapper
-                .add_pattern(from.as_str(), to)
-                .map_err(|e| Error::Store {
-                    path: path.to_path_buf(),
-                    message: format!("key pattern `{from}`: {e}"),
-                })
-        })
-}
-
 fn store_error(path: &Path) -> impl FnOnce(burn::store::SafetensorsStoreError) -> Error + '_ {
-    move |e| Error::Store {
+    move |source| Error::Store {
         path: path.to_path_buf(),
-        message: e.to_string(),
+        source,
     }
 }

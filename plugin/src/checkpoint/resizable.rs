@@ -58,8 +58,8 @@ use crate::error::Result;
 ///         self.sizes.clone()
 ///     }
 ///     fn resized(&self, sizes: &Sizes, device: &Device) -> Result<Self> {
-///         let layer = || LinearConfig::new(sizes.hidden, sizes.hidden).init(device);
-///         let layers = (0..sizes.layers).map(|_| layer()).collect();
+///         let layer = || LinearConfig::new(sizes.dims.hidden, sizes.dims.hidden).init(device);
+///         let layers = (0..sizes.dims.layers).map(|_| layer()).collect();
 ///         Ok(Probe { layers, sizes: sizes.clone() })
 ///     }
 /// }
@@ -70,7 +70,7 @@ use crate::error::Result;
 ///     .resized(&Sizes::new(2, 8, 2, 0), &device)?;
 /// model.save_dir(&dir)?;
 /// let back = model.load_dir(&dir, &device)?;
-/// assert_eq!((back.sizes.layers, back.sizes.hidden, back.sizes.heads), (2, 8, 2));
+/// assert_eq!((back.sizes.dims.layers, back.sizes.dims.hidden, back.sizes.dims.heads), (2, 8, 2));
 /// # std::fs::remove_dir_all(&dir).ok();
 /// # Ok::<(), vcycle_plugin::Error>(())
 /// ```

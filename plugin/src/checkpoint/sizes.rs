@@ -6,14 +6,14 @@ use std::path::Path;
 
 use serde_json::{Map, Value};
 use vcycle_transform::anatomy::lookup;
-use vcycle_transform::rules::Rules;
+use vcycle_transform::rules::{Rules, Space};
 use vcycle_transform::{ArchChoice, Dims};
 
 use crate::error::{Error, Result};
 
-/// The sizes of a model, in the terms of its rule file: the transform library's
-/// [`Dims`] (layers, widths, heads, the fixed spaces such as `vocab`), the norm ε and the
-/// `config.json` entries that are not sizes.
+/// The sizes of a model, in the terms of its rule file: the transform library's [`Dims`]
+/// (layers, widths, heads, the fixed spaces such as `vocab`), the norm ε and the `config.json`
+/// entries that are not sizes.
 ///
 /// A checkpoint's sizes come from its tensors and `config.json` through its rules; a model is
 /// built from them by [`crate::Resizable::resized`] and reports them with
@@ -23,31 +23,18 @@ use crate::error::{Error, Result};
 /// use vcycle_plugin::Sizes;
 ///
 /// let sizes = Sizes::new(2, 64, 4, 128).with_fixed("vocab", 256).with_fixed("positions", 32);
-/// assert_eq!(sizes.head_dim, 16);
+/// assert_eq!(sizes.dims.head_dim, 16);
 /// assert_eq!(sizes.fixed("vocab")?, 256);
 /// assert!(sizes.fixed("token_types").is_err());
 /// # Ok::<(), vcycle_plugin::Error>(())
 /// ```
 #[derive(Debug, Clone, PartialEq)]
 pub struct Sizes {
-    /// Transformer layers.
-    pub layers: usize,
-    /// Width of the residual stream (the rules' `hidden` space).
-    pub hidden: usize,
-    /// Query heads.
-    pub heads: usize,
-    /// Key/value heads (= `heads` without grouped-query attention).
-    pub kv_heads: usize,
-    /// Width of one head.
-    pub head_dim: usize,
-    /// Width of the MLP (the rules' `ffn` space).
-    pub ffn: usize,
-    /// Whether the output head is tied to the token embedding.
-    pub tied: bool,
+    /// Layers, widths, heads, whether the head is tied, and the fixed spaces (`vocab`,
+    /// `positions`, …), as the transform library reads them from a checkpoint.
+    pub dims: Dims,
     /// The norm ε, where the rules name a `config.json` key or a default for it.
     pub norm_eps: Option<f64>,
-    /// Sizes of the fixed spaces the rules name (`vocab`, `positions`, …).
-    pub fixed: BTreeMap<String, usize>,
     /// `config.json` entries beyond the sizes (a model's dropout, `architectures`, …): written
     /// as they are, and read back whole.
     pub settings: Map<String, Value>,
@@ -58,40 +45,42 @@ impl Sizes {
     /// size `hidden / heads`) and an MLP of width `ffn`; tied head, no fixed spaces yet.
     pub fn new(layers: usize, hidden: usize, heads: usize, ffn: usize) -> Self {
         Sizes {
-            layers,
-            hidden,
-            heads,
-            kv_heads: heads,
-            head_dim: hidden.checked_div(heads).unwrap_or(0),
-            ffn,
-            tied: true,
+            dims: Dims {
+                layers,
+                hidden,
+                heads,
+                kv_heads: heads,
+                head_dim: hidden.checked_div(heads).unwrap_or(0),
+                ffn,
+                tied: true,
+                fixed: BTreeMap::new(),
+            },
             norm_eps: None,
-            fixed: BTreeMap::new(),
             settings: Map::new(),
         }
     }
 
     /// Sets the size of a fixed space (`vocab`, `positions`, …).
     pub fn with_fixed(mut self, space: &str, size: usize) -> Self {
-        self.fixed.insert(space.to_string(), size);
+        self.dims.fixed.insert(space.to_string(), size);
         self
     }
 
     /// Sets the number of key/value heads (grouped-query attention).
     pub fn with_kv_heads(mut self, kv_heads: usize) -> Self {
-        self.kv_heads = kv_heads;
+        self.dims.kv_heads = kv_heads;
         self
     }
 
     /// Sets the head size (when it is not `hidden / heads`).
     pub fn with_head_dim(mut self, head_dim: usize) -> Self {
-        self.head_dim = head_dim;
+        self.dims.head_dim = head_dim;
         self
     }
 
     /// Sets whether the output head is tied to the token embedding.
     pub fn with_tied(mut self, tied: bool) -> Self {
-        self.tied = tied;
+        self.dims.tied = tied;
         self
     }
 
@@ -109,8 +98,8 @@ impl Sizes {
 
     /// The size of a fixed space; an error names the space and the spaces there are.
     pub fn fixed(&self, space: &str) -> Result<usize> {
-        self.fixed.get(space).copied().ok_or_else(|| {
-            let known: Vec<&str> = self.fixed.keys().map(String::as_str).collect();
+        self.dims.fixed.get(space).copied().ok_or_else(|| {
+            let known: Vec<&str> = self.dims.fixed.keys().map(String::as_str).collect();
             Error::Sizes(format!(
                 "no fixed space `{space}` (the rules give: {})",
                 known.join(", ")
@@ -128,7 +117,7 @@ impl Sizes {
 
     /// The width of the query heads together (the rules' `attn` space).
     pub fn attn(&self) -> usize {
-        self.heads * self.head_dim
+        self.dims.space(Space::Attn)
     }
 
     /// The sizes of the checkpoint at `dir` according to `rules`.
@@ -144,40 +133,15 @@ impl Sizes {
             .and_then(Value::as_object)
             .cloned()
             .unwrap_or_default();
-        Ok(Sizes::from_dims(anatomy.dims, norm_eps, settings))
-    }
-
-    /// The transform's view of these sizes.
-    pub(crate) fn dims(&self) -> Dims {
-        Dims {
-            layers: self.layers,
-            hidden: self.hidden,
-            heads: self.heads,
-            kv_heads: self.kv_heads,
-            head_dim: self.head_dim,
-            ffn: self.ffn,
-            tied: self.tied,
-            fixed: self.fixed.clone(),
-        }
-    }
-
-    fn from_dims(dims: Dims, norm_eps: Option<f64>, settings: Map<String, Value>) -> Sizes {
-        Sizes {
-            layers: dims.layers,
-            hidden: dims.hidden,
-            heads: dims.heads,
-            kv_heads: dims.kv_heads,
-            head_dim: dims.head_dim,
-            ffn: dims.ffn,
-            tied: dims.tied,
+        Ok(Sizes {
+            dims: anatomy.dims,
             norm_eps,
-            fixed: dims.fixed,
             settings,
-        }
+        })
     }
 
     /// `config.json` for these sizes, as the transform library composes it.
     pub(crate) fn config_json(&self, rules: &Rules) -> Value {
-        vcycle_transform::config::compose(&self.settings, rules, &self.dims(), self.norm_eps)
+        vcycle_transform::config::compose(&self.settings, rules, &self.dims, self.norm_eps)
     }
 }

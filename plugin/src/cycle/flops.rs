@@ -77,7 +77,7 @@ impl PerToken {
         let weights = model.layout()?.matmul_weights(model, &sizes)?;
         Ok(PerToken {
             weights: weights as f64,
-            attention: (sizes.layers * sizes.attn()) as f64,
+            attention: (sizes.dims.layers * sizes.attn()) as f64,
         })
     }
 

@@ -91,11 +91,11 @@ where
             .clone()
             .map(&mut Scale(WEIGHT_SCALE))
             .save_dir(&large)?;
-        let (mut large_level, mut large_heads) = (1, full.heads);
+        let (mut large_level, mut large_heads) = (1, full.dims.heads);
         for &level in &levels[1..] {
             let (heads, _) = self.level_sizes(level);
             let Some(heads) = heads else { continue };
-            let mut options = self.options(level, Some(heads), Some(full.layers))?;
+            let mut options = self.options(level, Some(heads), Some(full.dims.layers))?;
             options.target.embedding_rule = EmbeddingRule::Exact;
             let small = at("width", level);
             Job::coalesce(&large, &options)?.write(&small, false)?;

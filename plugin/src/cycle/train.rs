@@ -86,7 +86,7 @@ where
         valid: &ValidLoader<M>,
         training: &mut impl SegmentTraining<M>,
     ) -> Result<(M, f64, Option<OptimizerRecord>)> {
-        let fail = |message: String| Error::Training {
+        let fail = |message: String| Error::Segment {
             segment: segment.index,
             name: segment.name(),
             message,
@@ -127,8 +127,12 @@ where
             .num_epochs(segment.epoch_steps.len())
             .label(&segment.name())
             .launch(learner);
-        if let Some(error) = result.error {
-            return Err(fail(error.to_string()));
+        if let Some(source) = result.error {
+            return Err(Error::Training {
+                segment: segment.index,
+                name: segment.name(),
+                source,
+            });
         }
         if let Some(stop) = result.interrupted {
             return Err(fail(format!(
@@ -165,11 +169,9 @@ where
     }
 }
 
-fn validation_error(error: impl std::fmt::Display) -> Error {
-    Error::Training {
-        segment: 0,
-        name: "validation".into(),
-        message: error.to_string(),
+fn validation_error(error: impl std::error::Error + Send + Sync + 'static) -> Error {
+    Error::Validation {
+        source: Box::new(error),
     }
 }
 

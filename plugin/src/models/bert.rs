@@ -166,7 +166,7 @@ impl BertConfig {
                 "BERT: only hidden_act = \"gelu\" (erf) is supported".into(),
             ));
         }
-        if !sizes.tied {
+        if !sizes.dims.tied {
             return Err(Error::Sizes(
                 "BERT: an untied decoder is not supported".into(),
             ));
@@ -174,10 +174,10 @@ impl BertConfig {
         Ok(BertConfig::new(
             sizes.fixed("vocab")?,
             sizes.fixed("positions")?,
-            sizes.hidden,
-            sizes.layers,
-            sizes.heads,
-            sizes.ffn,
+            sizes.dims.hidden,
+            sizes.dims.layers,
+            sizes.dims.heads,
+            sizes.dims.ffn,
         )
         .with_token_types(sizes.fixed("token_types")?)
         .with_layer_norm_eps(sizes.norm_eps.unwrap_or(1e-12))
@@ -191,11 +191,11 @@ impl BertConfig {
 #[derive(Module, Debug)]
 pub struct Bert {
     /// Token, position and token-type embeddings with their norm.
-    pub embeddings: BertEmbeddings,
+    pub(crate) embeddings: BertEmbeddings,
     /// The encoder layers.
-    pub encoder: BertEncoder,
+    pub(crate) encoder: BertEncoder,
     /// The masked-LM head (transform, norm, decoder tied to the token embedding).
-    pub cls: BertMlmHead,
+    pub(crate) cls: BertMlmHead,
     #[module(skip)]
     config: BertConfig,
 }
@@ -203,76 +203,76 @@ pub struct Bert {
 /// Word, position and token-type embeddings, summed and normalised (HF `bert.embeddings`).
 #[derive(Module, Debug)]
 pub struct BertEmbeddings {
-    pub word_embeddings: Embedding,
-    pub position_embeddings: Embedding,
-    pub token_type_embeddings: Embedding,
-    pub layer_norm: LayerNorm,
+    pub(crate) word_embeddings: Embedding,
+    pub(crate) position_embeddings: Embedding,
+    pub(crate) token_type_embeddings: Embedding,
+    pub(crate) layer_norm: LayerNorm,
     dropout: Dropout,
 }
 
 /// The post-LN encoder layers (HF `bert.encoder`).
 #[derive(Module, Debug)]
 pub struct BertEncoder {
-    pub layer: Vec<BertLayer>,
+    pub(crate) layer: Vec<BertLayer>,
 }
 
 /// One encoder layer: attention, then the MLP (`intermediate`, `output`).
 #[derive(Module, Debug)]
 pub struct BertLayer {
-    pub attention: BertAttention,
-    pub intermediate: BertIntermediate,
-    pub output: BertResidual,
+    pub(crate) attention: BertAttention,
+    pub(crate) intermediate: BertIntermediate,
+    pub(crate) output: BertResidual,
 }
 
 /// Self-attention and its residual output block.
 #[derive(Module, Debug)]
 pub struct BertAttention {
-    pub self_attn: BertSelfAttention,
-    pub output: BertResidual,
+    pub(crate) self_attn: BertSelfAttention,
+    pub(crate) output: BertResidual,
 }
 
 /// The query, key and value projections (HF `attention.self`).
 #[derive(Module, Debug)]
 pub struct BertSelfAttention {
-    pub query: Linear,
-    pub key: Linear,
-    pub value: Linear,
+    pub(crate) query: Linear,
+    pub(crate) key: Linear,
+    pub(crate) value: Linear,
     heads: usize,
 }
 
 /// `LayerNorm(dropout(dense(x)) + residual)`.
 #[derive(Module, Debug)]
 pub struct BertResidual {
-    pub dense: Linear,
-    pub layer_norm: LayerNorm,
+    pub(crate) dense: Linear,
+    pub(crate) layer_norm: LayerNorm,
     dropout: Dropout,
 }
 
 /// The MLP's first projection, followed by exact GELU.
 #[derive(Module, Debug)]
 pub struct BertIntermediate {
-    pub dense: Linear,
+    pub(crate) dense: Linear,
 }
 
 /// The masked-LM head (HF `cls`).
 #[derive(Module, Debug)]
 pub struct BertMlmHead {
-    pub predictions: BertPredictions,
+    pub(crate) predictions: BertPredictions,
 }
 
 /// The head's transform and the decoder bias (HF `cls.predictions`).
 #[derive(Module, Debug)]
 pub struct BertPredictions {
-    pub transform: BertTransform,
+    pub(crate) transform: BertTransform,
     /// The decoder's bias (the decoder weight is the word embedding).
-    pub bias: Param<Tensor<1>>,
+    pub(crate) bias: Param<Tensor<1>>,
 }
 
 /// `LayerNorm(gelu(dense(x)))` before the tied decoder.
 #[derive(Module, Debug)]
 pub struct BertTransform {
-    pub dense: Linear,
-    pub layer_norm: LayerNorm,
+    pub(crate) dense: Linear,
+    pub(crate) layer_norm: LayerNorm,
 }
 
 impl BertSelfAttention {

@@ -142,7 +142,7 @@ impl Gpt2Config {
     /// The configuration of a model of these sizes (`transformers`' defaults where the settings
     /// lack a value: ε = 1e-5, dropout 0.1, σ = 0.02).
     pub fn from_sizes(sizes: &Sizes) -> Result<Self> {
-        if !sizes.tied {
+        if !sizes.dims.tied {
             return Err(Error::Sizes(
                 "GPT-2: an untied output head is not supported".into(),
             ));
@@ -150,10 +150,10 @@ impl Gpt2Config {
         Ok(Gpt2Config::new(
             sizes.fixed("vocab")?,
             sizes.fixed("positions")?,
-            sizes.hidden,
-            sizes.layers,
-            sizes.heads,
-            sizes.ffn,
+            sizes.dims.hidden,
+            sizes.dims.layers,
+            sizes.dims.heads,
+            sizes.dims.ffn,
         )
         .with_layer_norm_eps(sizes.norm_eps.unwrap_or(1e-5))
         .with_dropout(sizes.setting_f64("resid_pdrop", 0.1))
@@ -166,13 +166,13 @@ impl Gpt2Config {
 #[derive(Module, Debug)]
 pub struct Gpt2 {
     /// Token embedding, also the head's weight (tied).
-    pub wte: Embedding,
+    pub(crate) wte: Embedding,
     /// Learned position embedding.
-    pub wpe: Embedding,
+    pub(crate) wpe: Embedding,
     /// The decoder blocks.
-    pub h: Vec<Gpt2Block>,
+    pub(crate) h: Vec<Gpt2Block>,
     /// The final norm.
-    pub ln_f: LayerNorm,
+    pub(crate) ln_f: LayerNorm,
     dropout: Dropout,
     #[module(skip)]
     config: Gpt2Config,
@@ -181,10 +181,10 @@ pub struct Gpt2 {
 /// One pre-LN decoder block.
 #[derive(Module, Debug)]
 pub struct Gpt2Block {
-    pub ln_1: LayerNorm,
-    pub attn: Gpt2Attention,
-    pub ln_2: LayerNorm,
-    pub mlp: Gpt2Mlp,
+    pub(crate) ln_1: LayerNorm,
+    pub(crate) attn: Gpt2Attention,
+    pub(crate) ln_2: LayerNorm,
+    pub(crate) mlp: Gpt2Mlp,
     dropout: Dropout,
 }
 
@@ -192,16 +192,16 @@ pub struct Gpt2Block {
 #[derive(Module, Debug)]
 pub struct Gpt2Attention {
     /// hidden → 3·hidden, output columns q | k | v.
-    pub c_attn: Linear,
-    pub c_proj: Linear,
+    pub(crate) c_attn: Linear,
+    pub(crate) c_proj: Linear,
     heads: usize,
 }
 
 /// The MLP: `c_proj(gelu_tanh(c_fc(x)))`.
 #[derive(Module, Debug)]
 pub struct Gpt2Mlp {
-    pub c_fc: Linear,
-    pub c_proj: Linear,
+    pub(crate) c_fc: Linear,
+    pub(crate) c_proj: Linear,
 }
 
 impl Gpt2Attention {

@@ -215,17 +215,17 @@ impl LlamaConfig {
             .map_or(2048, |p| p as usize);
         Ok(LlamaConfig::new(
             sizes.fixed("vocab")?,
-            sizes.hidden,
-            sizes.layers,
-            sizes.heads,
-            sizes.kv_heads,
-            sizes.head_dim,
-            sizes.ffn,
+            sizes.dims.hidden,
+            sizes.dims.layers,
+            sizes.dims.heads,
+            sizes.dims.kv_heads,
+            sizes.dims.head_dim,
+            sizes.dims.ffn,
         )
         .with_positions(positions)
         .with_rms_norm_eps(sizes.norm_eps.unwrap_or(1e-6))
         .with_rope_theta(theta)
-        .with_tied(sizes.tied)
+        .with_tied(sizes.dims.tied)
         .with_init_std(sizes.setting_f64("initializer_range", 0.02)))
     }
 }
@@ -235,13 +235,13 @@ impl LlamaConfig {
 #[derive(Module, Debug)]
 pub struct Llama {
     /// Token embedding (also the head's weight when tied).
-    pub embed_tokens: Embedding,
+    pub(crate) embed_tokens: Embedding,
     /// The decoder layers.
-    pub layers: Vec<LlamaLayer>,
+    pub(crate) layers: Vec<LlamaLayer>,
     /// The final RMSNorm.
-    pub norm: RmsNorm,
+    pub(crate) norm: RmsNorm,
     /// None when the head is tied to `embed_tokens`.
-    pub lm_head: Option<Linear>,
+    pub(crate) lm_head: Option<Linear>,
     #[module(skip)]
     config: LlamaConfig,
 }
@@ -249,20 +249,20 @@ pub struct Llama {
 /// One pre-RMSNorm decoder layer.
 #[derive(Module, Debug)]
 pub struct LlamaLayer {
-    pub input_layernorm: RmsNorm,
-    pub self_attn: LlamaAttention,
-    pub post_attention_layernorm: RmsNorm,
-    pub mlp: LlamaMlp,
+    pub(crate) input_layernorm: RmsNorm,
+    pub(crate) self_attn: LlamaAttention,
+    pub(crate) post_attention_layernorm: RmsNorm,
+    pub(crate) mlp: LlamaMlp,
 }
 
 /// Causal self-attention with rotary positions; `kv_heads` key/value heads, each shared by
 /// `heads / kv_heads` consecutive query heads.
 #[derive(Module, Debug)]
 pub struct LlamaAttention {
-    pub q_proj: Linear,
-    pub k_proj: Linear,
-    pub v_proj: Linear,
-    pub o_proj: Linear,
+    pub(crate) q_proj: Linear,
+    pub(crate) k_proj: Linear,
+    pub(crate) v_proj: Linear,
+    pub(crate) o_proj: Linear,
     heads: usize,
     kv_heads: usize,
     head_dim: usize,
@@ -271,9 +271,9 @@ pub struct LlamaAttention {
 /// The SwiGLU MLP: `down_proj(silu(gate_proj(x)) · up_proj(x))`.
 #[derive(Module, Debug)]
 pub struct LlamaMlp {
-    pub gate_proj: Linear,
-    pub up_proj: Linear,
-    pub down_proj: Linear,
+    pub(crate) gate_proj: Linear,
+    pub(crate) up_proj: Linear,
+    pub(crate) down_proj: Linear,
 }
 
 /// The rotation of positions `0..seq`: `cos` and `sin`, each `[1, 1, seq, head_dim]`, the

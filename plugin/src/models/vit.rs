@@ -207,10 +207,10 @@ impl VitConfig {
             patch,
             sizes.fixed("channels")?,
             sizes.fixed("labels")?,
-            sizes.hidden,
-            sizes.layers,
-            sizes.heads,
-            sizes.ffn,
+            sizes.dims.hidden,
+            sizes.dims.layers,
+            sizes.dims.heads,
+            sizes.dims.ffn,
         )
         .with_layer_norm_eps(sizes.norm_eps.unwrap_or(1e-12))
         .with_init_std(sizes.setting_f64("initializer_range", 0.02)))
@@ -222,13 +222,13 @@ impl VitConfig {
 #[derive(Module, Debug)]
 pub struct Vit {
     /// Patch projection, class token and position embeddings.
-    pub embeddings: VitEmbeddings,
+    pub(crate) embeddings: VitEmbeddings,
     /// The encoder layers.
-    pub layers: Vec<VitLayer>,
+    pub(crate) layers: Vec<VitLayer>,
     /// The final norm.
-    pub layernorm: LayerNorm,
+    pub(crate) layernorm: LayerNorm,
     /// The linear classifier on the class token.
-    pub classifier: Linear,
+    pub(crate) classifier: Linear,
     #[module(skip)]
     config: VitConfig,
 }
@@ -237,24 +237,24 @@ pub struct Vit {
 #[derive(Module, Debug)]
 pub struct VitEmbeddings {
     /// channels → hidden, kernel = stride = patch.
-    pub patch: Conv2d,
+    pub(crate) patch: Conv2d,
     /// `[1, 1, hidden]`.
-    pub cls_token: Param<Tensor<3>>,
+    pub(crate) cls_token: Param<Tensor<3>>,
     /// `[1, patches + 1, hidden]`, the class token's first.
-    pub position_embeddings: Param<Tensor<3>>,
+    pub(crate) position_embeddings: Param<Tensor<3>>,
 }
 
 /// One pre-LN encoder layer.
 #[derive(Module, Debug)]
 pub struct VitLayer {
-    pub layernorm_before: LayerNorm,
-    pub query: Linear,
-    pub key: Linear,
-    pub value: Linear,
-    pub attn_out: Linear,
-    pub layernorm_after: LayerNorm,
-    pub intermediate: Linear,
-    pub output: Linear,
+    pub(crate) layernorm_before: LayerNorm,
+    pub(crate) query: Linear,
+    pub(crate) key: Linear,
+    pub(crate) value: Linear,
+    pub(crate) attn_out: Linear,
+    pub(crate) layernorm_after: LayerNorm,
+    pub(crate) intermediate: Linear,
+    pub(crate) output: Linear,
     heads: usize,
 }
 
