@@ -58,6 +58,7 @@ pub enum EmbeddingRule {
 /// A checkpoint seen through its rules.
 #[derive(Debug, Clone)]
 pub struct Anatomy {
+    /// The rules that claimed the checkpoint.
     pub rules: Rules,
     /// The base-model prefix found in the names (`transformer.`, `bert.`, or empty).
     pub prefix: String,
@@ -65,6 +66,7 @@ pub struct Anatomy {
     pub claims: Vec<Claim>,
     /// Tensors no rule claims (an error for conversions; listed by `inspect`).
     pub unclaimed: Vec<String>,
+    /// The model's sizes, read from its tensors and `config.json`.
     pub dims: Dims,
 }
 

@@ -3,7 +3,9 @@
 
 use serde_json::{Map, Value};
 
-use crate::anatomy::{Dims, lookup};
+use crate::anatomy::Dims;
+/// A value of `config.json` under a possibly dotted key (`rope_parameters.rope_theta`).
+pub use crate::anatomy::lookup;
 use crate::rules::{ConfigKeys, Rules};
 
 /// The input config with its size fields set to `to`. Keys keep their order; a size key whose

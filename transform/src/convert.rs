@@ -19,7 +19,9 @@ use crate::write::{self, OutputForm, OutputPolicy, SideFile};
 /// Options shared by every conversion.
 #[derive(Debug, Clone, Default)]
 pub struct Options {
+    /// The architecture: detected, a preset, or a rule file.
     pub arch: ArchChoice,
+    /// The other model's sizes and the schemes, rules and initialisation that map to it.
     pub target: Target,
     /// Maximum bytes per output shard. None: the input's form (sharded inputs keep the size of
     /// their largest shard).
@@ -206,6 +208,7 @@ impl Job {
         Ok(job)
     }
 
+    /// The plan the job will execute.
     pub fn plan(&self) -> &Plan {
         &self.plan
     }

@@ -36,9 +36,15 @@ pub enum Operator {
     /// Small → large.
     Decoalesce,
     /// (1 − α)·large + α·other, tensor by tensor.
-    Interpolate { alpha: f64 },
+    Interpolate {
+        /// The other model's weight.
+        alpha: f64,
+    },
     /// De-coalesce, then interpolate with the saved large model, in one pass.
-    Grow { alpha: f64 },
+    Grow {
+        /// The de-coalesced model's weight.
+        alpha: f64,
+    },
 }
 
 impl fmt::Display for Operator {
@@ -61,8 +67,11 @@ pub struct Target {
     pub kv_heads: Option<usize>,
     /// Layers of the other model (None: unchanged).
     pub layers: Option<usize>,
+    /// How heads are grouped (strided, adjacent, similar, or explicit groups).
     pub width_scheme: SchemeSpec,
+    /// How layers are grouped.
     pub depth_scheme: SchemeSpec,
+    /// How embeddings are scaled when the width changes.
     pub embedding_rule: EmbeddingRule,
     /// How de-coalescing fills the layers that duplicate a small layer.
     pub depth_init: DepthInit,
@@ -229,8 +238,11 @@ impl SpaceMaps {
 /// A complete, validated conversion plan.
 #[derive(Debug, Clone, Serialize)]
 pub struct Plan {
+    /// The operator.
     pub operator: Operator,
+    /// The architecture's name.
     pub arch: String,
+    /// How embeddings are scaled (absent for interpolate).
     pub embedding_rule: Option<EmbeddingRule>,
     /// Sizes of the input model (the small one for grow).
     pub from: Option<Dims>,
@@ -240,6 +252,7 @@ pub struct Plan {
     pub head_groups: Option<Grouping>,
     /// Key/value head groups, when the model uses grouped-query attention.
     pub kv_head_groups: Option<Grouping>,
+    /// Layer groups (small layer i = these large layers); absent when depth is unchanged.
     pub layer_groups: Option<Grouping>,
     /// The merge cost of head groups chosen by `similar` (and of strided ones, to compare).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -252,6 +265,7 @@ pub struct Plan {
     pub depth_init: Option<DepthInit>,
     /// Set when a group size differs from another: the result cannot be function preserving.
     pub unequal_groups: bool,
+    /// One entry per output tensor.
     pub tensors: Vec<TensorPlan>,
     #[serde(skip)]
     pub(crate) maps: Option<SpaceMaps>,

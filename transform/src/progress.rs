@@ -4,7 +4,9 @@
 /// Receives the progress of [`crate::Job::write_with_progress`]: the bytes of output to write,
 /// then each piece as it is written.
 pub trait Progress: Sync {
+    /// Called once, before any output is written, with the bytes to write.
     fn start(&self, total_bytes: u64);
+    /// Called as `bytes` more bytes are written.
     fn advance(&self, bytes: u64);
 }
 

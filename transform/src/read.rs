@@ -49,7 +49,9 @@ pub enum Layout {
 /// One tensor of a checkpoint: its dtype, shape and where its bytes are.
 #[derive(Debug, Clone)]
 pub struct TensorInfo {
+    /// The element type.
     pub dtype: Dtype,
+    /// The shape.
     pub shape: Vec<usize>,
     /// Index into the checkpoint's files.
     pub file: usize,
@@ -58,6 +60,7 @@ pub struct TensorInfo {
 }
 
 impl TensorInfo {
+    /// The number of elements.
     pub fn numel(&self) -> usize {
         self.shape.iter().product()
     }
@@ -263,6 +266,7 @@ impl Checkpoint {
         &self.path
     }
 
+    /// A single file, or a directory with its config and files.
     pub fn layout(&self) -> &Layout {
         &self.layout
     }
@@ -293,6 +297,7 @@ impl Checkpoint {
         &self.tensors
     }
 
+    /// The tensor named `name`, if the checkpoint holds it.
     pub fn info(&self, name: &str) -> Option<&TensorInfo> {
         self.tensors.get(name)
     }

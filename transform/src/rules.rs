@@ -38,18 +38,25 @@ pub const PRESETS: &[(&str, &str)] = &[
 #[serde(deny_unknown_fields)]
 pub struct ConfigKeys {
     #[serde(default)]
+    /// Keys holding the width of the residual stream (`hidden`).
     pub hidden: Vec<String>,
     #[serde(default)]
+    /// Keys holding the number of layers.
     pub layers: Vec<String>,
     #[serde(default)]
+    /// Keys holding the number of query heads.
     pub heads: Vec<String>,
     #[serde(default)]
+    /// Keys holding the number of key/value heads (grouped-query attention).
     pub kv_heads: Vec<String>,
     #[serde(default)]
+    /// Keys holding the width of the MLP (`ffn`).
     pub ffn: Vec<String>,
     #[serde(default)]
+    /// Keys holding the width of one head.
     pub head_dim: Vec<String>,
     #[serde(default)]
+    /// Keys holding the norm ε.
     pub norm_eps: Vec<String>,
     /// The key saying whether the output head is tied to the token embedding.
     #[serde(default)]
@@ -121,13 +128,21 @@ struct RuleFileSpec {
 /// A parsed, validated rule file.
 #[derive(Debug, Clone)]
 pub struct Rules {
+    /// The architecture's name (`gpt2`, a rule file's `name`).
     pub name: String,
+    /// One line on what the rules describe.
     pub description: String,
+    /// `config.json` `model_type` values that select these rules.
     pub model_types: Vec<String>,
+    /// Tensor names whose presence selects these rules.
     pub detect_tensors: Vec<String>,
+    /// Prefixes a checkpoint's names may carry (`transformer.`, or none), the first one written.
     pub prefixes: Vec<String>,
+    /// The `config.json` keys of each size.
     pub config: ConfigKeys,
+    /// How the model computes, for `vcycle verify`'s forward pass (optional).
     pub forward: Option<ForwardSpec>,
+    /// One rule per tensor (per layer for a `{layer}` template).
     pub tensors: Vec<TensorRule>,
     /// The rule file it was read from (an input: never written over).
     pub source: Option<std::path::PathBuf>,

@@ -183,6 +183,7 @@ impl Grouping {
         }
     }
 
+    /// The groups: small unit i is the mean of the large units `groups()[i]`.
     pub fn groups(&self) -> &[Vec<usize>] {
         &self.groups
     }
@@ -202,6 +203,7 @@ impl Grouping {
         self.owner.get(large_unit).copied().unwrap_or(0)
     }
 
+    /// Whether every unit is its own group (nothing changes).
     pub fn is_identity(&self) -> bool {
         self.groups.len() == self.owner.len()
             && self.groups.iter().enumerate().all(|(i, g)| g == &[i])

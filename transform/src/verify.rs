@@ -36,10 +36,13 @@ pub fn run_tokens(
 /// How far apart two models' outputs are.
 #[derive(Debug, Clone, Copy, serde::Serialize)]
 pub struct Difference {
+    /// mean |a − b|.
     pub mean_abs: f64,
+    /// max |a − b|.
     pub max_abs: f64,
     /// mean |a − b| / mean |a|.
     pub relative: f64,
+    /// mean |a|, the reference's scale.
     pub mean_abs_reference: f64,
 }
 
@@ -80,12 +83,15 @@ pub fn compare(a: &ArrayD<f32>, b: &ArrayD<f32>) -> Result<Difference> {
 /// What `vcycle verify` measures.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Verification {
+    /// Sequences (or images) in the batch.
     pub batch: usize,
     /// Tokens per sequence (token models; image models read whole images).
     pub seq: usize,
+    /// The seed of the random input.
     pub seed: u64,
     /// What the models read, e.g. `2 x 16 random tokens, seed 0`.
     pub input: String,
+    /// How far the two models' outputs are apart.
     pub difference: Difference,
 }
 
@@ -206,8 +212,11 @@ fn require_finite(checkpoint: &Checkpoint, out: &ArrayD<f32>) -> Result<()> {
 /// What [`decoalesce_difference`] measured.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct RegrowMeasurement {
+    /// Query heads of the coalesced model.
     pub small_heads: usize,
+    /// Layers of the coalesced model.
     pub small_layers: usize,
+    /// How far the regrown model's outputs are from the original's.
     pub difference: Difference,
 }
 

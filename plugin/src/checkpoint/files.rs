@@ -4,7 +4,7 @@ use std::fs;
 use std::path::Path;
 
 use serde_json::Value;
-use vcycle_transform::write::replace_atomically;
+use vcycle_transform::replace_atomically;
 
 use crate::error::{Result, io, json};
 

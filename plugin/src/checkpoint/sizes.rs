@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use serde_json::{Map, Value};
-use vcycle_transform::anatomy::lookup;
+use vcycle_transform::config::lookup;
 use vcycle_transform::rules::{Rules, Space};
 use vcycle_transform::{ArchChoice, Dims};
 

@@ -297,7 +297,7 @@ where
     /// The state file, checked against the configuration.
     fn read_state(&self) -> Result<RunState> {
         let path = self.run_dir.join(STATE_FILE);
-        let text = vcycle_transform::read::read_regular(&path)?;
+        let text = vcycle_transform::read_regular(&path)?;
         let state: RunState = serde_json::from_str(&text).map_err(json(&path))?;
         let resume_error = |message: String| Error::Resume {
             path: self.run_dir.clone(),

@@ -7,7 +7,7 @@ use std::io::{Read, Write};
 use std::path::{Component, Path, PathBuf};
 
 use sha2::{Digest, Sha256};
-use vcycle_transform::write::sweep_leftovers;
+use vcycle_transform::sweep_leftovers;
 
 use crate::error::{Error, Result, io, json};
 

@@ -28,7 +28,7 @@ const CHILD_ENV: &str = "VCYCLE_PLUGIN_KILLED_WRITE_RUN";
 /// The checkpoint whose write the child stops in: the second boundary's trained model.
 const STOP_IN: &str = "02-bottom-L2";
 /// The file in a write's work directory `.vcycle-PID-RANDOM.tmp` that names the output
-/// (`vcycle_transform::write::replace_atomically`); the new content is `new` beside it, an old
+/// (`vcycle_transform::replace_atomically`); the new content is `new` beside it, an old
 /// output being replaced `old`.
 const WORK_MARKER: &str = ".vcycle-work";
 

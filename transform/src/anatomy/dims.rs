@@ -15,11 +15,17 @@ use crate::scheme::MAX_UNITS;
 /// The sizes of a model.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Dims {
+    /// Transformer layers.
     pub layers: usize,
+    /// Width of the residual stream (the `hidden` space).
     pub hidden: usize,
+    /// Query heads.
     pub heads: usize,
+    /// Key/value heads (= `heads` without grouped-query attention).
     pub kv_heads: usize,
+    /// Width of one head.
     pub head_dim: usize,
+    /// Width of the MLP (the `ffn` space).
     pub ffn: usize,
     /// Whether the output head is tied to the token embedding.
     pub tied: bool,

@@ -15,6 +15,7 @@ pub enum Space {
 }
 
 impl Space {
+    /// The space's name in a rule file (`hidden`, `attn`, `kv`, `ffn`).
     pub fn name(self) -> &'static str {
         match self {
             Space::Hidden => "hidden",
@@ -55,7 +56,12 @@ pub enum Axis {
     Fixed(String),
     /// One or more model spaces concatenated along this axis (GPT-2's fused `c_attn` is
     /// `attn+attn+attn`), all in one direction.
-    Model { parts: Vec<Space>, dir: Direction },
+    Model {
+        /// The spaces, in order along the axis.
+        parts: Vec<Space>,
+        /// Whether the axis is a projection's input (`in`) or output (`out`).
+        dir: Direction,
+    },
 }
 
 impl Axis {

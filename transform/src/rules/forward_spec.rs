@@ -6,11 +6,16 @@ use serde::Deserialize;
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ForwardSpec {
+    /// The kind of norm.
     pub norm: NormKind,
+    /// Where the norms sit relative to the residual connections.
     pub placement: Placement,
+    /// The MLP's activation.
     pub activation: ActivationKind,
+    /// How positions enter the model.
     pub positions: PositionKind,
     #[serde(default)]
+    /// Whether attention is causal (a decoder).
     pub causal: bool,
     /// Whether the classifier reads the first token only (ViT; with a distillation head, DeiT's
     /// second token too).
@@ -28,30 +33,44 @@ pub struct ForwardSpec {
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
+/// A model's norm.
 pub enum NormKind {
+    /// LayerNorm: mean and variance, weight and bias.
     Layernorm,
+    /// RMSNorm: root mean square, weight only.
     Rmsnorm,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
+/// Where the norms sit.
 pub enum Placement {
+    /// Before each sublayer, inside the residual branch (GPT-2, Llama, ViT).
     Pre,
+    /// After each residual addition (BERT).
     Post,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
+/// The MLP's activation.
 pub enum ActivationKind {
+    /// GELU with the error function.
     GeluErf,
+    /// GELU's tanh approximation.
     GeluTanh,
+    /// SiLU, `x · σ(x)`.
     Silu,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
+/// How positions enter the model.
 pub enum PositionKind {
+    /// Learned position embeddings added to the tokens'.
     Learned,
+    /// Rotary embeddings applied to queries and keys.
     Rope,
+    /// Image patches with learned position embeddings and a class token.
     Patches,
 }

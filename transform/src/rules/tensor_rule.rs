@@ -7,9 +7,11 @@ use super::Axis;
 pub struct TensorRule {
     /// The name template as written, with `{layer}` for the layer index.
     pub template: String,
+    /// The tensor's axes, in order.
     pub axes: Vec<Axis>,
     /// A stable role name for the forward pass (`attn.q.weight`, `head.weight`, ...).
     pub role: Option<String>,
+    /// The tensor may be absent.
     pub optional: bool,
     /// The name is not under the architecture's base prefix (`lm_head.weight`, `cls.*`).
     pub root: bool,
@@ -19,6 +21,7 @@ pub struct TensorRule {
     pub head_norm: bool,
     /// When the head is tied, this tensor is the same as the named one (absent or equal).
     pub tied_to: Option<String>,
+    /// The name has a `{layer}` index.
     pub layered: bool,
 }
 

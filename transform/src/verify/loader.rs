@@ -22,6 +22,7 @@ pub struct Loader<'a> {
 }
 
 impl<'a> Loader<'a> {
+    /// A loader of `checkpoint`'s tensors for the forward pass of `anatomy`'s rules; refuses rules without a `[forward]` section.
     pub fn new(checkpoint: &'a Checkpoint, anatomy: &'a Anatomy) -> Result<Self> {
         let spec = anatomy
             .rules
