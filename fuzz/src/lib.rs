@@ -393,9 +393,10 @@ fn run_plan(plan: &Plan, primary: &Checkpoint, large: Option<&Checkpoint>) {
     let _ = plan.to_string();
     let _ = serde_json::to_string(plan);
     let inputs = Inputs { primary, large };
+    let executor = execute::Executor::new(plan);
     for t in &plan.tensors {
         let mut bytes = Vec::new();
-        let streamed = execute::stream(plan, t, inputs, &mut |block| {
+        let streamed = executor.stream(t, inputs, &mut |block| {
             bytes.extend_from_slice(block.bytes());
             Ok(())
         });

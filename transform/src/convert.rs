@@ -316,6 +316,7 @@ impl Job {
         prefetch: &Prefetch<'_>,
     ) -> Result<()> {
         let plan = &self.plan;
+        let executor = execute::Executor::new(plan);
         let inputs = Inputs {
             primary: &self.primary,
             large: self.large.as_ref(),
@@ -347,7 +348,7 @@ impl Job {
                 let size = crate::dtype::element_size(t.dtype);
                 let mut elements = 0;
                 let mut found: Option<NonFinite> = None;
-                execute::stream(plan, t, inputs, &mut |block| {
+                executor.stream(t, inputs, &mut |block| {
                     let bytes = block.bytes();
                     if check_output
                         && !block.known_finite()

@@ -21,12 +21,17 @@ use std::cell::Cell;
 
 use crate::dtype;
 use crate::error::{Error, Result};
-use crate::plan::{Plan, TensorPlan};
+use std::sync::Arc;
+
+use crate::plan::{AxisGather, Plan, TensorPlan};
 use crate::read::Checkpoint;
 
+mod gathers;
 mod rearrange;
 mod rows;
 mod source;
+
+use gathers::Gathers;
 
 use rows::stream_float;
 
@@ -105,34 +110,62 @@ impl From<Vec<u8>> for Block {
     }
 }
 
-/// Computes one planned output tensor and hands its bytes to `sink` in order, in blocks of
-/// whole rows.
-pub fn stream(
-    plan: &Plan,
-    tensor: &TensorPlan,
-    inputs: Inputs<'_>,
-    sink: &mut Sink<'_>,
-) -> Result<()> {
-    let Some(first) = tensor.sources.first() else {
-        return Err(Error::BadAxis {
-            tensor: tensor.name.clone(),
-            axis: 0,
-            shape: tensor.shape.clone(),
-            reason: "the plan gives it no source tensor".into(),
-        });
-    };
-    let result = if dtype::is_float(tensor.dtype) {
-        stream_float(plan, tensor, first, inputs, sink)
-    } else {
-        stream_raw(plan, tensor, first, inputs, sink)
-    };
-    for source in &tensor.sources {
-        inputs.primary.release_all(source);
+/// Executes a plan, one output tensor at a time; the gathers of its axes are built once.
+pub struct Executor<'p> {
+    plan: &'p Plan,
+    gathers: Gathers<'p>,
+}
+
+impl<'p> Executor<'p> {
+    /// An executor of `plan`.
+    pub fn new(plan: &'p Plan) -> Self {
+        Executor {
+            plan,
+            gathers: Gathers::new(plan),
+        }
     }
-    if let (Some(with), Some(large)) = (&tensor.interpolate_with, inputs.large) {
-        large.release_all(with);
+
+    /// The plan it executes.
+    pub fn plan(&self) -> &'p Plan {
+        self.plan
     }
-    result
+
+    /// The gather of each planned axis of `tensor`, in axis order; None where the axis is
+    /// unchanged.
+    pub fn axis_gathers(&self, tensor: &TensorPlan) -> Vec<Option<Arc<AxisGather>>> {
+        self.gathers.of(tensor)
+    }
+
+    /// Computes one planned output tensor and hands its bytes to `sink` in order, in blocks of
+    /// whole rows.
+    pub fn stream(
+        &self,
+        tensor: &TensorPlan,
+        inputs: Inputs<'_>,
+        sink: &mut Sink<'_>,
+    ) -> Result<()> {
+        let plan = self.plan;
+        let Some(first) = tensor.sources.first() else {
+            return Err(Error::BadAxis {
+                tensor: tensor.name.clone(),
+                axis: 0,
+                shape: tensor.shape.clone(),
+                reason: "the plan gives it no source tensor".into(),
+            });
+        };
+        let result = if dtype::is_float(tensor.dtype) {
+            stream_float(plan, &self.gathers, tensor, first, inputs, sink)
+        } else {
+            stream_raw(plan, tensor, first, inputs, sink)
+        };
+        for source in &tensor.sources {
+            inputs.primary.release_all(source);
+        }
+        if let (Some(with), Some(large)) = (&tensor.interpolate_with, inputs.large) {
+            large.release_all(with);
+        }
+        result
+    }
 }
 
 fn missing(plan: &Plan, name: &str, checkpoint: &Checkpoint) -> Error {

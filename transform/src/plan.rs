@@ -5,9 +5,8 @@
 //! This file defines the plan; the planners are in `resize.rs` (coalesce, de-coalesce),
 //! `interpolate.rs` and `grow.rs`, and its text in `display.rs`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fmt;
-use std::sync::{Arc, Mutex};
 
 use safetensors::Dtype;
 use serde::Serialize;
@@ -168,12 +167,9 @@ fn serialize_dtype<S: serde::Serializer>(
 }
 
 /// Element-level groupings (large → small) of each model space.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct SpaceMaps {
     maps: BTreeMap<Space, Grouping>,
-    /// The gathers built so far, by axis and by whether they coalesce: the tensors of every
-    /// layer share their axes, and building a gather costs more than computing a small tensor.
-    built: Mutex<HashMap<(Axis, bool), Arc<AxisGather>>>,
 }
 
 /// The gather of one axis, and the same gather over the largest blocks it moves whole.
@@ -184,18 +180,9 @@ pub struct AxisGather {
     pub blocks: (Gather, usize),
 }
 
-impl Clone for SpaceMaps {
-    fn clone(&self) -> Self {
-        SpaceMaps::new(self.maps.clone())
-    }
-}
-
 impl SpaceMaps {
-    fn new(maps: BTreeMap<Space, Grouping>) -> Self {
-        SpaceMaps {
-            maps,
-            built: Mutex::default(),
-        }
+    pub(crate) fn new(maps: BTreeMap<Space, Grouping>) -> Self {
+        SpaceMaps { maps }
     }
 
     /// What a conversion does along `axis` (None: it is not changed).
@@ -214,11 +201,7 @@ impl SpaceMaps {
         })
     }
 
-    fn gather(&self, axis: &Axis, coalescing: bool) -> Option<Arc<AxisGather>> {
-        let key = (axis.clone(), coalescing);
-        if let Some(built) = self.built.lock().ok()?.get(&key) {
-            return Some(built.clone());
-        }
+    fn gather(&self, axis: &Axis, coalescing: bool) -> Option<AxisGather> {
         let op = self.op(axis, coalescing)?;
         let Axis::Model { parts, .. } = axis else {
             return None;
@@ -229,9 +212,7 @@ impl SpaceMaps {
             .collect::<Option<Vec<_>>>()?;
         let gather = Gather::concat(gathers);
         let blocks = gather.blocks();
-        let built = Arc::new(AxisGather { gather, blocks });
-        self.built.lock().ok()?.insert(key, built.clone());
-        Some(built)
+        Some(AxisGather { gather, blocks })
     }
 }
 
@@ -272,19 +253,11 @@ pub struct Plan {
 }
 
 impl Plan {
-    /// The gather of each planned axis of a tensor, in axis order; None where the axis is
-    /// unchanged.
-    pub fn axis_gathers(&self, tensor: &TensorPlan) -> Vec<Option<Arc<AxisGather>>> {
+    /// The gather of a rule axis (None where the plan does not change it); the executor builds
+    /// each once per conversion.
+    pub(crate) fn axis_gather(&self, axis: &Axis) -> Option<AxisGather> {
         let coalescing = matches!(self.operator, Operator::Coalesce);
-        tensor
-            .axes
-            .iter()
-            .zip(&tensor.rule_axes)
-            .map(|(axis_plan, rule_axis)| {
-                axis_plan.op?;
-                self.maps.as_ref()?.gather(rule_axis, coalescing)
-            })
-            .collect()
+        self.maps.as_ref()?.gather(axis, coalescing)
     }
 
     /// Whether finite inputs can give tensor `t` values beyond its dtype's range (or NaN):

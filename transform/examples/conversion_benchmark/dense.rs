@@ -7,10 +7,10 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use ndarray::Array2;
 use serde_json::{Value, json};
-use vcycle_transform::execute::{self, Inputs};
+use vcycle_transform::execute::{self, Executor, Inputs};
 use vcycle_transform::ops::Gather;
 use vcycle_transform::plan::{DepthOp, TensorPlan};
-use vcycle_transform::{Checkpoint, Operator, Plan, dtype};
+use vcycle_transform::{Checkpoint, Operator, dtype};
 
 use crate::conversion::job;
 
@@ -32,8 +32,13 @@ pub fn dense_comparison(op: &str, inputs: &[String], small: [&String; 3]) -> Res
         primary,
         large: checkpoints.get(1),
     };
+    let executor = execute::Executor::new(plan);
     let changed = |t: &&TensorPlan, both: bool| {
-        let gathered = plan.axis_gathers(t).iter().filter(|g| g.is_some()).count();
+        let gathered = executor
+            .axis_gathers(t)
+            .iter()
+            .filter(|g| g.is_some())
+            .count();
         t.shape.len() == 2 && if both { gathered == 2 } else { gathered > 0 }
     };
     let bytes = |t: &&TensorPlan| t.shape.iter().product::<usize>();
@@ -56,14 +61,14 @@ pub fn dense_comparison(op: &str, inputs: &[String], small: [&String; 3]) -> Res
         let start = Instant::now();
         let mut streamed = Vec::new();
         one_thread.install(|| {
-            execute::stream(plan, t, exec_inputs, &mut |b| {
+            executor.stream(t, exec_inputs, &mut |b| {
                 streamed.extend_from_slice(b.bytes());
                 Ok(())
             })
         })?;
         streaming += start.elapsed().as_secs_f64();
         let start = Instant::now();
-        let product = dense(plan, t, exec_inputs)?;
+        let product = dense(&executor, t, exec_inputs)?;
         dense_s += start.elapsed().as_secs_f64();
         if product.len() != streamed.len() {
             bail!(
@@ -83,7 +88,8 @@ pub fn dense_comparison(op: &str, inputs: &[String], small: [&String; 3]) -> Res
 }
 
 /// One tensor by dense matrix products.
-fn dense(plan: &Plan, t: &TensorPlan, inputs: Inputs<'_>) -> Result<Vec<u8>> {
+fn dense(executor: &Executor<'_>, t: &TensorPlan, inputs: Inputs<'_>) -> Result<Vec<u8>> {
+    let plan = executor.plan();
     let matrix = |name: &str, checkpoint: &Checkpoint| -> Result<Array2<f32>> {
         let info = checkpoint.info(name).context("no such tensor")?;
         let values = checkpoint
@@ -111,7 +117,7 @@ fn dense(plan: &Plan, t: &TensorPlan, inputs: Inputs<'_>) -> Result<Vec<u8>> {
         });
     }
     let mut w = w.context("no source")? / sources.len() as f32;
-    let gathers = plan.axis_gathers(t);
+    let gathers = executor.axis_gathers(t);
     let operator = |g: &Gather| {
         let mut m = Array2::<f32>::zeros((g.output_len(), g.input_len()));
         for i in 0..g.output_len() {

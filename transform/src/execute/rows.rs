@@ -7,6 +7,7 @@ use std::sync::Arc;
 use rayon::prelude::*;
 use safetensors::Dtype;
 
+use super::Gathers;
 use super::rearrange::Rearrange;
 use super::source::Source;
 use super::{BLOCK, BLOCK_BYTES, Block, Inputs, Sink, TASK_BYTES, missing};
@@ -337,6 +338,7 @@ impl<'a> Rows<'a> {
     /// Opens the inputs of a float output tensor and checks their shapes against the plan.
     fn open(
         plan: &Plan,
+        gathers: &Gathers<'_>,
         tensor: &'a TensorPlan,
         first: &'a str,
         inputs: Inputs<'a>,
@@ -348,7 +350,7 @@ impl<'a> Rows<'a> {
             .ok_or_else(|| missing(plan, first, inputs.primary))?;
         let rank = in_shape.len();
         let mut shape = in_shape.clone();
-        let mut gathers = plan.axis_gathers(tensor);
+        let mut gathers = gathers.of(tensor);
         gathers.resize(rank, None);
         for (axis, (gather, rule_axis)) in gathers.iter().zip(&tensor.rule_axes).enumerate() {
             let Some(AxisGather { gather, .. }) = gather.as_deref() else {
@@ -471,12 +473,13 @@ impl<'a> Rows<'a> {
 /// hands the blocks to `sink` in order.
 pub(super) fn stream_float(
     plan: &Plan,
+    gathers: &Gathers<'_>,
     tensor: &TensorPlan,
     first: &str,
     inputs: Inputs<'_>,
     sink: &mut Sink<'_>,
 ) -> Result<()> {
-    let rows = Rows::open(plan, tensor, first, inputs)?;
+    let rows = Rows::open(plan, gathers, tensor, first, inputs)?;
     let out_row_bytes = rows.out_row_len * element_size(tensor.dtype);
     let out_rows = rows.out_rows;
     if out_row_bytes == 0 || out_rows == 0 {

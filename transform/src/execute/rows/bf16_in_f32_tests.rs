@@ -76,10 +76,11 @@ fn compare(job: &Job, input: &Path, what: &str) -> Compared {
         large: None,
     };
     let mut found = Compared::default();
+    let gathers = Gathers::new(plan);
     for tensor in plan.tensors.iter().filter(|t| t.dtype == Dtype::BF16) {
         let what = format!("{what}: {}", tensor.name);
         let first = tensor.sources.first().expect("a source");
-        let mut rows = Rows::open(plan, tensor, first, inputs).expect(&what);
+        let mut rows = Rows::open(plan, &gathers, tensor, first, inputs).expect(&what);
         assert!(rows.in_f32, "{what} is computed in f64");
         // The general path: a de-coalesce by powers of two would move bytes.
         rows.rearrange = None;

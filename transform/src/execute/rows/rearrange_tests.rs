@@ -93,10 +93,11 @@ fn both_paths_agree(job: &Job, small: &Path, large: Option<&Path>, what: &str) -
         large: large.as_ref(),
     };
     let mut rearranged = 0;
+    let gathers = Gathers::new(plan);
     for tensor in plan.tensors.iter().filter(|t| dtype::is_float(t.dtype)) {
         let what = format!("{what}: {}", tensor.name);
         let first = tensor.sources.first().expect("a source");
-        let mut rows = Rows::open(plan, tensor, first, inputs).expect(&what);
+        let mut rows = Rows::open(plan, &gathers, tensor, first, inputs).expect(&what);
         if rows.rearrange.is_none() {
             continue;
         }
