@@ -14,8 +14,7 @@ use vcycle_plugin::data::{BYTE_VOCAB, ByteWindows, LmBatcher, MlmBatcher, split_
 use vcycle_plugin::epoch_steps;
 use vcycle_plugin::{
     DepthInit, ExactBatches, LevelConfig, OptimizerStatePolicy, PathSegment, ProgressLine,
-    Schedule, SchemeSpec, Segment, VCycle, VCycleConfig, VCycleModel, ValidHistory, Wsd,
-    default_optimizer,
+    Schedule, SchemeSpec, VCycle, VCycleConfig, VCycleModel, ValidHistory, Wsd, default_optimizer,
 };
 
 use crate::plan::{Scale, Shape, Task, Variant, WSD_DECAY_FRACTION};
@@ -156,17 +155,12 @@ impl Run<'_> {
 
     /// The training every run shares: the loss metric and a silent progress line that records
     /// the validation passes.
-    fn training<M>(
-        &self,
-        dir: &Path,
-        train: TrainLoader<M>,
-        valid: ValidLoader<M>,
-    ) -> SupervisedTraining<M>
+    fn training<M>(&self, training: SupervisedTraining<M>) -> SupervisedTraining<M>
     where
         M: VCycleModel,
         <M as InferenceStep>::Output: Adaptor<LossInput>,
     {
-        SupervisedTraining::new(dir, train, valid)
+        training
             .metric_valid_numeric(LossMetric::new())
             // A line a minute in the run's log: how far a run got if it is stopped.
             .renderer(Box::new(
@@ -209,7 +203,7 @@ impl Run<'_> {
         .scheduler()?;
         let learner = Learner::new(model, default_optimizer(), scheduler);
         let result = self
-            .training(self.dir, loader, valid)
+            .training(SupervisedTraining::new(self.dir, loader, valid))
             .num_epochs(passes.len())
             .label("baseline")
             .launch(learner);
@@ -311,9 +305,7 @@ impl Run<'_> {
             .with_boundary_valid_batches(Some(4));
         let mut driver = VCycle::new(config, PathBuf::from(self.dir), self.device.clone())?;
         let segments = driver.segments();
-        let outcome = driver.run(model, train, valid, |segment: &Segment, train, valid| {
-            self.training(&segment.dir, train, valid)
-        })?;
+        let outcome = driver.run(model, train, valid, |_, training| self.training(training))?;
 
         // FLOPs are constant per step within a segment: spread each segment's share evenly.
         let mut points = Vec::new();

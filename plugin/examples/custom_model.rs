@@ -17,11 +17,11 @@ use burn::nn::{Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig, Linear, L
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Device, Int, Tensor, activation};
+use burn::train::SequenceOutput;
 use burn::train::metric::LossMetric;
-use burn::train::{SequenceOutput, SupervisedTraining};
 use vcycle_plugin::data::{ByteWindows, LmBatch, LmBatcher, split_train_valid};
 use vcycle_plugin::{
-    ArchChoice, FlopCounter, LevelConfig, ProgressLine, Resizable, Rules, Segment, Sizes, VCycle,
+    ArchChoice, FlopCounter, LevelConfig, ProgressLine, Resizable, Rules, Sizes, VCycle,
     VCycleConfig, VCycleModel, VCycleOutcome, sequence_flop_counter,
 };
 
@@ -192,8 +192,8 @@ fn train(run_dir: &Path, steps: usize, quiet: bool) -> anyhow::Result<VCycleOutc
             TinyLm::new(&sizes, &device)?,
             train,
             valid,
-            move |segment: &Segment, train, valid| {
-                SupervisedTraining::new(&segment.dir, train, valid)
+            move |_, training| {
+                training
                     .metric_train_numeric(LossMetric::new())
                     .metric_valid_numeric(LossMetric::new())
                     .renderer(Box::new(if quiet {

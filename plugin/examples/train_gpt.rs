@@ -106,8 +106,8 @@ fn main() -> Result<()> {
         args.heads,
         4 * args.hidden,
     );
-    let training = |segment: &Segment, train, valid| {
-        SupervisedTraining::new(&segment.dir, train, valid)
+    let training = |_: &Segment, training: SupervisedTraining<Gpt2>| {
+        training
             .metric_train_numeric(LossMetric::new())
             .metric_valid_numeric(LossMetric::new())
             .renderer(Box::new(ProgressLine::new()))

@@ -2,11 +2,11 @@
 //!
 //! Train the full model a little, coalesce it into a smaller one (the transform library,
 //! `vcycle_transform`), train that, grow it back (de-coalesce + interpolate with the saved
-//! weights) and continue. Each segment is one `SupervisedTraining::launch` built by the user's
-//! own closure, so metrics, renderer, devices and checkpointing are the user's; the driver
-//! ([`VCycle`]) sizes each segment's data loader to an exact step budget, exports the model as a
-//! HuggingFace directory at every boundary, calls the transform, builds the next model from its
-//! output with a fresh optimizer and scheduler, and records a resumable state.
+//! weights) and continue. Each segment is one `SupervisedTraining::launch`: the driver
+//! ([`VCycle`]) creates it over a data loader sized to the segment's exact step budget and hands
+//! it to the user's closure, which adds metrics, renderer and devices; at every boundary the
+//! driver exports the model as a HuggingFace directory, calls the transform, builds the next
+//! model from its output with a fresh optimizer and scheduler, and records a resumable state.
 //!
 //! ```no_run
 //! # use std::sync::Arc;
@@ -27,8 +27,8 @@
 //! );
 //! let outcome = VCycle::new(config, "runs/gpt", device)?
 //!     .on_boundary(|record| println!("{record}")) // each boundary as it completes
-//!     .run(model, train, valid, |segment: &Segment, train, valid| {
-//!         SupervisedTraining::new(&segment.dir, train, valid)
+//!     .run(model, train, valid, |_, training| {
+//!         training
 //!             .metric_train_numeric(LossMetric::new())
 //!             .metric_valid_numeric(LossMetric::new())
 //!             .renderer(Box::new(ProgressLine::new())) // one line per 2 s, fit for logs
@@ -60,8 +60,8 @@ pub use cycle::flops::{SequenceBatch, sequence_flop_counter, train_flops};
 pub use cycle::progress::{ProgressLine, ValidHistory, ValidPoint};
 pub use cycle::schedule::{Decay, Schedule};
 pub use cycle::{
-    BoundaryRecord, FlopCounter, ModelSize, Operator, Phase, Segment, SegmentTraining, VCycle,
-    VCycleModel, VCycleOutcome, default_optimizer,
+    BoundaryRecord, FlopCounter, ModelSize, Operator, Phase, Segment, VCycle, VCycleModel,
+    VCycleOutcome, default_optimizer,
 };
 pub use error::{Error, Result};
 pub use models::bert::{Bert, BertConfig};

@@ -17,7 +17,9 @@ use burn::optim::lr_scheduler::module_lr_scheduler::ModuleLrScheduler;
 use burn::optim::{ModuleOptimizer, OptimizerRecord};
 use burn::tensor::Device;
 use burn::train::metric::{Adaptor, LossInput};
-use burn::train::{InferenceStep, LearnerModel, TrainLoader, TrainStep, ValidLoader};
+use burn::train::{
+    InferenceStep, LearnerModel, SupervisedTraining, TrainLoader, TrainStep, ValidLoader,
+};
 use sha2::{Digest, Sha256};
 use vcycle_transform::{ArchChoice, Options, Target};
 
@@ -46,7 +48,7 @@ use super::run_dir::{
     CHECKPOINTS_DIR, CONFIG_FILE, FINAL_DIR, LOG_FILE, MOMENTS_DIR, RunLock, STATE_FILE, checksums,
     clear_leftovers, pretty, remove_path, verify_checksums,
 };
-use super::segment::{self, Segment, SegmentTraining};
+use super::segment::{self, Segment};
 use super::train::default_optimizer;
 use super::transition::INIT;
 use super::transition::Operator;
@@ -154,12 +156,18 @@ where
     /// Starts a new run from `model`, the full-size model (level 1; a path that starts at a
     /// smaller level coalesces it first). Refuses a run directory that already holds a run
     /// (see [`VCycle::resume`]) or that another training is using.
+    ///
+    /// `training` configures each segment's `SupervisedTraining`, which the driver creates
+    /// over loaders sized to the segment's budget, with one epoch per validation pass, the
+    /// segment's name as the label and, with carried moments, the driver's checkpointers: it
+    /// adds metrics, a renderer, a device strategy. A setting it changes that breaks the
+    /// budget is refused at the segment's boundary.
     pub fn run(
         &mut self,
         model: M,
         train: TrainLoader<M>,
         valid: ValidLoader<M>,
-        training: impl SegmentTraining<M>,
+        training: impl FnMut(&Segment, SupervisedTraining<M>) -> SupervisedTraining<M>,
     ) -> Result<VCycleOutcome<M>> {
         let _lock = RunLock::take(&self.run_dir)?;
         self.bind(&model)?;
@@ -220,7 +228,7 @@ where
         model: M,
         train: TrainLoader<M>,
         valid: ValidLoader<M>,
-        training: impl SegmentTraining<M>,
+        training: impl FnMut(&Segment, SupervisedTraining<M>) -> SupervisedTraining<M>,
     ) -> Result<VCycleOutcome<M>> {
         let _lock = RunLock::take(&self.run_dir)?;
         self.bind(&model)?;
@@ -275,7 +283,7 @@ where
         model: M,
         train: TrainLoader<M>,
         valid: ValidLoader<M>,
-        training: impl SegmentTraining<M>,
+        training: impl FnMut(&Segment, SupervisedTraining<M>) -> SupervisedTraining<M>,
     ) -> Result<VCycleOutcome<M>> {
         if self.has_run() {
             self.resume(model, train, valid, training)
@@ -457,7 +465,7 @@ where
         mut model: Held<M>,
         train: TrainLoader<M>,
         valid: ValidLoader<M>,
-        mut training: impl SegmentTraining<M>,
+        mut training: impl FnMut(&Segment, SupervisedTraining<M>) -> SupervisedTraining<M>,
     ) -> Result<VCycleOutcome<M>> {
         let segments = self.segments();
         let final_dir = self.run_dir.join(FINAL_DIR);

@@ -18,6 +18,6 @@ mod transition;
 
 pub use driver::{FlopCounter, VCycle, VCycleModel};
 pub use record::{BoundaryRecord, ModelSize, VCycleOutcome};
-pub use segment::{Phase, Segment, SegmentTraining};
+pub use segment::{Phase, Segment};
 pub use train::default_optimizer;
 pub use transition::Operator;

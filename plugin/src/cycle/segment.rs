@@ -3,7 +3,6 @@
 use std::fmt;
 use std::path::PathBuf;
 
-use burn::train::{LearnerModel, SupervisedTraining, TrainLoader, ValidLoader};
 use serde::{Deserialize, Serialize};
 
 use crate::cycle::config::{DecaySegments, VCycleConfig};
@@ -157,34 +156,4 @@ pub(super) fn plan(config: &VCycleConfig, run_dir: &std::path::Path) -> Vec<Segm
         segments.push(segment);
     }
     segments
-}
-
-/// Builds the user's `SupervisedTraining` for a segment: metrics, renderer, training strategy
-/// (devices), checkpointing — everything the user would configure without the V-cycle. The
-/// driver sets `num_epochs` on the result (one per entry of `Segment::epoch_steps`): the data
-/// loader it passes yields exactly the segment's budget. Any `FnMut(&Segment, TrainLoader<M>, ValidLoader<M>) -> SupervisedTraining<M>`
-/// is one.
-pub trait SegmentTraining<M: LearnerModel> {
-    /// The `SupervisedTraining` of `segment`, over the loaders the driver sized for it.
-    fn training(
-        &mut self,
-        segment: &Segment,
-        train: TrainLoader<M>,
-        valid: ValidLoader<M>,
-    ) -> SupervisedTraining<M>;
-}
-
-impl<M, F> SegmentTraining<M> for F
-where
-    M: LearnerModel,
-    F: FnMut(&Segment, TrainLoader<M>, ValidLoader<M>) -> SupervisedTraining<M>,
-{
-    fn training(
-        &mut self,
-        segment: &Segment,
-        train: TrainLoader<M>,
-        valid: ValidLoader<M>,
-    ) -> SupervisedTraining<M> {
-        self(segment, train, valid)
-    }
 }

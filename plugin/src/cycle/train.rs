@@ -9,10 +9,12 @@ use burn::optim::grad_clipping::GradientClippingConfig;
 use burn::optim::{AdamWConfig, ModuleOptimizer, OptimizerRecord};
 use burn::train::checkpoint::KeepLastNCheckpoints;
 use burn::train::metric::{Adaptor, LossInput, LossMetric, Metric, MetricMetadata, Numeric};
-use burn::train::{InferenceStep, Learner, TrainLoader, TrainStep, ValidLoader};
+use burn::train::{
+    InferenceStep, Learner, SupervisedTraining, TrainLoader, TrainStep, ValidLoader,
+};
 
 use super::step_counter::StepCounter;
-use super::{FlopCounter, Segment, SegmentTraining, VCycle, VCycleModel};
+use super::{FlopCounter, Segment, VCycle, VCycleModel};
 use crate::checkpoint::moments::{Discard, LastRecord};
 use crate::cycle::budget::ExactBatches;
 use crate::cycle::config::OptimizerStatePolicy;
@@ -84,7 +86,7 @@ where
         carried: Option<OptimizerRecord>,
         train: &TrainLoader<M>,
         valid: &ValidLoader<M>,
-        training: &mut impl SegmentTraining<M>,
+        training: &mut impl FnMut(&Segment, SupervisedTraining<M>) -> SupervisedTraining<M>,
     ) -> Result<(M, f64, Option<OptimizerRecord>)> {
         let fail = |message: String| Error::Segment {
             segment: segment.index,
@@ -115,18 +117,18 @@ where
         let learner = Learner::new(model, optimizer, scheduler);
         let carry = self.config.optimizer_state == OptimizerStatePolicy::Carry;
         let last_state = LastRecord::default();
-        let mut training = training.training(segment, loader, valid.clone());
+        // One epoch per validation pass: the loader yields each pass's batches, then ends.
+        let mut base = SupervisedTraining::new(&segment.dir, loader, valid.clone())
+            .num_epochs(segment.epoch_steps.len())
+            .label(&segment.name());
         if carry {
             // `launch` gives back only the model; the checkpointer Burn calls after every epoch
-            // hands over the optimizer state (the user's checkpointers are replaced).
-            training = training
+            // hands over the optimizer state.
+            base = base
                 .with_custom_checkpointers(Discard, last_state.clone(), Discard)
                 .with_checkpointing_strategy(KeepLastNCheckpoints::new(1));
         }
-        let result = training
-            .num_epochs(segment.epoch_steps.len())
-            .label(&segment.name())
-            .launch(learner);
+        let result = training(segment, base).launch(learner);
         if let Some(source) = result.error {
             return Err(Error::Training {
                 segment: segment.index,
@@ -163,7 +165,11 @@ where
             .map_err(|_| fail("the FLOP counter panicked while counting".into()))?;
         let optimizer = last_state.take();
         if carry && optimizer.is_none() {
-            return Err(fail("Burn checkpointed no optimizer state to carry".into()));
+            return Err(fail(
+                "Burn checkpointed no optimizer state to carry (with carried moments, the \
+                 segment closure must keep the driver's checkpointers)"
+                    .into(),
+            ));
         }
         Ok((result.model, flops, optimizer))
     }

@@ -254,16 +254,11 @@ fn carry_runs_a_tiny_bert_cycle() {
     let config = two_levels(Some(2), Some(1), 2).with_optimizer_state(OptimizerStatePolicy::Carry);
     let outcome = VCycle::new(config, &run, device.clone())
         .expect("driver")
-        .run(
-            model,
-            train,
-            valid,
-            |segment: &vcycle_plugin::Segment, train, valid| {
-                burn::train::SupervisedTraining::new(&segment.dir, train, valid)
-                    .renderer(Box::new(vcycle_plugin::ProgressLine::quiet()))
-                    .with_application_logger(None)
-            },
-        )
+        .run(model, train, valid, |_, training| {
+            training
+                .renderer(Box::new(vcycle_plugin::ProgressLine::quiet()))
+                .with_application_logger(None)
+        })
         .expect("BERT V-cycle with carry");
     assert_eq!(outcome.boundaries.len(), 3);
     for r in &outcome.boundaries {

@@ -133,16 +133,11 @@ fn child_run() {
     };
     VCycle::new(two_levels(Some(2), Some(1), 3), PathBuf::from(run), device)
         .expect("driver")
-        .run(
-            model,
-            train,
-            valid,
-            |segment: &vcycle_plugin::Segment, t, v| {
-                burn::train::SupervisedTraining::new(&segment.dir, t, v)
-                    .renderer(Box::new(vcycle_plugin::ProgressLine::quiet()))
-                    .with_application_logger(None)
-            },
-        )
+        .run(model, train, valid, |_, training| {
+            training
+                .renderer(Box::new(vcycle_plugin::ProgressLine::quiet()))
+                .with_application_logger(None)
+        })
         .expect("V-cycle");
 }
 

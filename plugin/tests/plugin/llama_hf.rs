@@ -4,7 +4,7 @@
 
 use burn::tensor::Device;
 use ndarray::Array2;
-use vcycle_plugin::{Llama, LlamaConfig, Resizable, Segment, VCycle, VCycleConfig};
+use vcycle_plugin::{Llama, LlamaConfig, Resizable, VCycle, VCycleConfig};
 use vcycle_transform::verify::{compare, random_tokens};
 
 use crate::support::*;
@@ -101,8 +101,8 @@ fn llama_cycle(config: VCycleConfig, run: &std::path::Path) -> vcycle_plugin::VC
         .expect("model");
     VCycle::new(config, run, device)
         .expect("driver")
-        .run(model, train, valid, |segment: &Segment, train, valid| {
-            burn::train::SupervisedTraining::new(&segment.dir, train, valid)
+        .run(model, train, valid, |_, training| {
+            training
                 .renderer(Box::new(vcycle_plugin::ProgressLine::quiet()))
                 .with_application_logger(None)
         })

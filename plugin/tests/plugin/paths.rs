@@ -113,9 +113,9 @@ fn a_path_resumes_after_a_crash_with_its_budget_exact() {
     let crashed = catch_unwind(AssertUnwindSafe(|| {
         let (train, valid) = loaders(24_000, 16, 4);
         let model = tiny_gpt2().init(&Device::flex().autodiff()).expect("model");
-        let training = |segment: &Segment, train, valid| {
+        let training = |segment: &Segment, training| {
             assert!(segment.index < 3, "killed before segment 3");
-            quiet_training(segment, train, valid)
+            quiet_training(segment, training)
         };
         driver(config(), &run).run(model, train, valid, training)
     }));

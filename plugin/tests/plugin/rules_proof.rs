@@ -93,9 +93,9 @@ where
                 model,
                 train,
                 valid,
-                move |segment: &vcycle_plugin::Segment, train, valid| {
+                move |_, training: burn::train::SupervisedTraining<M>| {
                     started.store(true, Ordering::SeqCst);
-                    burn::train::SupervisedTraining::new(&segment.dir, train, valid)
+                    training
                         .metric_train_numeric(burn::train::metric::LossMetric::new())
                         .renderer(Box::new(vcycle_plugin::ProgressLine::quiet()))
                         .with_application_logger(None)
@@ -246,8 +246,8 @@ fn a_resume_with_other_rules_of_the_same_name_is_refused() {
             mistaken_model(wrong_direction()),
             train,
             valid,
-            |segment: &vcycle_plugin::Segment, train, valid| {
-                burn::train::SupervisedTraining::new(&segment.dir, train, valid)
+            |_, training| {
+                training
                     .renderer(Box::new(vcycle_plugin::ProgressLine::quiet()))
                     .with_application_logger(None)
             },

@@ -111,11 +111,10 @@ pub fn two_levels(heads: Option<usize>, layers: Option<usize>, steps: usize) -> 
 
 /// The user's SupervisedTraining for a segment, quiet.
 pub fn quiet_training(
-    segment: &Segment,
-    train: burn::train::TrainLoader<Gpt2>,
-    valid: burn::train::ValidLoader<Gpt2>,
+    _segment: &Segment,
+    training: SupervisedTraining<Gpt2>,
 ) -> SupervisedTraining<Gpt2> {
-    SupervisedTraining::new(&segment.dir, train, valid)
+    training
         .metric_train_numeric(LossMetric::new())
         .metric_valid_numeric(LossMetric::new())
         .renderer(Box::new(ProgressLine::quiet()))

@@ -209,16 +209,11 @@ fn tiny_bert_cycle_preserves_function_at_alpha_one() {
         .expect("model");
     let outcome = VCycle::new(two_levels(Some(2), None, 2).with_alpha(1.0), &run, device)
         .expect("driver")
-        .run(
-            model,
-            train,
-            valid,
-            |segment: &vcycle_plugin::Segment, train, valid| {
-                burn::train::SupervisedTraining::new(&segment.dir, train, valid)
-                    .renderer(Box::new(vcycle_plugin::ProgressLine::quiet()))
-                    .with_application_logger(None)
-            },
-        )
+        .run(model, train, valid, |_, training| {
+            training
+                .renderer(Box::new(vcycle_plugin::ProgressLine::quiet()))
+                .with_application_logger(None)
+        })
         .expect("BERT V-cycle");
     assert_eq!(outcome.boundaries.len(), 3);
     assert_eq!(outcome.model.config().heads, 4);
@@ -273,8 +268,8 @@ fn only_the_last_segment_decays_by_default_and_ends_at_the_floor() {
 /// refused at the first boundary, and the matching `batches_per_step` trains the exact budget.
 #[test]
 fn batches_per_step_must_match_what_burn_runs() {
-    let accumulating = |segment: &vcycle_plugin::Segment, train, valid| {
-        quiet_training(segment, train, valid).grads_accumulation(2)
+    let accumulating = |segment: &vcycle_plugin::Segment, training| {
+        quiet_training(segment, training).grads_accumulation(2)
     };
     let run = |batches_per_step: usize, dir: &std::path::Path| {
         let mut config = two_levels(Some(2), Some(1), 3);

@@ -7,7 +7,7 @@ use burn::data::dataloader::DataLoaderBuilder;
 use burn::tensor::{Device, Tensor, TensorData};
 use ndarray::{ArrayD, IxDyn};
 use vcycle_plugin::data::{Digits, ImageBatcher};
-use vcycle_plugin::{Resizable, Segment, VCycle, Vit, VitConfig};
+use vcycle_plugin::{Resizable, VCycle, Vit, VitConfig};
 use vcycle_transform::verify::compare;
 
 use crate::support::*;
@@ -139,8 +139,8 @@ fn vit_cycle_on_digits_learns_and_alpha_zero_restores() {
         device,
     )
     .expect("driver")
-    .run(model, train, valid, |segment: &Segment, train, valid| {
-        burn::train::SupervisedTraining::new(&segment.dir, train, valid)
+    .run(model, train, valid, |_, training| {
+        training
             .renderer(Box::new(vcycle_plugin::ProgressLine::quiet()))
             .with_application_logger(None)
     })

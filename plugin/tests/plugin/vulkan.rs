@@ -14,7 +14,7 @@ use burn::data::dataset::InMemDataset;
 use burn::module::Module;
 use burn::optim::AdamWConfig;
 use burn::tensor::Device;
-use burn::train::{ExecutionStrategy, MultiDeviceOptim, SupervisedTraining};
+use burn::train::{ExecutionStrategy, MultiDeviceOptim};
 use vcycle_plugin::data::{BYTE_VOCAB, ByteWindows, LmBatch, LmBatcher, split_train_valid};
 use vcycle_plugin::{Bert, BertConfig, BoundaryRecord, Gpt2, Segment, VCycle, VCycleConfig};
 
@@ -140,16 +140,11 @@ fn bert_cycle_on_vulkan_matches_flex() {
         let device = device.clone().autodiff();
         VCycle::new(two_levels(Some(2), Some(1), 3), run, device.clone())
             .expect("driver")
-            .run(
-                start.clone().fork(&device),
-                train,
-                valid,
-                |segment: &Segment, train, valid| {
-                    SupervisedTraining::new(&segment.dir, train, valid)
-                        .renderer(Box::new(vcycle_plugin::ProgressLine::quiet()))
-                        .with_application_logger(None)
-                },
-            )
+            .run(start.clone().fork(&device), train, valid, |_, training| {
+                training
+                    .renderer(Box::new(vcycle_plugin::ProgressLine::quiet()))
+                    .with_application_logger(None)
+            })
             .expect("BERT V-cycle")
             .boundaries
     };
@@ -221,8 +216,8 @@ fn multi_device_cycle_matches_one_device_with_the_same_global_batch() {
                 start.clone().fork(&main),
                 train,
                 valid.clone(),
-                |segment: &Segment, train, valid| {
-                    let training = quiet_training(segment, train, valid);
+                |segment: &Segment, training| {
+                    let training = quiet_training(segment, training);
                     if devices.len() == 1 {
                         return training;
                     }
