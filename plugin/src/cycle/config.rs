@@ -103,6 +103,35 @@ pub struct Wsd {
 /// sizes. A transition to a smaller level coalesces; one to a larger level grows, interpolating
 /// with weight `alpha` with the last model trained at that size, or with `alpha = 1` (pure
 /// de-coalescing) where none was, as when a run starts small.
+///
+/// ```
+/// use vcycle_plugin::{LevelConfig, PathSegment, VCycleConfig, Wsd};
+///
+/// // Level 1 is the full model; level 2 has half its heads (so half its width) and layers.
+/// let levels = || {
+///     vec![
+///         LevelConfig::new(1e-3).with_warmup_steps(50),
+///         LevelConfig::new(2e-3).with_heads(Some(2)).with_layers(Some(2)),
+///     ]
+/// };
+/// // The paper's V: 200 steps at full size, 600 at the bottom, 400 after growing back.
+/// let v = VCycleConfig::new(levels(), 200, 600, 400);
+/// assert_eq!(v.total_steps(), 1200);
+/// // Late growth: the small model for 80% of 1,000 steps, grown once, warmup-stable-decay.
+/// let late = VCycleConfig::late_growth(levels(), 1000, 0.8);
+/// assert_eq!(late.total_steps(), 1000);
+/// late.validate()?;
+/// // Any other path, here a W, under a warmup-stable-decay schedule of the whole run.
+/// let w = [(1, 100), (2, 300), (1, 100), (2, 300), (1, 200)]
+///     .map(|(level, steps)| PathSegment::new(level, steps))
+///     .to_vec();
+/// let w = VCycleConfig::new(levels(), 0, 0, 0)
+///     .with_path(Some(w))
+///     .with_wsd(Some(Wsd::new().with_warmup_steps(50)));
+/// w.validate()?;
+/// assert_eq!(w.total_steps(), 1000);
+/// # Ok::<(), vcycle_plugin::Error>(())
+/// ```
 #[derive(Config, Debug, PartialEq)]
 pub struct VCycleConfig {
     /// The levels, the full model first; at least two.
