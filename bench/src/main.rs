@@ -468,8 +468,13 @@ fn write_outputs(
     let table = report::table(summaries);
     println!("\n{table}");
     let threads = std::thread::available_parallelism().map_or(1, usize::from);
+    let corpus = args.corpus.file_name().map_or_else(
+        || args.corpus.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    );
     let report = Report {
         scale,
+        corpus: &corpus,
         device: &args.device,
         threads,
         summaries,

@@ -13,7 +13,7 @@ use crate::run::RunResult;
 /// so the plots need no system font library.
 static FONT: &[u8] = include_bytes!("../assets/DejaVuSans.ttf");
 
-const PALETTE: [RGBColor; 8] = [
+const PALETTE: [RGBColor; 11] = [
     RGBColor(0, 0, 0),
     RGBColor(31, 119, 180),
     RGBColor(214, 39, 40),
@@ -22,6 +22,9 @@ const PALETTE: [RGBColor; 8] = [
     RGBColor(255, 127, 14),
     RGBColor(140, 86, 75),
     RGBColor(23, 190, 207),
+    RGBColor(227, 119, 194),
+    RGBColor(188, 189, 34),
+    RGBColor(127, 127, 127),
 ];
 
 /// Which x axis.
@@ -160,12 +163,12 @@ where
     finish(chart, &area, title)
 }
 
-/// One point of the savings trend: a V-cycle of one model at one budget.
+/// One point of the savings trend: a multi-level run of one model at one budget.
 pub struct Saving {
-    /// The line it belongs to ("GPT, 2 levels").
+    /// The line it belongs to ("GPT, 2 levels (rust-book)").
     pub series: String,
-    /// The budget, in baseline steps.
-    pub steps: f64,
+    /// The budget: the baseline's training tokens per parameter of the full model.
+    pub tokens_per_parameter: f64,
     /// FLOPs saved to the tuned baseline's final loss, in percent: mean and standard deviation
     /// over seeds.
     pub mean: f64,
@@ -175,8 +178,8 @@ pub struct Saving {
     pub reached: bool,
 }
 
-/// Writes `stem.png` and `stem.svg`: FLOPs saved against the budget (log scale), one line per
-/// series, error bars of one standard deviation.
+/// Writes `stem.png` and `stem.svg`: FLOPs saved against the training tokens per parameter (log
+/// scale), one line per series, error bars of one standard deviation.
 pub fn plot_savings(points: &[Saving], stem: &Path) -> Result<()> {
     let png = stem.with_extension("png");
     let svg = stem.with_extension("svg");
@@ -196,18 +199,24 @@ where
 {
     let fail = |e: DrawingAreaErrorKind<B::ErrorType>| anyhow!("plotting the savings: {e}");
     area.fill(&WHITE).map_err(fail)?;
-    let x_min = points.iter().map(|p| p.steps).fold(f64::INFINITY, f64::min);
-    let x_max = points.iter().map(|p| p.steps).fold(0.0, f64::max);
+    let x_min = points
+        .iter()
+        .map(|p| p.tokens_per_parameter)
+        .fold(f64::INFINITY, f64::min);
+    let x_max = points
+        .iter()
+        .map(|p| p.tokens_per_parameter)
+        .fold(0.0, f64::max);
     let (x_min, x_max) = if x_min.is_finite() && x_max > 0.0 {
         (x_min / 1.6, x_max * 1.6)
     } else {
-        (100.0, 10_000.0)
+        (0.1, 100.0)
     };
     let y_max = points.iter().map(|p| p.mean + p.std).fold(0.0, f64::max) + 10.0;
     let y_min = points.iter().map(|p| p.mean - p.std).fold(0.0, f64::min) - 5.0;
     let mut chart = ChartBuilder::on(&area)
         .caption(
-            "FLOPs the V-cycle saves to the tuned baseline's final loss (hollow: not reached on every seed)",
+            "FLOPs saved to the tuned baseline's final loss (hollow: not reached on every seed)",
             ("sans-serif", 22),
         )
         .margin(16)
@@ -217,10 +226,10 @@ where
         .map_err(fail)?;
     chart
         .configure_mesh()
-        .x_desc("budget (baseline optimizer steps, log scale)")
+        .x_desc("budget: training tokens per parameter (log scale)")
         .y_desc("FLOPs saved (%)")
-        .x_labels(4)
-        .x_label_formatter(&|x| format!("{x:.0}"))
+        .x_labels(6)
+        .x_label_formatter(&|x| format!("{x:.1}"))
         .label_style(("sans-serif", 16))
         .draw()
         .map_err(fail)?;
@@ -238,10 +247,20 @@ where
     }
     for (i, name) in series.iter().enumerate() {
         let color = PALETTE[(i + 1) % PALETTE.len()];
-        let mine: Vec<&Saving> = points.iter().filter(|p| p.series == *name).collect();
+        // Series at the same budget are dodged sideways, 2% apart, so their bars stay apart.
+        let dodge = 1.02f64.powf(i as f64 - (series.len() as f64 - 1.0) / 2.0);
+        let mine: Vec<Saving> = points
+            .iter()
+            .filter(|p| p.series == *name)
+            .map(|p| Saving {
+                series: p.series.clone(),
+                tokens_per_parameter: p.tokens_per_parameter * dodge,
+                ..*p
+            })
+            .collect();
         chart
             .draw_series(LineSeries::new(
-                mine.iter().map(|p| (p.steps, p.mean)),
+                mine.iter().map(|p| (p.tokens_per_parameter, p.mean)),
                 color.stroke_width(2),
             ))
             .map_err(fail)?
@@ -251,11 +270,11 @@ where
             });
         // One standard deviation each way, with caps (x is on a log scale: caps are ±3%).
         let bars = mine.iter().flat_map(|p| {
-            let (lo, hi) = (p.mean - p.std, p.mean + p.std);
+            let (lo, hi, x) = (p.mean - p.std, p.mean + p.std, p.tokens_per_parameter);
             [
-                vec![(p.steps, lo), (p.steps, hi)],
-                vec![(p.steps / 1.03, lo), (p.steps * 1.03, lo)],
-                vec![(p.steps / 1.03, hi), (p.steps * 1.03, hi)],
+                vec![(x, lo), (x, hi)],
+                vec![(x / 1.03, lo), (x * 1.03, lo)],
+                vec![(x / 1.03, hi), (x * 1.03, hi)],
             ]
             .map(|line| PathElement::new(line, color.stroke_width(2)))
         });
@@ -267,7 +286,7 @@ where
                 } else {
                     color.stroke_width(2)
                 };
-                Circle::new((p.steps, p.mean), 6, style)
+                Circle::new((p.tokens_per_parameter, p.mean), 6, style)
             }))
             .map_err(fail)?;
     }

@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 
 use serde::Serialize;
 
-use crate::plan::{Scale, Variant};
+use crate::plan::{Scale, Task, Variant};
 use crate::plot;
 use crate::run::{Point, RunResult};
 
@@ -199,14 +199,29 @@ pub fn table(summaries: &[Summary]) -> String {
 #[derive(Serialize)]
 pub struct Report<'a> {
     pub scale: &'a Scale,
+    /// The corpus's file name.
+    pub corpus: &'a str,
     pub device: &'a str,
     pub threads: usize,
     pub summaries: &'a [Summary],
     pub runs: &'a [RunResult],
 }
 
-/// `trend.md` in `out`: one row per variant and budget from every `tuned-Nx/results.json`
-/// there (a tuned comparison; its first variant is the baseline the ratios refer to).
+/// One results folder of the trend.
+struct Budget {
+    model: &'static str,
+    steps: u64,
+    tokens_per_parameter: f64,
+    corpus: String,
+    /// A recipe study (its first summary is the better of two tuned baselines) rather than a
+    /// tuned comparison (its first summary is the tuned cosine baseline).
+    study: bool,
+    report: serde_json::Value,
+}
+
+/// `trend.md` in `out`: one row per variant and budget from every `tuned-Nx/`, `bert-tuned-Nx/`
+/// and `study-Nx/` `results.json` there; and the plot of the FLOPs each multi-level run saves
+/// against the training tokens per parameter.
 pub fn write_trend(out: &Path) -> Result<()> {
     let mut budgets = Vec::new();
     for entry in std::fs::read_dir(out).with_context(|| format!("listing {}", out.display()))? {
@@ -214,32 +229,48 @@ pub fn write_trend(out: &Path) -> Result<()> {
             .with_context(|| format!("listing {}", out.display()))?
             .path();
         let json = dir.join("results.json");
-        let tuned = dir.file_name().is_some_and(|n| {
-            let n = n.to_string_lossy();
-            n.starts_with("tuned-") || n.starts_with("bert-tuned-")
-        });
-        if !tuned || !json.is_file() {
+        let name = dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let study = name.starts_with("study-");
+        let tuned = name.starts_with("tuned-") || name.starts_with("bert-tuned-");
+        if !(tuned || study) || !json.is_file() {
             continue;
         }
         let text = std::fs::read_to_string(&json)
             .with_context(|| format!("reading {}", json.display()))?;
         let report: serde_json::Value =
             serde_json::from_str(&text).with_context(|| format!("parsing {}", json.display()))?;
-        let steps = report["scale"]["baseline_steps"].as_u64().unwrap_or(0);
-        let model = match report["scale"]["task"].as_str() {
-            Some("bert") => "BERT",
-            _ => "GPT",
+        let scale: Scale = serde_json::from_value(report["scale"].clone())
+            .with_context(|| format!("reading the scale of {}", json.display()))?;
+        let model = match scale.task {
+            Task::Bert => "BERT",
+            Task::Gpt => "GPT",
         };
-        budgets.push((model, steps, report));
+        // Folders written before the corpus was recorded ran on the default, the Rust Book.
+        let corpus = report["corpus"]
+            .as_str()
+            .unwrap_or("rust-book.txt")
+            .trim_end_matches(".txt")
+            .to_string();
+        budgets.push(Budget {
+            model,
+            steps: scale.baseline_steps as u64,
+            tokens_per_parameter: scale.tokens_per_parameter()?,
+            corpus,
+            study,
+            report,
+        });
     }
-    budgets.sort_by(|a, b| (b.0, a.1).cmp(&(a.0, b.1)));
+    budgets.sort_by(|a, b| (b.model, a.study, a.steps).cmp(&(a.model, b.study, b.steps)));
     let mut out_text = String::from(
-        "| model | baseline steps | run | peak lr | seeds | FLOPs to the tuned baseline's final loss (ratio) | final valid loss, equal FLOPs |\n\
-         |---|---|---|---|---|---|---|\n",
+        "| model | corpus | baseline steps | tokens per parameter | run | peak lr | seeds | FLOPs to the tuned baseline's final loss (ratio) | final valid loss, equal FLOPs |\n\
+         |---|---|---|---|---|---|---|---|---|\n",
     );
     let mut savings = Vec::new();
-    for (model, steps, report) in &budgets {
-        let Some(summaries) = report["summaries"].as_array() else {
+    for budget in &budgets {
+        let Some(summaries) = budget.report["summaries"].as_array() else {
             continue;
         };
         for s in summaries {
@@ -251,10 +282,11 @@ pub fn write_trend(out: &Path) -> Result<()> {
             };
             let ratios = floats("flops_ratios");
             let reached: Vec<f64> = ratios.iter().flatten().copied().collect();
-            // The trend compares the tuned variants; a sweep's knobs stay in its own table.
+            // The trend compares the tuned variants; a sweep's knobs stay in its own table. A
+            // study's recipes are all tuned.
             let swept = serde_json::from_value::<Variant>(s["variant"].clone())
                 .is_ok_and(|v| !v.has_default_knobs());
-            if swept {
+            if swept && !budget.study {
                 continue;
             }
             let name = s["variant"]["name"].as_str().unwrap_or("?");
@@ -262,30 +294,37 @@ pub fn write_trend(out: &Path) -> Result<()> {
             // A point of the plot only where every seed reached the baseline's loss.
             if levels >= 2 && !name.contains("constant") && !ratios.is_empty() {
                 let saved: Vec<f64> = reached.iter().map(|r| (1.0 - r) * 100.0).collect();
-                let series = format!("{model}, {levels} levels");
-                match Spread::of(&saved) {
-                    Some(spread) if reached.len() == ratios.len() => savings.push(plot::Saving {
-                        series,
-                        steps: *steps as f64,
-                        mean: spread.mean,
-                        std: spread.std,
-                        reached: true,
-                    }),
+                let run = if budget.study {
+                    name.rsplit_once(", lr x")
+                        .map_or(name, |(run, _)| run)
+                        .to_string()
+                } else {
+                    format!("{levels} levels")
+                };
+                let series = format!("{}, {run} ({})", budget.model, budget.corpus);
+                let (mean, std, all) = match Spread::of(&saved) {
+                    Some(spread) if reached.len() == ratios.len() => {
+                        (spread.mean, spread.std, true)
+                    }
                     // Some seed never reached it: nothing saved, drawn hollow at 0.
-                    _ => savings.push(plot::Saving {
-                        series,
-                        steps: *steps as f64,
-                        mean: 0.0,
-                        std: 0.0,
-                        reached: false,
-                    }),
-                }
+                    _ => (0.0, 0.0, false),
+                };
+                savings.push(plot::Saving {
+                    series,
+                    tokens_per_parameter: budget.tokens_per_parameter,
+                    mean,
+                    std,
+                    reached: all,
+                });
             }
             let losses: Vec<f64> = floats("final_losses").into_iter().flatten().collect();
             let _ = writeln!(
                 out_text,
-                "| {model} | {steps} | {} | {:.1e} | {} | {} | {} |",
-                s["variant"]["name"].as_str().unwrap_or("?"),
+                "| {} | {} | {} | {:.1} | {name} | {:.1e} | {} | {} | {} |",
+                budget.model,
+                budget.corpus,
+                budget.steps,
+                budget.tokens_per_parameter,
                 s["variant"]["lr"].as_f64().unwrap_or(f64::NAN),
                 losses.len(),
                 ratio_cell(Spread::of(&reached), reached.len(), ratios.len()),

@@ -224,7 +224,8 @@ pub fn study(args: &Args, scale: &Scale) -> Result<()> {
     let mut all = runs.clone();
     all.extend(first.iter().filter(|r| !runs.contains(r)).cloned());
     let extra = format!("{tests}\nLearning-rate sweep (seed 0):\n\n{tuning}");
-    write_outputs(args, scale, &variants, &summaries, &all, &extra)
+    write_outputs(args, scale, &variants, &summaries, &all, &extra)?;
+    report::write_trend(args.out.parent().unwrap_or(&args.out))
 }
 
 #[cfg(test)]
