@@ -335,6 +335,7 @@ pub fn write_trend(out: &Path) -> Result<()> {
     }
     let path = out.join("trend.md");
     std::fs::write(&path, &out_text).with_context(|| format!("writing {}", path.display()))?;
+    plot::register_font()?;
     plot::plot_savings(&savings, &out.join("savings_vs_budget"))?;
     println!(
         "\n{out_text}\nwrote {} and savings_vs_budget.{{png,svg}}",
@@ -355,6 +356,60 @@ mod tests {
             loss,
             level,
         }
+    }
+
+    /// A study folder joins the trend beside a tuned one: rows tagged with their corpus (a
+    /// folder that does not record one ran on the Rust Book) and tokens per parameter, and
+    /// the plot written.
+    #[test]
+    fn the_trend_gathers_study_folders_with_their_corpus() -> Result<()> {
+        let out = std::env::temp_dir().join(format!("vcycle-trend-{}", std::process::id()));
+        let scale = Scale::full().times(4);
+        let summary = |name: &str, levels: usize, ratios: [f64; 2], losses: [f64; 2]| {
+            serde_json::json!({
+                "variant": {"name": name, "levels": levels, "lr": 1e-3},
+                "flops_ratios": ratios,
+                "final_losses": losses,
+            })
+        };
+        let folders = [
+            (
+                "study-4x",
+                serde_json::json!({
+                    "scale": scale.clone(),
+                    "corpus": "rust-docs.txt",
+                    "summaries": [
+                        summary("baseline, wsd, lr x2", 1, [1.0, 1.0], [1.82, 1.83]),
+                        summary("1 layer, grow at 70%, lr x0.5", 2, [0.85, 0.87], [1.78, 1.79]),
+                    ],
+                }),
+            ),
+            (
+                "tuned-4x",
+                serde_json::json!({
+                    "scale": scale,
+                    "summaries": [summary("baseline, cosine, lr x2", 1, [1.0, 1.0], [1.19, 1.20])],
+                }),
+            ),
+        ];
+        for (name, report) in folders {
+            std::fs::create_dir_all(out.join(name))?;
+            std::fs::write(out.join(name).join("results.json"), report.to_string())?;
+        }
+        write_trend(&out)?;
+        let trend = std::fs::read_to_string(out.join("trend.md"))?;
+        let png = out.join("savings_vs_budget.png").is_file();
+        std::fs::remove_dir_all(&out)?;
+        assert!(
+            trend.contains("| GPT | rust-docs | 2400 | 2.9 | 1 layer, grow at 70%, lr x0.5 | 1.0e-3 | 2 | 0.860 ± 0.014 |"),
+            "{trend}"
+        );
+        assert!(
+            trend.contains("| GPT | rust-book | 2400 | 2.9 | baseline, cosine, lr x2 |"),
+            "{trend}"
+        );
+        assert!(png);
+        Ok(())
     }
 
     #[test]
