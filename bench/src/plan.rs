@@ -193,6 +193,15 @@ pub enum Shape {
     LateGrowth { grow_after: f64 },
 }
 
+/// What [`Variant::lr_times`] appends to a name, before the factor.
+const LR_SUFFIX: &str = ", lr x";
+
+/// A name without the rate factor [`Variant::lr_times`] appended: the recipe whatever its rate.
+pub fn without_lr_factor(name: &str) -> &str {
+    name.rsplit_once(LR_SUFFIX)
+        .map_or(name, |(recipe, _)| recipe)
+}
+
 /// One way of training: the baseline (1 level), a V-cycle, or late growth.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Variant {
@@ -317,7 +326,7 @@ impl Variant {
     /// This variant with its learning rates (full and small levels) multiplied by `factor`.
     pub fn lr_times(&self, factor: f64) -> Self {
         Variant {
-            name: format!("{}, lr x{factor}", self.name),
+            name: format!("{}{LR_SUFFIX}{factor}", self.name),
             lr: self.lr * factor,
             small_lr: self.small_lr * factor,
             ..self.clone()

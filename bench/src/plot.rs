@@ -249,18 +249,11 @@ where
         let color = PALETTE[(i + 1) % PALETTE.len()];
         // Series at the same budget are dodged sideways, 2% apart, so their bars stay apart.
         let dodge = 1.02f64.powf(i as f64 - (series.len() as f64 - 1.0) / 2.0);
-        let mine: Vec<Saving> = points
-            .iter()
-            .filter(|p| p.series == *name)
-            .map(|p| Saving {
-                series: p.series.clone(),
-                tokens_per_parameter: p.tokens_per_parameter * dodge,
-                ..*p
-            })
-            .collect();
+        let x = |p: &Saving| p.tokens_per_parameter * dodge;
+        let mine: Vec<&Saving> = points.iter().filter(|p| p.series == *name).collect();
         chart
             .draw_series(LineSeries::new(
-                mine.iter().map(|p| (p.tokens_per_parameter, p.mean)),
+                mine.iter().map(|p| (x(p), p.mean)),
                 color.stroke_width(2),
             ))
             .map_err(fail)?
@@ -270,11 +263,11 @@ where
             });
         // One standard deviation each way, with caps (x is on a log scale: caps are ±3%).
         let bars = mine.iter().flat_map(|p| {
-            let (lo, hi, x) = (p.mean - p.std, p.mean + p.std, p.tokens_per_parameter);
+            let (lo, hi, at) = (p.mean - p.std, p.mean + p.std, x(p));
             [
-                vec![(x, lo), (x, hi)],
-                vec![(x / 1.03, lo), (x * 1.03, lo)],
-                vec![(x / 1.03, hi), (x * 1.03, hi)],
+                vec![(at, lo), (at, hi)],
+                vec![(at / 1.03, lo), (at * 1.03, lo)],
+                vec![(at / 1.03, hi), (at * 1.03, hi)],
             ]
             .map(|line| PathElement::new(line, color.stroke_width(2)))
         });
@@ -286,7 +279,7 @@ where
                 } else {
                     color.stroke_width(2)
                 };
-                Circle::new((p.tokens_per_parameter, p.mean), 6, style)
+                Circle::new((x(p), p.mean), 6, style)
             }))
             .map_err(fail)?;
     }

@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 
 use serde::Serialize;
 
-use crate::plan::{Scale, Task, Variant};
+use crate::plan::{self, Scale, Task, Variant};
 use crate::plot;
 use crate::run::{Point, RunResult};
 
@@ -295,9 +295,7 @@ pub fn write_trend(out: &Path) -> Result<()> {
             if levels >= 2 && !name.contains("constant") && !ratios.is_empty() {
                 let saved: Vec<f64> = reached.iter().map(|r| (1.0 - r) * 100.0).collect();
                 let run = if budget.study {
-                    name.rsplit_once(", lr x")
-                        .map_or(name, |(run, _)| run)
-                        .to_string()
+                    plan::without_lr_factor(name).to_string()
                 } else {
                     format!("{levels} levels")
                 };
